@@ -1,0 +1,66 @@
+"""Platform capabilities, probed once. Code and tests gate on these names only."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import fcntl
+import mmap
+import os
+import sys
+from typing import Final
+
+import posix_ipc
+
+LINUX: Final = sys.platform.startswith("linux")
+MACOS: Final = sys.platform == "darwin"
+
+#: sem_timedwait exists. Without it (macOS) a timeout > 0 would block forever,
+#: so waits poll with acquire(0) and a capped sleep instead.
+SEM_TIMEDWAIT: Final[bool] = bool(posix_ipc.SEMAPHORE_TIMEOUT_SUPPORTED)
+#: sem_getvalue exists (not on macOS).
+SEM_GETVALUE: Final[bool] = bool(posix_ipc.SEMAPHORE_VALUE_SUPPORTED)
+SEM_VALUE_MAX: Final[int] = int(posix_ipc.SEMAPHORE_VALUE_MAX)
+
+PAGE_SIZE: Final = mmap.PAGESIZE
+
+#: Where POSIX shared memory is visible as files (Linux). None where it is not (macOS).
+SHM_DIR: Final[str | None] = "/dev/shm" if LINUX and os.path.isdir("/dev/shm") else None
+
+#: Open-file-description locks: released by the kernel when the holder dies,
+#: never dropped by closing an unrelated fd (unlike classic POSIX locks).
+OFD_LOCKS: Final[bool] = hasattr(fcntl, "F_OFD_SETLK") and SHM_DIR is not None
+
+#: posix_fallocate reserves tmpfs pages up front, so a full /dev/shm fails at
+#: create() instead of raising SIGBUS on first touch.
+FALLOCATE: Final[bool] = hasattr(os, "posix_fallocate") and LINUX
+
+#: Portable limit for system names, including the leading slash: macOS allows
+#: 31 bytes (PSHMNAMLEN); we use 30 everywhere so a name works on both.
+SYSTEM_NAME_MAX: Final = 30
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    except OSError:
+        return None
+
+
+LIBC: Final[ctypes.CDLL | None] = _load_libc()
+
+
+def _has(name: str) -> bool:
+    return LIBC is not None and hasattr(LIBC, name)
+
+
+#: Process-shared robust pthread mutexes (glibc, musl): the kernel marks the
+#: mutex owner-dead when its holder exits, and the next locker is told.
+ROBUST_MUTEX: Final[bool] = (
+    LINUX and _has("pthread_mutexattr_setrobust") and _has("pthread_mutex_consistent")
+)
+#: pthread_mutex_clocklock (glibc >= 2.30) times out on CLOCK_MONOTONIC.
+MUTEX_CLOCKLOCK: Final[bool] = ROBUST_MUTEX and _has("pthread_mutex_clocklock")
+#: Bytes reserved in shared memory for one pthread_mutex_t (40 on x86-64 glibc,
+#: 48 on aarch64); 64 keeps it alone on a cache line.
+MUTEX_BYTES: Final = 64

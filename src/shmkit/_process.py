@@ -1,0 +1,105 @@
+"""Process identity and liveness: (pid, start time, boot id), so PID reuse is not life."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from enum import Enum
+from typing import Final
+
+from . import _platform
+
+_NO_BOOT: Final = b"\0" * 16
+
+
+class Liveness(str, Enum):
+    """What shmkit knows about a recorded process."""
+
+    ALIVE = "alive"
+    DEAD = "dead"
+    #: Another boot or PID namespace, or access denied: treated as alive, never cleaned.
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a process is: pid, start time in clock ticks since boot, and the boot id."""
+
+    pid: int
+    start: int
+    boot_id: bytes
+
+
+def start_time(pid: int) -> int:
+    """Return the start time of ``pid`` in clock ticks since boot, 0 if unknown."""
+    if not _platform.LINUX:
+        return 0
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return 0
+    # comm (field 2) may contain spaces and parentheses: split after the last ')'.
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])  # field 22 overall
+    except (IndexError, ValueError):
+        return 0
+
+
+def _is_zombie(pid: int) -> bool:
+    if not _platform.LINUX:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return data[data.rfind(b")") + 2 : data.rfind(b")") + 3] == b"Z"
+
+
+def _read_boot_id() -> bytes:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return bytes.fromhex(f.read().strip().replace("-", ""))
+    except (OSError, ValueError):
+        return _NO_BOOT
+
+
+BOOT_ID: Final = _read_boot_id()
+_current: Identity | None = None
+
+
+def current() -> Identity:
+    """This process's identity (recomputed after fork)."""
+    global _current
+    me = _current
+    if me is None or me.pid != os.getpid():
+        pid = os.getpid()
+        me = _current = Identity(pid, start_time(pid), BOOT_ID)
+    return me
+
+
+def liveness(pid: int, start: int, boot_id: bytes = _NO_BOOT) -> Liveness:
+    """Classify a recorded process. Unknown is never reported as dead."""
+    if pid <= 0:
+        return Liveness.DEAD
+    if boot_id not in (_NO_BOOT, BOOT_ID):
+        return Liveness.UNKNOWN
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return Liveness.DEAD
+    except PermissionError:
+        pass  # exists, another uid: compare start times below
+    except OSError:
+        return Liveness.UNKNOWN
+    if _is_zombie(pid):
+        return Liveness.DEAD
+    if start:
+        now = start_time(pid)
+        if now and now != start:
+            return Liveness.DEAD  # the pid was reused by a newer process
+        if not now:
+            return Liveness.UNKNOWN
+    return Liveness.ALIVE

@@ -1,0 +1,211 @@
+"""shmkit's errors, and the one place that translates posix_ipc's.
+
+Every error also inherits the matching built-in, so ``except FileNotFoundError``
+or ``except queue.Empty`` keeps working::
+
+    ShmkitError
+    ├── InvalidName          (ValueError)     a name shmkit cannot use
+    ├── NotFound             (FileNotFoundError)
+    ├── AlreadyExists        (FileExistsError)
+    ├── PermissionDenied     (PermissionError)
+    │   ├── ForeignOwner                      the object belongs to another uid
+    │   └── InsecurePermissions               mode wider than its creator asked for
+    ├── Timeout              (TimeoutError)
+    │   ├── LockTimeout                       names the live holder
+    │   └── NotReady                          creator never finished initialising
+    ├── Closed                                this handle (or the object) is closed
+    ├── LayoutError                           header does not describe a valid object
+    │   └── IncompatibleLayout                another layout version / ABI
+    ├── ShmFull              (OSError)        /dev/shm cannot hold the object
+    ├── MessageTooLarge      (ValueError)
+    ├── OwnerDied                             lock acquired; its last holder died holding it
+    ├── LockNotRecoverable                    a dead holder's lock was released unrepaired
+    ├── PeerDied                              the writer of a Broadcast/Latest is gone
+    ├── Empty                (queue.Empty)
+    ├── Full                 (queue.Full)
+    └── Overrun                               a reader was lapped; ``missed`` says by how much
+
+Every error pickles with its arguments, so it crosses process boundaries.
+"""
+
+from __future__ import annotations
+
+import errno
+import queue as _queue
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import posix_ipc
+
+__all__ = [
+    "ShmkitError",
+    "InvalidName",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ForeignOwner",
+    "InsecurePermissions",
+    "Timeout",
+    "LockTimeout",
+    "NotReady",
+    "Closed",
+    "LayoutError",
+    "IncompatibleLayout",
+    "ShmFull",
+    "MessageTooLarge",
+    "OwnerDied",
+    "LockNotRecoverable",
+    "PeerDied",
+    "Empty",
+    "Full",
+    "Overrun",
+    "translate",
+]
+
+
+class ShmkitError(Exception):
+    """Base of every error shmkit raises on purpose."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception pickles only ``args``; keep keyword attributes too.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[ShmkitError], args: tuple[Any, ...], state: dict[str, Any]) -> ShmkitError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
+
+
+class InvalidName(ShmkitError, ValueError):
+    """A name that shmkit cannot map to a system name."""
+
+
+class NotFound(ShmkitError, FileNotFoundError):
+    """No object of that name exists."""
+
+
+class AlreadyExists(ShmkitError, FileExistsError):
+    """An object of that name already exists."""
+
+
+class PermissionDenied(ShmkitError, PermissionError):
+    """The operating system refused access."""
+
+
+class ForeignOwner(PermissionDenied):
+    """The object is owned by another user; shmkit never adopts it."""
+
+
+class InsecurePermissions(PermissionDenied):
+    """The object's mode is wider than the mode its creator recorded."""
+
+
+class Timeout(ShmkitError, TimeoutError):
+    """A blocking call ran out of time."""
+
+
+class LockTimeout(Timeout):
+    """A lock stayed held by a live process until the deadline."""
+
+
+class NotReady(Timeout):
+    """The object's creator never finished initialising it."""
+
+
+class Closed(ShmkitError):
+    """The handle was closed, or the object was closed for new work."""
+
+
+class LayoutError(ShmkitError):
+    """The segment's header or body does not describe a valid shmkit object."""
+
+
+class IncompatibleLayout(LayoutError):
+    """The segment was written by another layout version or ABI."""
+
+    def __init__(self, message: str, found: int = 0, expected: int = 0) -> None:
+        super().__init__(message)
+        self.found = found
+        self.expected = expected
+
+
+class ShmFull(ShmkitError, OSError):
+    """Shared memory (``/dev/shm``) has no room for the object."""
+
+
+class MessageTooLarge(ShmkitError, ValueError):
+    """A message can never fit in the object, however long one waits."""
+
+
+class OwnerDied(ShmkitError):
+    """The lock is now held by the caller; its previous holder died holding it.
+
+    Repair what the lock protects, then call ``lock.mark_consistent()`` before
+    ``release()``; releasing without it makes the lock unusable for everyone.
+    """
+
+
+class LockNotRecoverable(ShmkitError):
+    """A lock whose dead holder's state was never marked consistent."""
+
+
+class PeerDied(ShmkitError):
+    """The process this call depends on (a writer or publisher) is dead."""
+
+
+class Empty(ShmkitError, _queue.Empty):
+    """Nothing to receive before the deadline."""
+
+
+class Full(ShmkitError, _queue.Full):
+    """No room to send before the deadline."""
+
+
+class Overrun(ShmkitError):
+    """A reader fell so far behind that the writer overwrote messages it had not read."""
+
+    def __init__(self, message: str, missed: int = 0) -> None:
+        super().__init__(message)
+        self.missed = missed
+
+
+@contextmanager
+def translate(what: str) -> Iterator[None]:
+    """Turn posix_ipc and OS errors raised inside the block into shmkit errors.
+
+    ``what`` names the object (for example ``"segment 'frames'"``) in the message.
+    posix_ipc's ExistentialError means "exists" or "missing" depending on the call,
+    so its errno-less message is read here and nowhere else.
+    """
+    try:
+        yield
+    except posix_ipc.ExistentialError as exc:
+        text = str(exc)
+        if "already exists" in text:
+            raise AlreadyExists(f"{what} already exists") from exc
+        raise NotFound(f"{what} does not exist") from exc
+    except posix_ipc.PermissionsError as exc:
+        raise PermissionDenied(f"{what}: permission denied") from exc
+    except FileExistsError as exc:
+        if isinstance(exc, ShmkitError):
+            raise
+        raise AlreadyExists(f"{what} already exists") from exc
+    except FileNotFoundError as exc:
+        if isinstance(exc, ShmkitError):
+            raise
+        raise NotFound(f"{what} does not exist") from exc
+    except PermissionError as exc:
+        if isinstance(exc, ShmkitError):
+            raise
+        raise PermissionDenied(f"{what}: permission denied") from exc
+    except OSError as exc:
+        if isinstance(exc, ShmkitError):
+            raise
+        if exc.errno in (errno.ENOSPC, errno.ENOMEM):
+            raise ShmFull(exc.errno, f"{what}: shared memory is full ({exc.strerror})") from exc
+        if exc.errno == errno.ENAMETOOLONG:
+            raise InvalidName(f"{what}: name too long for this platform") from exc
+        raise

@@ -1,0 +1,606 @@
+"""Segment: named shared memory with a validated header, plus raw mode.
+
+Lifetime is explicit. ``create()`` makes an object that lives until someone
+calls ``unlink()``, ``shmkit rm`` or ``shmkit gc`` removes it, even after every
+process has exited; ``close()`` only detaches this handle. ``open()`` never
+unlinks. To tie the object's life to a block, use ``with Segment.create(...)``
+and pass ``unlink_on_exit=True``::
+
+    with Segment.create("frames", 1 << 20) as seg:    # survives the block
+        seg.buf[:5] = b"hello"
+    with Segment.open("frames") as seg:               # another program
+        assert bytes(seg.buf[:5]) == b"hello"
+    Segment.remove("frames")                           # destroy it
+
+A name starting with ``/`` is a verbatim system name: the segment has no
+shmkit header (raw mode) and interoperates with plain ``posix_ipc``/``mmap``
+code and ``multiprocessing.shared_memory``.
+"""
+
+from __future__ import annotations
+
+import mmap as _mm
+import os
+import stat
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final
+
+import posix_ipc
+
+from . import _layout, _mutex, _names, _ofd, _platform, _process
+from ._layout import Kind
+from .errors import (
+    AlreadyExists,
+    Closed,
+    ForeignOwner,
+    InsecurePermissions,
+    InvalidName,
+    LayoutError,
+    NotFound,
+    NotReady,
+    ShmFull,
+    translate,
+)
+
+__all__ = ["Attachment", "Segment"]
+
+DEFAULT_ATTACH_SLOTS: Final = 64
+#: How long open() waits for a creator to finish initialising a segment.
+DEFAULT_INIT_TIMEOUT: Final = 1.0
+
+_live: weakref.WeakSet[Segment] = weakref.WeakSet()
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """One attach-table slot: a process that has the object open (or had, if dead)."""
+
+    slot: int
+    pid: int
+    start: int
+    liveness: _process.Liveness
+
+
+def _check_mode(mode: object) -> int:
+    if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o777:
+        raise ValueError(f"mode must be an int between 0 and 0o777, not {mode!r}")
+    if not mode & 0o600 == 0o600:
+        raise ValueError(f"mode {mode:#o} must give the owner read and write (0o600)")
+    return mode
+
+
+def _check_size(size: object, what: str = "size") -> int:
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise TypeError(f"{what} must be an int, not {type(size).__name__}")
+    if size <= 0:
+        raise ValueError(f"{what} must be positive, not {size}")
+    if size > _layout.MAX_BODY:
+        raise ValueError(f"{what} {size} is larger than shmkit's limit of {_layout.MAX_BODY} bytes")
+    return size
+
+
+def _reserve(fd: int, total: int, what: str) -> None:
+    """Allocate every page now, so a full /dev/shm fails here and not as SIGBUS later."""
+    if _platform.FALLOCATE:
+        try:
+            os.posix_fallocate(fd, 0, total)
+        except OSError as exc:
+            raise ShmFull(
+                exc.errno, f"{what}: cannot reserve {total} bytes ({exc.strerror})"
+            ) from exc
+    else:
+        os.ftruncate(fd, total)
+
+
+class Segment:
+    """A mapped shared-memory segment, opened or created by name.
+
+    Attributes other processes see: the header (kind, sizes, creator), the
+    attach table (who has it open) and ``buf``, the body bytes.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        sysname: str,
+        mm: _mm.mmap,
+        header: _layout.Header | None,
+        sems: list[posix_ipc.Semaphore],
+        lock_fd: int | None,
+        unlink_on_exit: bool = False,
+        readonly: bool = False,
+    ) -> None:
+        self.name = name
+        self.sysname = sysname
+        self.header = header
+        self.readonly = readonly
+        self._mm: _mm.mmap | None = mm
+        self._sems = sems
+        self._lock_fd = lock_fd
+        self._slot = -1
+        self._unlink_on_exit = unlink_on_exit
+        if header is None:
+            self._buf = memoryview(mm)
+        else:
+            self._buf = memoryview(mm)[header.body_off : header.total_size]
+        if readonly:
+            self._buf = self._buf.toreadonly()
+        _live.add(self)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @classmethod
+    def create(
+        cls, name: str, size: int, *, mode: int = 0o600, unlink_on_exit: bool = False
+    ) -> Segment:
+        """Create a segment with ``size`` body bytes; raise AlreadyExists if the name is taken.
+
+        Memory is reserved at once (a full /dev/shm raises ShmFull here). The
+        object persists after this process exits unless ``unlink_on_exit`` is
+        set, in which case leaving the ``with`` block (or ``close()``) unlinks it.
+        """
+        size = _check_size(size)
+        if _names.is_verbatim(_names.validate(name)):
+            return cls._create_raw(name, size, mode=mode, unlink_on_exit=unlink_on_exit)
+        return cls._create_object(
+            name, Kind.SEGMENT, body_size=size, mode=mode, unlink_on_exit=unlink_on_exit
+        )
+
+    @classmethod
+    def open(
+        cls,
+        name: str,
+        *,
+        readonly: bool = False,
+        init_timeout: float = DEFAULT_INIT_TIMEOUT,
+        allow_insecure: bool = False,
+    ) -> Segment:
+        """Attach to an existing segment by name; validate its header first.
+
+        Raises NotFound, LayoutError (not a valid shmkit segment of kind
+        SEGMENT), NotReady (creator still initialising after ``init_timeout``),
+        ForeignOwner or InsecurePermissions.
+        """
+        if _names.is_verbatim(_names.validate(name)):
+            return cls._open_raw(name, readonly=readonly)
+        return cls._open_object(
+            name,
+            Kind.SEGMENT,
+            readonly=readonly,
+            init_timeout=init_timeout,
+            allow_insecure=allow_insecure,
+        )
+
+    @classmethod
+    def open_or_create(cls, name: str, size: int, *, mode: int = 0o600) -> Segment:
+        """Open ``name`` if it exists, else create it. Safe when many processes race."""
+        size = _check_size(size)
+        for _ in range(20):
+            try:
+                return cls.create(name, size, mode=mode)
+            except AlreadyExists:
+                pass
+            try:
+                seg = cls.open(name)
+            except NotFound:
+                continue  # the other creator failed and cleaned up: try again
+            if seg.size < size:
+                seg.close()
+                raise LayoutError(f"segment {name!r} exists with {seg.size} bytes < {size} asked")
+            return seg
+        raise NotFound(f"segment {name!r} kept appearing and vanishing")
+
+    @staticmethod
+    def remove(name: str) -> bool:
+        """Unlink the segment called ``name`` and its semaphores; False if it did not exist."""
+        sysname = _names.system_name(name)
+        nsems = _names.MAX_SEMS
+        try:
+            with Segment._open_object(name, None, init_timeout=0.0, allow_insecure=True) as seg:
+                nsems = seg.header.nsems if seg.header else 0
+        except (LayoutError, NotReady, InvalidName):
+            pass
+        except NotFound:
+            return _unlink_sems(sysname, nsems) > 0
+        return _unlink_all(sysname, nsems)
+
+    def close(self) -> None:
+        """Detach this handle. Idempotent. Never unlinks unless ``unlink_on_exit`` was set."""
+        mm = self._mm
+        if mm is None:
+            return
+        self._mm = None
+        _live.discard(self)
+        if self._lock_fd is not None:
+            if self._slot >= 0 and self.header is not None:
+                off = self.header.attach_off + self._slot * _layout.ATTACH_SLOT
+                try:
+                    if not self.readonly:
+                        mm[off : off + _layout.ATTACH_SLOT] = bytes(_layout.ATTACH_SLOT)
+                    _ofd.unlock(self._lock_fd, off)
+                except (OSError, ValueError):
+                    pass
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        for sem in self._sems:
+            try:
+                sem.close()
+            except posix_ipc.Error:
+                pass
+        self._buf.release()
+        try:
+            mm.close()
+        except BufferError:
+            pass  # views (numpy arrays) still use the mapping; it goes when they do
+        if self._unlink_on_exit:
+            self._unlink_names()
+
+    def unlink(self) -> None:
+        """Destroy the name (segment and semaphores) for everyone. Mappings stay valid."""
+        self._unlink_names()
+
+    def _unlink_names(self) -> None:
+        nsems = self.header.nsems if self.header is not None else 0
+        _unlink_all(self.sysname, nsems)
+
+    def __enter__(self) -> Segment:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Segment.open, (self.name,))
+
+    def __repr__(self) -> str:
+        state = "closed" if self._mm is None else f"{self.size} bytes"
+        kind = self.header.kind.name if self.header else "RAW"
+        return f"<Segment {self.name!r} {kind} {state}>"
+
+    def __del__(self) -> None:
+        if getattr(self, "_mm", None) is not None:
+            self.close()
+
+    # ---------------------------------------------------------------- access
+
+    @property
+    def closed(self) -> bool:
+        return self._mm is None
+
+    @property
+    def raw(self) -> bool:
+        """True for a header-less (verbatim-name) segment."""
+        return self.header is None
+
+    @property
+    def kind(self) -> Kind | None:
+        return self.header.kind if self.header is not None else None
+
+    @property
+    def size(self) -> int:
+        """Body size in bytes (the whole mapping in raw mode)."""
+        return len(self._buf) if self._mm is not None else 0
+
+    @property
+    def buf(self) -> memoryview:
+        """Zero-copy view of the body. Raises Closed after ``close()``."""
+        if self._mm is None:
+            raise Closed(f"segment {self.name!r} is closed")
+        return self._buf
+
+    @property
+    def mmap(self) -> _mm.mmap:
+        """The whole mapping, header included (objects build on it)."""
+        if self._mm is None:
+            raise Closed(f"segment {self.name!r} is closed")
+        return self._mm
+
+    def semaphore(self, index: int) -> posix_ipc.Semaphore:
+        """Companion semaphore ``index`` (objects use these as wake-up hints)."""
+        if self._mm is None:
+            raise Closed(f"segment {self.name!r} is closed")
+        return self._sems[index]
+
+    def attachments(self) -> list[Attachment]:
+        """Processes recorded in the attach table, with their liveness."""
+        if self.header is None or self._mm is None:
+            return []
+        out = []
+        base = self.header.attach_off
+        for slot in range(self.header.attach_slots):
+            off = base + slot * _layout.ATTACH_SLOT
+            pid, start, boot = _layout.ATTACH_SLOT_STRUCT.unpack_from(self._mm, off)
+            held = self._lock_fd is not None and (
+                slot == self._slot or _ofd.is_locked(self._lock_fd, off)
+            )
+            if pid == 0 and not held:
+                continue
+            live = _process.Liveness.ALIVE if held else _process.liveness(pid, start, boot)
+            out.append(Attachment(slot, pid, start, live))
+        return out
+
+    # ---------------------------------------------------------------- objects
+
+    @classmethod
+    def _create_object(
+        cls,
+        name: str,
+        kind: Kind,
+        *,
+        body_size: int,
+        params: bytes = b"",
+        sem_values: Sequence[int] = (),
+        mode: int = 0o600,
+        init: Callable[[_mm.mmap, int], None] | None = None,
+        attach_slots: int = DEFAULT_ATTACH_SLOTS,
+        unlink_on_exit: bool = False,
+    ) -> Segment:
+        """Create a shmkit object: header, body, semaphores; READY is stored last."""
+        name = _names.validate(name)
+        if _names.is_verbatim(name):
+            raise InvalidName(f"{kind.name.lower()} objects need a shmkit name, not {name!r}")
+        mode = _check_mode(mode)
+        sysname = _names.system_name(name)
+        what = f"{kind.name.lower()} {name!r}"
+        me = _process.current()
+        image = _layout.build(
+            kind=kind,
+            mode=mode,
+            name=name,
+            params=params,
+            body_size=body_size,
+            nsems=len(sem_values),
+            attach_slots=attach_slots,
+            creator_pid=me.pid,
+            creator_start=me.start,
+            created_ns=time.time_ns(),
+            boot_id=me.boot_id,
+            uid=os.geteuid(),
+        )
+        _, body_off = _layout.offsets(len(name.encode()), len(params), attach_slots)
+        total = body_off + body_size
+        with translate(what):
+            shm = posix_ipc.SharedMemory(sysname, posix_ipc.O_CREX, mode=0o600)
+        fd = shm.fd
+        sems: list[posix_ipc.Semaphore] = []
+        try:
+            os.fchmod(fd, mode)  # exact mode: umask can only narrow, never widen
+            _reserve(fd, total, what)
+            mm = _mm.mmap(fd, total)
+            for index, value in enumerate(sem_values):
+                with translate(f"{what} semaphore {index}"):
+                    sems.append(
+                        posix_ipc.Semaphore(
+                            _names.semaphore_name(sysname, index),
+                            posix_ipc.O_CREX,
+                            mode=mode,
+                            initial_value=value,
+                        )
+                    )
+            mm[: len(image)] = image
+            if init is not None:
+                init(mm, body_off)
+            # Publish: the state word is stored last, after everything above.
+            mm[_layout.STATE_OFFSET : _layout.STATE_OFFSET + 4] = _layout.STATE_READY.to_bytes(
+                4, "little"
+            )
+        except BaseException:
+            for index in range(len(sems)):
+                _unlink_sem(_names.semaphore_name(sysname, index))
+            for sem in sems:
+                sem.close()
+            shm.close_fd()
+            _unlink_shm(sysname)
+            raise
+        shm.close_fd()
+        header = _layout.parse(_head(mm), total, what)
+        seg = cls(
+            name=name,
+            sysname=sysname,
+            mm=mm,
+            header=header,
+            sems=sems,
+            lock_fd=_ofd.open_for_locks(sysname),
+            unlink_on_exit=unlink_on_exit,
+        )
+        seg._attach()
+        return seg
+
+    @classmethod
+    def _open_object(
+        cls,
+        name: str,
+        kind: Kind | None,
+        *,
+        readonly: bool = False,
+        init_timeout: float = DEFAULT_INIT_TIMEOUT,
+        allow_insecure: bool = False,
+    ) -> Segment:
+        """Open and validate a shmkit object of ``kind`` (any kind if None)."""
+        name = _names.validate(name)
+        sysname = _names.system_name(name)
+        label = kind.name.lower() if kind is not None else "object"
+        what = f"{label} {name!r}"
+        deadline = time.monotonic() + max(0.0, init_timeout)
+        with translate(what):
+            shm = posix_ipc.SharedMemory(sysname, 0, read_only=readonly)
+        try:
+            while True:
+                st = os.fstat(shm.fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise LayoutError(f"{what}: not a regular shared-memory object")
+                if st.st_uid != os.geteuid():
+                    raise ForeignOwner(
+                        f"{what} belongs to uid {st.st_uid}; shmkit will not adopt it"
+                    )
+                mm = None
+                if st.st_size >= _layout.HEADER_SIZE:
+                    prot = _mm.PROT_READ if readonly else _mm.PROT_READ | _mm.PROT_WRITE
+                    mm = _mm.mmap(shm.fd, st.st_size, prot=prot)
+                    magic = mm[:8]
+                    state = int.from_bytes(
+                        mm[_layout.STATE_OFFSET : _layout.STATE_OFFSET + 4], "little"
+                    )
+                    if magic == _layout.MAGIC and state == _layout.STATE_READY:
+                        break
+                    if magic not in (_layout.MAGIC, bytes(8)):
+                        mm.close()
+                        raise LayoutError(f"{what}: not a shmkit segment (magic {magic!r})")
+                    mm.close()
+                if time.monotonic() >= deadline:
+                    raise NotReady(
+                        f"{what} was not initialised within {init_timeout} s "
+                        "(its creator may have died; `shmkit gc` removes it)"
+                    )
+                time.sleep(0.005)
+            try:
+                header = _layout.parse(_head(mm), st.st_size, what)
+                if kind is not None and header.kind != kind:
+                    raise LayoutError(f"{what} is a {header.kind.name.lower()}, not a {label}")
+                if header.name != name:
+                    raise LayoutError(f"{what}: header names {header.name!r} (hash collision?)")
+                if st.st_mode & 0o777 & ~header.mode and not allow_insecure:
+                    raise InsecurePermissions(
+                        f"{what} has mode {st.st_mode & 0o777:#o}, wider than the {header.mode:#o} "
+                        "its creator asked for (pass allow_insecure=True to accept)"
+                    )
+            except BaseException:
+                mm.close()
+                raise
+        finally:
+            shm.close_fd()
+        sems = []
+        try:
+            for index in range(header.nsems):
+                with translate(f"{what} semaphore {index}"):
+                    sems.append(posix_ipc.Semaphore(_names.semaphore_name(sysname, index)))
+        except BaseException:
+            for sem in sems:
+                sem.close()
+            mm.close()
+            raise
+        seg = cls(
+            name=name,
+            sysname=sysname,
+            mm=mm,
+            header=header,
+            sems=sems,
+            lock_fd=None if readonly else _ofd.open_for_locks(sysname),
+            readonly=readonly,
+        )
+        seg._attach()
+        return seg
+
+    def _attach(self) -> None:
+        """Claim a free attach slot: an OFD lock on its byte says we are alive."""
+        if self._lock_fd is None or self.header is None or self._mm is None:
+            return
+        me = _process.current()
+        for slot in range(self.header.attach_slots):
+            off = self.header.attach_off + slot * _layout.ATTACH_SLOT
+            if _ofd.try_lock(self._lock_fd, off):
+                _layout.ATTACH_SLOT_STRUCT.pack_into(self._mm, off, me.pid, me.start, me.boot_id)
+                self._slot = slot
+                return
+
+    def _after_fork_in_child(self) -> None:
+        # The OFD lock fd is shared with the parent: drop our copy so the
+        # parent's death releases its slot; the child is simply not listed.
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            self._slot = -1
+
+    # ---------------------------------------------------------------- raw mode
+
+    @classmethod
+    def _create_raw(cls, name: str, size: int, *, mode: int, unlink_on_exit: bool) -> Segment:
+        mode = _check_mode(mode)
+        what = f"raw segment {name!r}"
+        with translate(what):
+            shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600)
+        try:
+            os.fchmod(shm.fd, mode)
+            _reserve(shm.fd, size, what)
+            mm = _mm.mmap(shm.fd, size)
+        except BaseException:
+            shm.close_fd()
+            _unlink_shm(name)
+            raise
+        shm.close_fd()
+        return cls(
+            name=name,
+            sysname=name,
+            mm=mm,
+            header=None,
+            sems=[],
+            lock_fd=None,
+            unlink_on_exit=unlink_on_exit,
+        )
+
+    @classmethod
+    def _open_raw(cls, name: str, *, readonly: bool) -> Segment:
+        what = f"raw segment {name!r}"
+        with translate(what):
+            shm = posix_ipc.SharedMemory(name, 0, read_only=readonly)
+        try:
+            st = os.fstat(shm.fd)
+            if st.st_uid != os.geteuid():
+                raise ForeignOwner(f"{what} belongs to uid {st.st_uid}")
+            if st.st_size == 0:
+                raise LayoutError(f"{what} is empty")
+            prot = _mm.PROT_READ if readonly else _mm.PROT_READ | _mm.PROT_WRITE
+            mm = _mm.mmap(shm.fd, st.st_size, prot=prot)
+        finally:
+            shm.close_fd()
+        return cls(
+            name=name, sysname=name, mm=mm, header=None, sems=[], lock_fd=None, readonly=readonly
+        )
+
+
+def _head(mm: _mm.mmap) -> bytes:
+    """A bounded copy of the header region (never a view: a failed parse must not pin mm)."""
+    return mm[: _layout.HEADER_SIZE + _layout.MAX_NAME_BYTES + _layout.MAX_PARAMS + 64]
+
+
+def _unlink_shm(sysname: str) -> bool:
+    try:
+        posix_ipc.unlink_shared_memory(sysname)
+    except posix_ipc.ExistentialError:
+        return False
+    return True
+
+
+def _unlink_sem(sysname: str) -> bool:
+    try:
+        posix_ipc.unlink_semaphore(sysname)
+    except posix_ipc.ExistentialError:
+        return False
+    return True
+
+
+def _unlink_sems(sysname: str, nsems: int) -> int:
+    return sum(_unlink_sem(_names.semaphore_name(sysname, i)) for i in range(nsems))
+
+
+def _unlink_all(sysname: str, nsems: int) -> bool:
+    removed = _unlink_shm(sysname)
+    _unlink_sems(sysname, max(nsems, 0))
+    _mutex.remove_lock_files(sysname, 4)
+    return removed
+
+
+def _after_fork_in_child() -> None:
+    for seg in list(_live):
+        seg._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,503 @@
+"""Named cross-process Semaphore, Lock and Event.
+
+All three are opened by name from unrelated processes, pickle to their name,
+and take ``timeout=`` on every wait (None waits forever, 0 checks once).
+
+``Lock`` survives its holder's death: ownership is a robust mutex the kernel
+releases when the holder exits (see ``_mutex``), and an owner record in shared
+memory tells the next holder whether the previous one died *inside* its
+critical section::
+
+    with Lock.open_or_create("accounts") as lock:
+        with lock.hold(timeout=5):
+            if lock.owner_died:          # the last holder was killed mid-update
+                repair_accounts()
+                lock.mark_consistent()   # else the lock is poisoned on release
+            update_accounts()
+
+A live holder is never robbed: a waiter that runs out of time gets
+``LockTimeout`` naming the holder's pid and how long it has held the lock.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, ClassVar, Final
+
+import posix_ipc
+
+from . import _mutex, _names, _process, _wait
+from ._layout import Kind
+from .errors import (
+    AlreadyExists,
+    Closed,
+    LayoutError,
+    LockNotRecoverable,
+    LockTimeout,
+    NotFound,
+    Timeout,
+    translate,
+)
+from .segment import Segment
+
+__all__ = ["Event", "Lock", "Semaphore"]
+
+
+class _Named:
+    """Shared plumbing: a Segment holding the object's state and semaphores."""
+
+    KIND: ClassVar[Kind]
+    _seg: Segment | None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    _name: str
+
+    @property
+    def closed(self) -> bool:
+        return self._seg is None
+
+    def _check_open(self) -> None:
+        self._segment()
+
+    def _segment(self) -> Segment:
+        seg = self._seg
+        if seg is None:
+            raise Closed(f"{type(self).__name__.lower()} {self._name!r} is closed")
+        return seg
+
+    def close(self) -> None:
+        """Detach this handle (idempotent). The object stays until ``unlink()``."""
+        seg, self._seg = self._seg, None
+        if seg is not None:
+            seg.close()
+
+    def unlink(self) -> None:
+        """Remove the object's name (segment and semaphores) for everyone."""
+        Segment.remove(self._name)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self).open, (self._name,))  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._name!r}{' closed' if self._seg is None else ''}>"
+
+
+# --------------------------------------------------------------------- Semaphore
+
+_SEM_PARAMS: Final = struct.Struct("<I")
+
+
+class Semaphore(_Named):
+    """A named counting semaphore.
+
+    With a shmkit name it is listed by ``shmkit ls``; with a verbatim name
+    (``"/name"``) it is a plain POSIX semaphore that ``posix_ipc.Semaphore("/name")``
+    shares::
+
+        sem = Semaphore.create("jobs-ready", value=0)
+        sem.release()                 # in one process
+        sem.acquire(timeout=1.0)      # in another: True, or False on timeout
+    """
+
+    KIND = Kind.SEMAPHORE
+
+    def __init__(self, name: str, seg: Segment | None, sem: posix_ipc.Semaphore) -> None:
+        self._name = name
+        self._seg = seg
+        self._sem: posix_ipc.Semaphore | None = sem
+
+    @classmethod
+    def create(cls, name: str, value: int = 0, *, mode: int = 0o600) -> Semaphore:
+        """Create a semaphore with initial ``value``; AlreadyExists if the name is taken."""
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"value must be an int, not {type(value).__name__}")
+        if not 0 <= value <= posix_ipc.SEMAPHORE_VALUE_MAX:
+            raise ValueError(f"value must be between 0 and {posix_ipc.SEMAPHORE_VALUE_MAX}")
+        if _names.is_verbatim(_names.validate(name)):
+            with translate(f"semaphore {name!r}"):
+                sem = posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=mode, initial_value=value)
+            return cls(name, None, sem)
+        seg = Segment._create_object(
+            name,
+            Kind.SEMAPHORE,
+            body_size=64,
+            params=_SEM_PARAMS.pack(value),
+            sem_values=[value],
+            mode=mode,
+        )
+        return cls(name, seg, seg.semaphore(0))
+
+    @classmethod
+    def open(cls, name: str) -> Semaphore:
+        """Open an existing semaphore by name."""
+        if _names.is_verbatim(_names.validate(name)):
+            with translate(f"semaphore {name!r}"):
+                return cls(name, None, posix_ipc.Semaphore(name))
+        seg = Segment._open_object(name, Kind.SEMAPHORE)
+        if seg.header is None or seg.header.nsems != 1:
+            seg.close()
+            raise LayoutError(f"semaphore {name!r} has no semaphore")
+        return cls(name, seg, seg.semaphore(0))
+
+    @classmethod
+    def open_or_create(cls, name: str, value: int = 0, *, mode: int = 0o600) -> Semaphore:
+        """Open ``name``, creating it with ``value`` if it does not exist."""
+        for _ in range(20):
+            try:
+                return cls.create(name, value, mode=mode)
+            except AlreadyExists:
+                pass
+            try:
+                return cls.open(name)
+            except NotFound:
+                continue
+        raise NotFound(f"semaphore {name!r} kept appearing and vanishing")
+
+    def _handle(self) -> posix_ipc.Semaphore:
+        sem = self._sem
+        if sem is None:
+            raise Closed(f"semaphore {self._name!r} is closed")
+        return sem
+
+    def acquire(self, timeout: float | None = None, *, spin: float = _wait.SPIN) -> bool:
+        """Decrement, waiting up to ``timeout`` seconds. True, or False on timeout."""
+        timeout = _wait.check_timeout(timeout)
+        sem = self._handle()
+        return _wait.sem_wait(sem, timeout, spin=spin, on_slice=self._handle)
+
+    def release(self, n: int = 1) -> None:
+        """Increment ``n`` times, waking up to ``n`` waiters."""
+        sem = self._handle()
+        for _ in range(n):
+            sem.release()
+
+    @property
+    def value(self) -> int:
+        """Current value (not available on macOS)."""
+        return int(self._handle().value)
+
+    def close(self) -> None:
+        sem, self._sem = self._sem, None
+        if sem is not None and self._seg is None:
+            sem.close()
+        super().close()
+
+    def unlink(self) -> None:
+        if _names.is_verbatim(self._name):
+            with translate(f"semaphore {self._name!r}"):
+                posix_ipc.unlink_semaphore(self._name)
+            return
+        super().unlink()
+
+    def __enter__(self) -> Semaphore:
+        return self
+
+    @contextmanager
+    def hold(self, timeout: float | None = None) -> Iterator[Semaphore]:
+        """``with sem.hold(timeout=1):`` acquire (Timeout if not in time), release on exit."""
+        if not self.acquire(timeout):
+            raise Timeout(f"semaphore {self._name!r} not acquired within {timeout} s")
+        try:
+            yield self
+        finally:
+            self.release()
+
+
+# -------------------------------------------------------------------------- Lock
+
+# Lock body:
+# offset size field
+#      0   64 robust mutex (pthread_mutex_t; unused by the flock backend)
+#     64    4 state        FREE / HELD / POISONED
+#     68    4 tid          holder's thread id (native), for diagnostics
+#     72    8 pid          holder pid
+#     80    8 start        holder start time (clock ticks since boot)
+#     88    8 since_ns     time.time_ns() when it was taken
+#     96    8 acquisitions total acquisitions
+#    104    8 owner_deaths how many holders died holding it
+# Holder: take the mutex, store the record (state HELD last), work; on release
+# store FREE first, then unlock. A record still HELD when the mutex is next
+# taken means its holder died inside the critical section.
+_REC: Final = struct.Struct("<IIqqqqq")
+_REC_OFF: Final = 64
+_FREE: Final = 0
+_HELD: Final = 1
+_POISONED: Final = 2
+
+
+class Lock(_Named):
+    """A named mutex for unrelated processes that survives its holder's death.
+
+    Attributes:
+        owner_died: True while this handle holds a lock whose previous holder
+            died inside its critical section. Repair, then ``mark_consistent()``;
+            releasing without it poisons the lock (every later acquire raises
+            LockNotRecoverable, as POSIX robust mutexes do).
+    """
+
+    KIND = Kind.LOCK
+
+    def __init__(self, name: str, seg: Segment) -> None:
+        self._name = name
+        self._seg = seg
+        self._mm: mmap.mmap = seg.mmap
+        assert seg.header is not None
+        self._rec = seg.header.body_off + _REC_OFF
+        self._mutex = _mutex.Mutex(self._mm, seg.header.body_off, seg.sysname, 0)
+        self._held = False
+        self.owner_died = False
+
+    @classmethod
+    def create(cls, name: str, *, mode: int = 0o600) -> Lock:
+        """Create a lock; AlreadyExists if the name is taken."""
+        seg = Segment._create_object(
+            name,
+            Kind.LOCK,
+            body_size=128,
+            mode=mode,
+            init=_mutex.Mutex.initialize,
+        )
+        return cls(name, seg)
+
+    @classmethod
+    def open(cls, name: str) -> Lock:
+        """Open an existing lock by name."""
+        return cls(name, Segment._open_object(name, Kind.LOCK))
+
+    @classmethod
+    def open_or_create(cls, name: str, *, mode: int = 0o600) -> Lock:
+        """Open ``name``, creating it if needed (safe when many processes race)."""
+        for _ in range(20):
+            try:
+                return cls.create(name, mode=mode)
+            except AlreadyExists:
+                pass
+            try:
+                return cls.open(name)
+            except NotFound:
+                continue
+        raise NotFound(f"lock {name!r} kept appearing and vanishing")
+
+    def _record(self) -> tuple[int, int, int, int, int, int, int]:
+        return _REC.unpack_from(self._mm, self._rec)
+
+    def acquire(self, timeout: float | None = None, *, spin: float = _wait.SPIN) -> bool:
+        """Take the lock within ``timeout`` seconds; False on timeout (0 = try once).
+
+        Sets ``owner_died`` if the previous holder died holding it. Raises
+        LockNotRecoverable for a poisoned lock and Closed for a closed handle.
+        """
+        timeout = _wait.check_timeout(timeout)
+        self._segment()
+        if self._held:
+            raise RuntimeError(f"lock {self._name!r} is already held by this handle")
+        mutex = self._mutex
+
+        def attempt() -> int | None:
+            got = mutex.try_acquire()
+            return None if got == _mutex.BUSY else got
+
+        def block(seconds: float) -> int | None:
+            got = mutex.acquire_slice(seconds)
+            return None if got == _mutex.BUSY else got
+
+        got = _wait.wait(attempt, block, timeout, spin=spin, on_slice=self._check_open)
+        if got is None:
+            if timeout is None or timeout > 0:
+                raise LockTimeout(self._holder_message(timeout))
+            return False
+        state, _tid, _pid, _start, _since, count, deaths = self._record()
+        if state == _POISONED:
+            mutex.release()
+            raise LockNotRecoverable(
+                f"lock {self._name!r} is poisoned: a previous holder died and the next one "
+                "released it without mark_consistent(); recreate it"
+            )
+        died = state == _HELD
+        me = _process.current()
+        _REC.pack_into(
+            self._mm,
+            self._rec,
+            _FREE,
+            threading.get_native_id(),
+            me.pid,
+            me.start,
+            time.time_ns(),
+            count + 1,
+            deaths + died,
+        )
+        # HELD goes in last, so a death before this point leaves FREE (nothing touched yet).
+        self._mm[self._rec : self._rec + 4] = _HELD.to_bytes(4, "little")
+        self._held = True
+        self.owner_died = died
+        return True
+
+    def _holder_message(self, timeout: float | None) -> str:
+        state, tid, pid, start, since, _count, _deaths = self._record()
+        if state == _HELD and pid:
+            live = _process.liveness(pid, start)
+            held = max(0.0, (time.time_ns() - since) / 1e9)
+            return (
+                f"lock {self._name!r} not acquired within {timeout} s: held by pid {pid} "
+                f"(thread {tid}, {live.value}) for {held:.3f} s"
+            )
+        return f"lock {self._name!r} not acquired within {timeout} s"
+
+    def release(self) -> None:
+        """Release the lock. Poisons it if ``owner_died`` was never cleared."""
+        if not self._held:
+            raise RuntimeError(f"lock {self._name!r} is not held by this handle")
+        state = _POISONED if self.owner_died else _FREE
+        self._mm[self._rec : self._rec + 4] = state.to_bytes(4, "little")
+        self._held = False
+        self.owner_died = False
+        self._mutex.release()
+
+    def mark_consistent(self) -> None:
+        """Declare the protected state repaired after ``owner_died``."""
+        if not self._held:
+            raise RuntimeError(f"lock {self._name!r} is not held by this handle")
+        self.owner_died = False
+
+    @property
+    def locked(self) -> bool:
+        """True if some process holds the lock right now (a snapshot)."""
+        self._segment()
+        return self._record()[0] == _HELD
+
+    def holder(self) -> tuple[int, _process.Liveness] | None:
+        """(pid, liveness) of the recorded holder, or None if free."""
+        state, _tid, pid, start, *_ = self._record()
+        if state != _HELD:
+            return None
+        return pid, _process.liveness(pid, start)
+
+    @contextmanager
+    def hold(self, timeout: float | None = None) -> Iterator[Lock]:
+        """``with lock.hold(timeout=5):`` acquire (LockTimeout if not in time), release on exit."""
+        self.acquire(timeout)
+        try:
+            yield self
+        finally:
+            self.release()
+
+    def __enter__(self) -> Lock:
+        """``with lock:`` holds the lock for the block (waits forever)."""
+        self.acquire()
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+    def close(self) -> None:
+        """Detach this handle; releases the lock first if this handle holds it."""
+        if self._seg is None:
+            return
+        if self._held:
+            self.release()
+        self._mutex.close()
+        super().close()
+
+
+# ------------------------------------------------------------------------- Event
+
+# Event body: offset 0, 4 bytes: flag (0 clear, 1 set). Semaphore s0 wakes waiters;
+# a woken waiter re-posts it so every waiter wakes (a chain), and clear() drains it.
+_FLAG: Final = slice(0, 4)
+_SET: Final = (1).to_bytes(4, "little")
+_CLEAR: Final = bytes(4)
+
+
+class Event(_Named):
+    """A named event flag: ``set()`` in one process wakes every ``wait()`` in others."""
+
+    KIND = Kind.EVENT
+
+    def __init__(self, name: str, seg: Segment) -> None:
+        self._name = name
+        self._seg = seg
+        self._buf = seg.buf
+        self._sem = seg.semaphore(0)
+
+    @classmethod
+    def create(cls, name: str, *, mode: int = 0o600) -> Event:
+        """Create a cleared event; AlreadyExists if the name is taken."""
+        return cls(
+            name, Segment._create_object(name, Kind.EVENT, body_size=64, sem_values=[0], mode=mode)
+        )
+
+    @classmethod
+    def open(cls, name: str) -> Event:
+        """Open an existing event by name."""
+        seg = Segment._open_object(name, Kind.EVENT)
+        if seg.header is None or seg.header.nsems != 1 or seg.size < 64:
+            seg.close()
+            raise LayoutError(f"event {name!r} has an invalid layout")
+        return cls(name, seg)
+
+    @classmethod
+    def open_or_create(cls, name: str, *, mode: int = 0o600) -> Event:
+        """Open ``name``, creating it if needed."""
+        for _ in range(20):
+            try:
+                return cls.create(name, mode=mode)
+            except AlreadyExists:
+                pass
+            try:
+                return cls.open(name)
+            except NotFound:
+                continue
+        raise NotFound(f"event {name!r} kept appearing and vanishing")
+
+    def is_set(self) -> bool:
+        self._segment()
+        return bytes(self._buf[_FLAG]) == _SET
+
+    def set(self) -> None:
+        """Set the flag and wake every waiter."""
+        self._segment()
+        if bytes(self._buf[_FLAG]) != _SET:
+            self._buf[_FLAG] = _SET
+            self._sem.release()
+
+    def clear(self) -> None:
+        """Clear the flag."""
+        self._segment()
+        self._buf[_FLAG] = _CLEAR
+        while _wait.sem_try(self._sem):
+            pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the flag is set: True, or False after ``timeout`` seconds."""
+        timeout = _wait.check_timeout(timeout)
+        self._segment()
+
+        def attempt() -> bool | None:
+            return True if bytes(self._buf[_FLAG]) == _SET else None
+
+        def block(seconds: float) -> bool | None:
+            if _wait.sem_block(self._sem, seconds) and attempt():
+                self._sem.release()  # pass the wake-up on to the next waiter
+                return True
+            return None
+
+        return bool(_wait.wait(attempt, block, timeout, on_slice=self._check_open))
