@@ -1,0 +1,107 @@
+"""What every benchmark shares: the environment line, statistics, memcpy reference, output."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.table import Table
+
+
+def environment() -> str:
+    """One line naming the machine and versions, printed at the top of every run."""
+    from .. import __version__
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return (
+        f"shmkit {__version__} | Python {platform.python_version()} | "
+        f"{platform.system()} {platform.release()} {platform.machine()} | {cpu} | "
+        f"{os.cpu_count()} CPUs"
+    )
+
+
+@dataclass(frozen=True)
+class Result:
+    """One measured row: a name, a median, a p99 and a rate or bandwidth if relevant."""
+
+    name: str
+    median_us: float
+    p99_us: float
+    rate: float = 0.0  # messages per second (or frames per second)
+    gbps: float = 0.0  # GB/s when bytes moved matter
+    note: str = ""
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) of ``values`` by nearest rank."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summarize(name: str, samples_s: Sequence[float], *, nbytes: int = 0, note: str = "") -> Result:
+    """Turn per-operation times (seconds) into a Result (median, p99, rate, GB/s)."""
+    med = statistics.median(samples_s)
+    rate = 1.0 / med if med > 0 else 0.0
+    return Result(name, med * 1e6, percentile(samples_s, 99) * 1e6, rate, nbytes * rate / 1e9, note)
+
+
+def memcpy_bandwidth(nbytes: int = 6 * 1024 * 1024, repeat: int = 200) -> float:
+    """Single-core memcpy bandwidth in GB/s for ``nbytes`` copies (the physical reference)."""
+    src = bytearray(os.urandom(min(nbytes, 1 << 16)) * (nbytes // min(nbytes, 1 << 16) + 1))[
+        :nbytes
+    ]
+    dst = bytearray(nbytes)
+    view = memoryview(dst)
+    best = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        view[:] = src
+        best.append(time.perf_counter() - t0)
+    return nbytes / statistics.median(best) / 1e9
+
+
+def print_table(
+    title: str, rows: Sequence[Result], *, baseline: str, console: Console | None = None
+) -> None:
+    """Print rows with their ratio to ``baseline`` (a row name) using rich."""
+    console = console or Console()
+    base = next((r for r in rows if r.name == baseline), None)
+    table = Table(title=title)
+    for col in ("what", "median µs", "p99 µs", "rate /s", "GB/s", f"{baseline} vs this"):
+        table.add_column(col, justify="left" if col == "what" else "right")
+    for r in rows:
+        ratio = ""
+        if base is not None and r.median_us > 0:
+            ratio = f"{r.median_us / base.median_us:.2f}x" if r is not base else "1.00x"
+        table.add_row(
+            r.name + (f" ({r.note})" if r.note else ""),
+            f"{r.median_us:.2f}",
+            f"{r.p99_us:.2f}",
+            f"{r.rate:,.0f}" if r.rate else "",
+            f"{r.gbps:.2f}" if r.gbps else "",
+            ratio,
+        )
+    console.print(table)
+
+
+def header(console: Console | None = None) -> None:
+    """Print the environment line."""
+    (console or Console()).print(environment(), highlight=False)
+    sys.stdout.flush()
