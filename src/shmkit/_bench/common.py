@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
+from .. import __version__
+
 
 def environment() -> str:
     """One line naming the machine and versions, printed at the top of every run."""
-    from .. import __version__
-
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
