@@ -240,6 +240,8 @@ _REC_OFF: Final = 64
 _FREE: Final = 0
 _HELD: Final = 1
 _POISONED: Final = 2
+_FREE_B: Final = _FREE.to_bytes(4, "little")
+_POISON_B: Final = _POISONED.to_bytes(4, "little")
 
 
 class Lock(_Named):
@@ -263,6 +265,7 @@ class Lock(_Named):
         self._mutex = _mutex.Mutex(self._mm, seg.header.body_off, seg.sysname, 0)
         self._held = False
         self.owner_died = False
+        self._me = _process.current()
 
     @classmethod
     def create(cls, name: str, *, mode: int = 0o600) -> Lock:
@@ -299,43 +302,52 @@ class Lock(_Named):
         return _REC.unpack_from(self._mm, self._rec)
 
     def acquire(self, timeout: float | None = None, *, spin: float = _wait.SPIN) -> bool:
-        """Take the lock within ``timeout`` seconds; False on timeout (0 = try once).
+        """Take the lock within ``timeout`` seconds: True, or False on timeout (0 = try once).
 
-        Sets ``owner_died`` if the previous holder died holding it. Raises
-        LockNotRecoverable for a poisoned lock and Closed for a closed handle.
+        Like ``threading.Lock.acquire``. Sets ``owner_died`` if the previous
+        holder died holding it. Raises LockNotRecoverable for a poisoned lock
+        and Closed for a closed handle. ``hold()`` raises LockTimeout instead.
         """
-        timeout = _wait.check_timeout(timeout)
-        self._segment()
+        if self._seg is None:
+            raise Closed(f"lock {self._name!r} is closed")
         if self._held:
             raise RuntimeError(f"lock {self._name!r} is already held by this handle")
-        mutex = self._mutex
+        got = self._mutex.try_acquire()
+        if got == _mutex.BUSY:
+            timeout = _wait.check_timeout(timeout)
+            if timeout == 0:
+                return False
+            mutex = self._mutex
 
-        def attempt() -> int | None:
-            got = mutex.try_acquire()
-            return None if got == _mutex.BUSY else got
+            def attempt() -> int | None:
+                got = mutex.try_acquire()
+                return None if got == _mutex.BUSY else got
 
-        def block(seconds: float) -> int | None:
-            got = mutex.acquire_slice(seconds)
-            return None if got == _mutex.BUSY else got
+            def block(seconds: float) -> int | None:
+                got = mutex.acquire_slice(seconds)
+                return None if got == _mutex.BUSY else got
 
-        got = _wait.wait(attempt, block, timeout, spin=spin, on_slice=self._check_open)
-        if got is None:
-            if timeout is None or timeout > 0:
-                raise LockTimeout(self._holder_message(timeout))
-            return False
-        state, _tid, _pid, _start, _since, count, deaths = self._record()
+            waited = _wait.wait(attempt, block, timeout, spin=spin, on_slice=self._check_open)
+            if waited is None:
+                return False
+            got = waited
+        mm, rec = self._mm, self._rec
+        state, _tid, _pid, _start, _since, count, deaths = _REC.unpack_from(mm, rec)
         if state == _POISONED:
-            mutex.release()
+            self._mutex.release()
             raise LockNotRecoverable(
                 f"lock {self._name!r} is poisoned: a previous holder died and the next one "
                 "released it without mark_consistent(); recreate it"
             )
         died = state == _HELD
-        me = _process.current()
+        me = self._me
+        if me.pid != _process.current().pid:
+            me = self._me = _process.current()
+        # One store of the whole record: HELD is written with the holder's identity.
         _REC.pack_into(
-            self._mm,
-            self._rec,
-            _FREE,
+            mm,
+            rec,
+            _HELD,
             threading.get_native_id(),
             me.pid,
             me.start,
@@ -343,8 +355,6 @@ class Lock(_Named):
             count + 1,
             deaths + died,
         )
-        # HELD goes in last, so a death before this point leaves FREE (nothing touched yet).
-        self._mm[self._rec : self._rec + 4] = _HELD.to_bytes(4, "little")
         self._held = True
         self.owner_died = died
         return True
@@ -364,8 +374,7 @@ class Lock(_Named):
         """Release the lock. Poisons it if ``owner_died`` was never cleared."""
         if not self._held:
             raise RuntimeError(f"lock {self._name!r} is not held by this handle")
-        state = _POISONED if self.owner_died else _FREE
-        self._mm[self._rec : self._rec + 4] = state.to_bytes(4, "little")
+        self._mm[self._rec : self._rec + 4] = _POISON_B if self.owner_died else _FREE_B
         self._held = False
         self.owner_died = False
         self._mutex.release()
@@ -391,8 +400,9 @@ class Lock(_Named):
 
     @contextmanager
     def hold(self, timeout: float | None = None) -> Iterator[Lock]:
-        """``with lock.hold(timeout=5):`` acquire (LockTimeout if not in time), release on exit."""
-        self.acquire(timeout)
+        """``with lock.hold(timeout=5):`` acquire or raise LockTimeout naming the holder."""
+        if not self.acquire(timeout):
+            raise LockTimeout(self._holder_message(timeout))
         try:
             yield self
         finally:
