@@ -422,10 +422,19 @@ class Segment:
         readonly: bool = False,
         init_timeout: float = DEFAULT_INIT_TIMEOUT,
         allow_insecure: bool = False,
+        sysname: str | None = None,
+        attach: bool = True,
     ) -> Segment:
-        """Open and validate a shmkit object of ``kind`` (any kind if None)."""
-        name = _names.validate(name)
-        sysname = _names.system_name(name)
+        """Open and validate a shmkit object of ``kind`` (any kind if None).
+
+        With ``sysname`` (inspection by the CLI) ``name`` is ignored and taken
+        from the header; with ``attach=False`` the handle takes no attach slot.
+        """
+        if sysname is None:
+            name = _names.validate(name)
+            sysname = _names.system_name(name)
+        else:
+            name = sysname
         label = kind.name.lower() if kind is not None else "object"
         what = f"{label} {name!r}"
         deadline = time.monotonic() + max(0.0, init_timeout)
@@ -464,7 +473,9 @@ class Segment:
                 header = _layout.parse(_head(mm), st.st_size, what)
                 if kind is not None and header.kind != kind:
                     raise LayoutError(f"{what} is a {header.kind.name.lower()}, not a {label}")
-                if header.name != name:
+                if name == sysname:
+                    name = header.name
+                elif header.name != name:
                     raise LayoutError(f"{what}: header names {header.name!r} (hash collision?)")
                 if st.st_mode & 0o777 & ~header.mode and not allow_insecure:
                     raise InsecurePermissions(
@@ -492,10 +503,11 @@ class Segment:
             mm=mm,
             header=header,
             sems=sems,
-            lock_fd=None if readonly else _ofd.open_for_locks(sysname),
+            lock_fd=_ofd.open_for_locks(sysname),
             readonly=readonly,
         )
-        seg._attach()
+        if attach and not readonly:
+            seg._attach()
         return seg
 
     def _attach(self) -> None:
