@@ -48,7 +48,7 @@ def writer(name: str, size: int) -> dict[str, Any]:
         buf = seg.buf
         buf[_DIGEST + _STAMP :] = payload
         buf[:_DIGEST] = hashlib.blake2b(payload, digest_size=_DIGEST).digest()
-        steps[f"write {size:,} bytes + digest"] = _ms(t0)
+        steps[f"make {size:,} random bytes, write, digest"] = _ms(t0)
         buf[_DIGEST : _DIGEST + _STAMP] = time.perf_counter_ns().to_bytes(8, "little")
         ready.release()
         t0 = time.perf_counter()

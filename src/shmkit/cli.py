@@ -180,13 +180,13 @@ def cmd_gc(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
-    console.print(
-        f"shmkit {__version__} demo: a writer and a reader process share {args.size:,} bytes"
-    )
     report = _demo.run(args.size, args.timeout)
     if args.json:
         _print_json(report)
-        return 0
+        return 0 if report["reader"]["verified"] else 1
+    console.print(
+        f"shmkit {__version__} demo: writer and reader processes share {args.size:,} bytes"
+    )
     table = Table(title=f"demo '{report['name']}'")
     for col in ("process", "step", "ms"):
         table.add_column(col, justify="right" if col == "ms" else "left")
