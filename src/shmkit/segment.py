@@ -31,7 +31,7 @@ from typing import Any, Final
 
 import posix_ipc
 
-from . import _layout, _mutex, _names, _ofd, _platform, _process
+from . import _crash, _layout, _mutex, _names, _ofd, _platform, _process
 from ._layout import Kind
 from .errors import (
     AlreadyExists,
@@ -387,6 +387,8 @@ class Segment:
             mm[: len(image)] = image
             if init is not None:
                 init(mm, body_off)
+            if _crash.ARMED:
+                _crash.point("segment.create.before_ready")
             # Publish: the state word is stored last, after everything above.
             mm[_layout.STATE_OFFSET : _layout.STATE_OFFSET + 4] = _layout.STATE_READY.to_bytes(
                 4, "little"
@@ -463,6 +465,8 @@ class Segment:
                         mm.close()
                         raise LayoutError(f"{what}: not a shmkit segment (magic {magic!r})")
                     mm.close()
+                    if magic == _layout.MAGIC and state != _layout.STATE_INIT:
+                        raise LayoutError(f"{what}: invalid state word {state:#x}")
                 if time.monotonic() >= deadline:
                     raise NotReady(
                         f"{what} was not initialised within {init_timeout} s "

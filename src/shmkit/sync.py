@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Final
 
 import posix_ipc
 
-from . import _mutex, _names, _process, _wait
+from . import _crash, _mutex, _names, _process, _wait
 from ._layout import Kind
 from .errors import (
     AlreadyExists,
@@ -331,6 +331,8 @@ class Lock(_Named):
             if waited is None:
                 return False
             got = waited
+        if _crash.ARMED:
+            _crash.point("lock.acquire.locked")
         mm, rec = self._mm, self._rec
         state, _tid, _pid, _start, _since, count, deaths = _REC.unpack_from(mm, rec)
         if state == _POISONED:
@@ -357,6 +359,8 @@ class Lock(_Named):
         )
         self._held = True
         self.owner_died = died
+        if _crash.ARMED:
+            _crash.point("lock.acquire.recorded")
         return True
 
     def _holder_message(self, timeout: float | None) -> str:
@@ -377,7 +381,11 @@ class Lock(_Named):
         self._mm[self._rec : self._rec + 4] = _POISON_B if self.owner_died else _FREE_B
         self._held = False
         self.owner_died = False
+        if _crash.ARMED:
+            _crash.point("lock.release.cleared")
         self._mutex.release()
+        if _crash.ARMED:
+            _crash.point("lock.release.unlocked")
 
     def mark_consistent(self) -> None:
         """Declare the protected state repaired after ``owner_died``."""
