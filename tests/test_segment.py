@@ -10,6 +10,7 @@ import stat
 import struct
 import subprocess
 import sys
+from contextlib import closing
 from multiprocessing import shared_memory
 
 import posix_ipc
@@ -156,7 +157,7 @@ def test_posix_ipc_tutorial_writer_shmkit_reader(name: str) -> None:
     )
     finish(writer)
     with (
-        shmkit.Semaphore.open(sysname + "-sem") as sem,
+        closing(shmkit.Semaphore.open(sysname + "-sem")) as sem,
         Segment.open(sysname) as seg,
     ):
         assert sem.acquire(timeout=5)
@@ -170,7 +171,7 @@ def test_shmkit_raw_writer_posix_ipc_reader(name: str) -> None:
     sysname = f"/{name}"
     with (
         Segment.create(sysname, 4096) as seg,
-        shmkit.Semaphore.create(sysname + "-sem", 0) as sem,
+        closing(shmkit.Semaphore.create(sysname + "-sem", 0)) as sem,
     ):
         seg.buf[:6] = b"shmkit"
         sem.release()
@@ -231,7 +232,17 @@ def test_long_names_hash_to_a_portable_system_name(name: str) -> None:
         seg.unlink()
 
 
-@pytest.mark.parametrize(("size", "exc"), [(0, ValueError), (-1, ValueError), (1 << 62, ValueError), (1.5, TypeError), ("9", TypeError), (True, TypeError)])
+@pytest.mark.parametrize(
+    ("size", "exc"),
+    [
+        (0, ValueError),
+        (-1, ValueError),
+        (1 << 62, ValueError),
+        (1.5, TypeError),
+        ("9", TypeError),
+        (True, TypeError),
+    ],
+)
 def test_invalid_sizes(name: str, size: object, exc: type[Exception]) -> None:
     with pytest.raises(exc):
         Segment.create(name, size)  # type: ignore[arg-type]
@@ -349,8 +360,10 @@ def test_default_mode_is_exactly_0600_whatever_the_umask(name: str, umask: int) 
     old = os.umask(umask)
     try:
         objs = [
-            Segment.create(name + "s", 10), shmkit.Lock.create(name + "l"),
-            shmkit.Event.create(name + "e"), shmkit.Semaphore.create(name + "m"),
+            Segment.create(name + "s", 10),
+            shmkit.Lock.create(name + "l"),
+            shmkit.Event.create(name + "e"),
+            shmkit.Semaphore.create(name + "m"),
         ]
     finally:
         os.umask(old)
@@ -399,9 +412,7 @@ def test_segment_of_another_uid_is_never_adopted(name: str) -> None:
 def _can_unshare() -> bool:
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         return False
-    probe = subprocess.run(
-        ["unshare", "-m", "true"], capture_output=True, timeout=10, check=False
-    )
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, timeout=10, check=False)
     return probe.returncode == 0
 
 
@@ -417,11 +428,19 @@ def test_full_dev_shm_raises_at_create_not_sigbus() -> None:
     env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "src"))
     out = subprocess.run(
         [
-            "unshare", "-m", "sh", "-c",
-            "mount -t tmpfs -o size=64k tmpfs /dev/shm && exec \"$0\" -c \"$1\"",
-            sys.executable, code,
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            'mount -t tmpfs -o size=64k tmpfs /dev/shm && exec "$0" -c "$1"',
+            sys.executable,
+            code,
         ],
-        capture_output=True, text=True, timeout=60, env=env, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ShmFull True []", out.stdout + out.stderr

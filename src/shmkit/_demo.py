@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import closing
 from typing import Any
 
 from .segment import Segment
@@ -70,8 +71,8 @@ def reader(name: str, timeout: float) -> dict[str, Any]:
     t0 = time.perf_counter()
     with (
         Segment.open(name) as seg,
-        Semaphore.open(name + ".ready") as ready,
-        Semaphore.open(name + ".ack") as ack,
+        closing(Semaphore.open(name + ".ready")) as ready,
+        closing(Semaphore.open(name + ".ack")) as ack,
     ):
         steps["open by name"] = _ms(t0)
         ack.release()  # attached: the writer may go on

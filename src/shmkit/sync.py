@@ -3,17 +3,21 @@
 All three are opened by name from unrelated processes, pickle to their name,
 and take ``timeout=`` on every wait (None waits forever, 0 checks once).
 
+As in ``threading`` and ``posix_ipc``, ``with lock:`` and ``with sem:`` hold
+the object for the block; ``close()`` (or ``contextlib.closing``) detaches the
+handle. ``with event:`` detaches on exit, like the other shmkit objects.
+
 ``Lock`` survives its holder's death: ownership is a robust mutex the kernel
 releases when the holder exits (see ``_mutex``), and an owner record in shared
 memory tells the next holder whether the previous one died *inside* its
 critical section::
 
-    with Lock.open_or_create("accounts") as lock:
-        with lock.hold(timeout=5):
-            if lock.owner_died:          # the last holder was killed mid-update
-                repair_accounts()
-                lock.mark_consistent()   # else the lock is poisoned on release
-            update_accounts()
+    lock = Lock.open_or_create("accounts")
+    with lock.hold(timeout=5):           # LockTimeout names the holder if not in time
+        if lock.owner_died:              # the last holder was killed mid-update
+            repair_accounts()
+            lock.mark_consistent()       # else the lock is poisoned on release
+        update_accounts()
 
 A live holder is never robbed: a waiter that runs out of time gets
 ``LockTimeout`` naming the holder's pid and how long it has held the lock.
@@ -207,7 +211,14 @@ class Semaphore(_Named):
         super().unlink()
 
     def __enter__(self) -> Semaphore:
+        """``with sem:`` acquires (waiting forever) and releases on exit, like posix_ipc."""
+        self.acquire()
         return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
 
     @contextmanager
     def hold(self, timeout: float | None = None) -> Iterator[Semaphore]:
