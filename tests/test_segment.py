@@ -194,6 +194,7 @@ def test_shmkit_raw_writer_posix_ipc_reader(name: str) -> None:
 def test_raw_open_of_multiprocessing_shared_memory() -> None:
     shm = shared_memory.SharedMemory(create=True, size=100)
     try:
+        assert shm.buf is not None
         shm.buf[:4] = b"mpsm"
         with Segment.open("/" + shm.name.lstrip("/")) as seg:
             assert bytes(seg.buf[:4]) == b"mpsm"
@@ -359,7 +360,7 @@ def test_empty_segment_times_out_not_ready(name: str) -> None:
 def test_default_mode_is_exactly_0600_whatever_the_umask(name: str, umask: int) -> None:
     old = os.umask(umask)
     try:
-        objs = [
+        objs: list[Segment | shmkit.Lock | shmkit.Event | shmkit.Semaphore] = [
             Segment.create(name + "s", 10),
             shmkit.Lock.create(name + "l"),
             shmkit.Event.create(name + "e"),
