@@ -252,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status."""
     args = build_parser().parse_args(argv)
-    console = Console()
+    # Piped output (scripts, tests) gets a wide table instead of truncated names.
+    console = Console() if sys.stdout.isatty() else Console(width=200)
     try:
         return int(args.func(args, console))
     except ShmkitError as exc:
