@@ -181,10 +181,32 @@ class Semaphore(_Named):
         return sem
 
     def acquire(self, timeout: float | None = None, *, spin: float = _wait.SPIN) -> bool:
-        """Decrement, waiting up to ``timeout`` seconds. True, or False on timeout."""
+        """Decrement, waiting up to ``timeout`` seconds. True, or False on timeout.
+
+        Tries once, then re-tries for ``spin`` seconds (cheap when the other
+        side answers within microseconds), then blocks in short slices.
+        """
+        sem = self._sem
+        if sem is None:
+            raise Closed(f"semaphore {self._name!r} is closed")
+        try:
+            sem.acquire(0)
+            return True
+        except posix_ipc.BusyError:
+            pass
         timeout = _wait.check_timeout(timeout)
-        sem = self._handle()
-        return _wait.sem_wait(sem, timeout, spin=spin, on_slice=self._handle)
+        if timeout == 0:
+            return False
+        if spin > 0:
+            clock = time.perf_counter
+            end = clock() + (spin if timeout is None else min(spin, timeout))
+            while clock() < end:
+                try:
+                    sem.acquire(0)
+                    return True
+                except posix_ipc.BusyError:
+                    pass
+        return _wait.sem_wait(sem, timeout, spin=0.0, on_slice=self._check_open)
 
     def release(self, n: int = 1) -> None:
         """Increment ``n`` times, waking up to ``n`` waiters."""

@@ -80,16 +80,20 @@ def memcpy_bandwidth(nbytes: int = 6 * 1024 * 1024, repeat: int = 200) -> float:
 def print_table(
     title: str, rows: Sequence[Result], *, baseline: str, console: Console | None = None
 ) -> None:
-    """Print rows with their ratio to ``baseline`` (a row name) using rich."""
+    """Print rows with their speed relative to ``baseline`` (a row name) using rich.
+
+    The last column is ``baseline median / row median``: 3.00x means three
+    times faster than the baseline, 0.50x twice as slow.
+    """
     console = console or Console()
     base = next((r for r in rows if r.name == baseline), None)
-    table = Table(title=title)
-    for col in ("what", "median µs", "p99 µs", "rate /s", "GB/s", f"{baseline} vs this"):
+    table = Table(title=title, title_justify="left")
+    for col in ("what", "median µs", "p99 µs", "rate /s", "GB/s", f"speed vs {baseline}"):
         table.add_column(col, justify="left" if col == "what" else "right")
     for r in rows:
         ratio = ""
         if base is not None and r.median_us > 0:
-            ratio = f"{r.median_us / base.median_us:.2f}x" if r is not base else "1.00x"
+            ratio = f"{base.median_us / r.median_us:.2f}x" if r is not base else "1.00x"
         table.add_row(
             r.name + (f" ({r.note})" if r.note else ""),
             f"{r.median_us:.2f}",
