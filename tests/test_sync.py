@@ -170,9 +170,13 @@ def test_crash_windows_never_two_holders(name: str, point: str) -> None:
         seg.unlink()
 
 
-def test_forked_child_does_not_keep_a_dead_parents_lock(name: str) -> None:
+@pytest.mark.parametrize("backend", ["pthread", "flock"])
+def test_forked_child_does_not_keep_a_dead_parents_lock(name: str, backend: str) -> None:
     """T12: parent holds the lock and forks; killing the parent frees it while the child lives."""
-    with closing(Lock.create(name)) as lock:
+    env = {"SHMKIT_MUTEX": backend}
+    finish(spawn("import sys, shmkit; shmkit.Lock.create(sys.argv[1]).close()", name, env=env))
+    with closing(Lock.open(name)) as lock:
+        assert lock._mutex.kind == backend  # the creator's choice, whatever our environment
         parent = spawn(
             """
             import os, sys, time

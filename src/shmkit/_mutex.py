@@ -25,12 +25,17 @@ import mmap
 import os
 import tempfile
 import time
+import weakref
 from typing import Final
 
 from . import _platform
 from .errors import LayoutError
 
 OK: Final = 0
+#: The backend is recorded in the last bytes of the 64-byte mutex area, which no
+#: pthread_mutex_t uses (40 bytes on x86-64, 48 on aarch64).
+_TAG_AT: Final = 56
+_TAGS: Final = {b"PTHR": "pthread", b"FLCK": "flock"}
 BUSY: Final = 1
 OWNER_DIED: Final = 2
 
@@ -92,28 +97,47 @@ class Mutex:
     every handle constructs a ``Mutex`` over the same bytes.
     """
 
-    __slots__ = ("_addr", "_anchor", "_fd", "_flock_path", "_held_flock", "_ptr", "kind")
+    __slots__ = (
+        "__weakref__",
+        "_addr",
+        "_anchor",
+        "_fd",
+        "_flock_path",
+        "_held_flock",
+        "_ptr",
+        "kind",
+    )
 
     def __init__(self, mm: mmap.mmap, offset: int, sysname: str, index: int) -> None:
-        self.kind = backend()
+        if offset % 64 or offset < 0 or offset + _platform.MUTEX_BYTES > len(mm):
+            raise LayoutError(f"mutex offset {offset} is out of bounds or unaligned")
+        # Every process must use the backend the creator chose, whatever its environment.
+        tag = bytes(mm[offset + _TAG_AT : offset + _TAG_AT + 4])
+        if tag not in _TAGS:
+            raise LayoutError(f"mutex at {offset} has an unknown backend tag {tag!r}")
+        self.kind = _TAGS[tag]
+        if self.kind == "pthread" and not _platform.ROBUST_MUTEX:
+            raise LayoutError("object uses robust pthread mutexes, which this platform lacks")
         self._fd = -1
         self._held_flock = False
         self._flock_path = ""
         self._anchor: ctypes.Array[ctypes.c_char] | None = None
         self._ptr: ctypes.c_void_p | None = None
         if self.kind == "pthread":
-            if offset % 64 or offset + _platform.MUTEX_BYTES > len(mm):
-                raise LayoutError(f"mutex offset {offset} is out of bounds or unaligned")
             self._anchor = (ctypes.c_char * _platform.MUTEX_BYTES).from_buffer(mm, offset)
             self._ptr = ctypes.c_void_p(ctypes.addressof(self._anchor))
         else:
             self._flock_path = flock_path(sysname, index)
             self._fd = os.open(self._flock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            _flock_mutexes.add(self)
 
     @staticmethod
     def initialize(mm: mmap.mmap, offset: int) -> None:
-        """Initialise the pthread mutex bytes (creator only; harmless for flock)."""
-        if backend() != "pthread":
+        """Initialise the mutex bytes and record the backend (creator only, before READY)."""
+        kind = backend()
+        tag = next(t for t, k in _TAGS.items() if k == kind)
+        mm[offset + _TAG_AT : offset + _TAG_AT + 4] = tag
+        if kind != "pthread":
             return
         anchor = (ctypes.c_char * _platform.MUTEX_BYTES).from_buffer(mm, offset)
         attr = ctypes.create_string_buffer(64)
@@ -203,6 +227,18 @@ class Mutex:
             os.close(self._fd)
             self._fd = os.open(self._flock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             self._held_flock = False
+
+
+_flock_mutexes: weakref.WeakSet[Mutex] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for mutex in list(_flock_mutexes):
+        mutex.after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def remove_lock_files(sysname: str, count: int) -> None:
