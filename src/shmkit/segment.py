@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import posix_ipc
 
@@ -46,7 +46,9 @@ from .errors import (
     translate,
 )
 
-__all__ = ["Attachment", "Segment"]
+__all__ = ["Attachment", "Segment", "open_or_create"]
+
+T = TypeVar("T")
 
 DEFAULT_ATTACH_SLOTS: Final = 64
 #: How long open() waits for a creator to finish initialising a segment.
@@ -63,6 +65,24 @@ class Attachment:
     pid: int
     start: int
     liveness: _process.Liveness
+
+
+def open_or_create(create: Callable[[], T], open_: Callable[[], T], what: str) -> T:
+    """Create, or open if it exists; safe when many processes race for the same name.
+
+    A creator that fails half-way unlinks what it made, so an opener can see
+    NotFound after AlreadyExists: then the whole dance is tried again.
+    """
+    for _ in range(20):
+        try:
+            return create()
+        except AlreadyExists:
+            pass
+        try:
+            return open_()
+        except NotFound:
+            continue
+    raise NotFound(f"{what} kept appearing and vanishing")
 
 
 def _check_mode(mode: object) -> int:
@@ -180,20 +200,13 @@ class Segment:
     def open_or_create(cls, name: str, size: int, *, mode: int = 0o600) -> Segment:
         """Open ``name`` if it exists, else create it. Safe when many processes race."""
         size = _check_size(size)
-        for _ in range(20):
-            try:
-                return cls.create(name, size, mode=mode)
-            except AlreadyExists:
-                pass
-            try:
-                seg = cls.open(name)
-            except NotFound:
-                continue  # the other creator failed and cleaned up: try again
-            if seg.size < size:
-                seg.close()
-                raise LayoutError(f"segment {name!r} exists with {seg.size} bytes < {size} asked")
-            return seg
-        raise NotFound(f"segment {name!r} kept appearing and vanishing")
+        seg = open_or_create(
+            lambda: cls.create(name, size, mode=mode), lambda: cls.open(name), f"segment {name!r}"
+        )
+        if seg.size < size:
+            seg.close()
+            raise LayoutError(f"segment {name!r} exists with {seg.size} bytes < {size} asked")
+        return seg
 
     @staticmethod
     def remove(name: str) -> bool:

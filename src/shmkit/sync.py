@@ -39,16 +39,14 @@ import posix_ipc
 from . import _crash, _mutex, _names, _process, _wait
 from ._layout import Kind
 from .errors import (
-    AlreadyExists,
     Closed,
     LayoutError,
     LockNotRecoverable,
     LockTimeout,
-    NotFound,
     Timeout,
     translate,
 )
-from .segment import Segment
+from .segment import Segment, open_or_create
 
 __all__ = ["Event", "Lock", "Semaphore"]
 
@@ -163,16 +161,11 @@ class Semaphore(_Named):
     @classmethod
     def open_or_create(cls, name: str, value: int = 0, *, mode: int = 0o600) -> Semaphore:
         """Open ``name``, creating it with ``value`` if it does not exist."""
-        for _ in range(20):
-            try:
-                return cls.create(name, value, mode=mode)
-            except AlreadyExists:
-                pass
-            try:
-                return cls.open(name)
-            except NotFound:
-                continue
-        raise NotFound(f"semaphore {name!r} kept appearing and vanishing")
+        return open_or_create(
+            lambda: cls.create(name, value, mode=mode),
+            lambda: cls.open(name),
+            f"semaphore {name!r}",
+        )
 
     def _handle(self) -> posix_ipc.Semaphore:
         sem = self._sem
@@ -320,16 +313,9 @@ class Lock(_Named):
     @classmethod
     def open_or_create(cls, name: str, *, mode: int = 0o600) -> Lock:
         """Open ``name``, creating it if needed (safe when many processes race)."""
-        for _ in range(20):
-            try:
-                return cls.create(name, mode=mode)
-            except AlreadyExists:
-                pass
-            try:
-                return cls.open(name)
-            except NotFound:
-                continue
-        raise NotFound(f"lock {name!r} kept appearing and vanishing")
+        return open_or_create(
+            lambda: cls.create(name, mode=mode), lambda: cls.open(name), f"lock {name!r}"
+        )
 
     def _record(self) -> tuple[int, int, int, int, int, int, int]:
         return _REC.unpack_from(self._mm, self._rec)
@@ -508,16 +494,9 @@ class Event(_Named):
     @classmethod
     def open_or_create(cls, name: str, *, mode: int = 0o600) -> Event:
         """Open ``name``, creating it if needed."""
-        for _ in range(20):
-            try:
-                return cls.create(name, mode=mode)
-            except AlreadyExists:
-                pass
-            try:
-                return cls.open(name)
-            except NotFound:
-                continue
-        raise NotFound(f"event {name!r} kept appearing and vanishing")
+        return open_or_create(
+            lambda: cls.create(name, mode=mode), lambda: cls.open(name), f"event {name!r}"
+        )
 
     def is_set(self) -> bool:
         self._segment()
