@@ -201,3 +201,10 @@ def test_demo_runs_two_processes_and_leaves_nothing() -> None:
     assert report["reader"]["verified"] is True
     assert report["writer"]["pid"] != report["reader"]["pid"]
     assert not [e for e in registry.discover() if e.name.startswith(report["name"])]
+
+
+def test_watch_redraws_the_table(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with Segment.create(name, 10) as seg:
+        assert cli.main(["watch", "--count", "2", "--interval", "0"]) == 0
+        assert name in capsys.readouterr().out
+        seg.unlink()

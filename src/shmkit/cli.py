@@ -1,6 +1,7 @@
 """``shmkit``: list, inspect, remove and collect shared-memory objects; demo; bench.
 
     shmkit ls [--json]                 what lives in /dev/shm, grouped by object
+    shmkit watch [--interval S]        the same table, refreshed until Ctrl-C
     shmkit info NAME [--json]          one object's decoded header, attachments, stats
     shmkit rm NAME... [--json]         remove objects and all their parts
     shmkit gc [--yes] [--force]        remove what is provably abandoned (dry run by default)
@@ -20,6 +21,7 @@ import time
 from typing import Any
 
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
 
 from . import __version__, _demo, registry
@@ -61,6 +63,23 @@ def cmd_ls(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         _print_json([e.as_dict() for e in entries])
         return 0
+    console.print(_ls_table(entries))
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace, console: Console) -> int:
+    """Redraw the ``ls`` table every ``--interval`` seconds until Ctrl-C (or ``--count``)."""
+    shown = 0
+    with Live(_ls_table(registry.discover()), console=console, auto_refresh=False) as live:
+        while args.count <= 0 or shown < args.count:
+            live.update(_ls_table(registry.discover(with_stats=True)), refresh=True)
+            shown += 1
+            if args.count <= 0 or shown < args.count:
+                time.sleep(args.interval)
+    return 0
+
+
+def _ls_table(entries: list[registry.Entry]) -> Table:
     table = Table(title=f"shmkit objects in /dev/shm ({len(entries)})")
     for col in ("name", "kind", "state", "size", "mode", "creator", "attached", "parts", "age"):
         table.add_column(col, justify="right" if col in ("size", "attached", "parts") else "left")
@@ -79,8 +98,7 @@ def cmd_ls(args: argparse.Namespace, console: Console) -> int:
             str(len(e.parts)),
             _age(e.created),
         )
-    console.print(table)
-    return 0
+    return table
 
 
 def _info(name: str) -> dict[str, Any]:
@@ -218,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--stats", action="store_true", help="include per-kind statistics")
     p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("watch", help="the ls table, refreshed until Ctrl-C")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    p.add_argument("--count", type=int, default=0, help="stop after this many (0 = never)")
+    p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("info", help="decode one object's header, attachments and statistics")
     p.add_argument("name")
