@@ -71,13 +71,22 @@ _current: Identity | None = None
 
 
 def current() -> Identity:
-    """This process's identity (recomputed after fork)."""
+    """This process's identity (cached; recomputed in a forked child)."""
     global _current
     me = _current
-    if me is None or me.pid != os.getpid():
+    if me is None:
         pid = os.getpid()
         me = _current = Identity(pid, start_time(pid), BOOT_ID)
     return me
+
+
+def _forget_identity() -> None:
+    global _current
+    _current = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_identity)
 
 
 def liveness(pid: int, start: int, boot_id: bytes = _NO_BOOT) -> Liveness:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import mmap
 import struct
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -250,24 +249,22 @@ class Semaphore(_Named):
 
 # Lock body:
 # offset size field
-#      0   64 robust mutex (pthread_mutex_t; unused by the flock backend)
-#     64    4 state        FREE / HELD / POISONED
-#     68    4 tid          holder's thread id (native), for diagnostics
+#      0   64 robust mutex (pthread_mutex_t + backend tag; see _mutex)
+#     64    8 state        FREE / HELD / POISONED
 #     72    8 pid          holder pid
 #     80    8 start        holder start time (clock ticks since boot)
 #     88    8 since_ns     time.time_ns() when it was taken
-#     96    8 acquisitions total acquisitions
-#    104    8 owner_deaths how many holders died holding it
-# Holder: take the mutex, store the record (state HELD last), work; on release
-# store FREE first, then unlock. A record still HELD when the mutex is next
-# taken means its holder died inside the critical section.
-_REC: Final = struct.Struct("<IIqqqqq")
+#     96    8 owner_deaths how many holders died holding it
+# Holder: take the mutex, then store (HELD, pid, start, since) in one write;
+# on release store FREE (or POISONED), then unlock. A record still HELD when
+# the mutex is next taken means its holder died inside the critical section.
+# All of it is written only while holding the mutex, whose lock/unlock are
+# acquire/release barriers, so the rule holds on x86-64 and arm64 alike.
+_HOLD: Final = struct.Struct("<qqqq")
 _REC_OFF: Final = 64
 _FREE: Final = 0
 _HELD: Final = 1
 _POISONED: Final = 2
-_FREE_B: Final = _FREE.to_bytes(4, "little")
-_POISON_B: Final = _POISONED.to_bytes(4, "little")
 
 
 class Lock(_Named):
@@ -288,10 +285,12 @@ class Lock(_Named):
         self._mm: mmap.mmap = seg.mmap
         assert seg.header is not None
         self._rec = seg.header.body_off + _REC_OFF
+        # state, pid, start, since, owner_deaths as int64 words
+        self._words = memoryview(self._mm)[self._rec : self._rec + 40].cast("q")
         self._mutex = _mutex.Mutex(self._mm, seg.header.body_off, seg.sysname, 0)
+        self._try = self._mutex.try_acquire
         self._held = False
         self.owner_died = False
-        self._me = _process.current()
 
     @classmethod
     def create(cls, name: str, *, mode: int = 0o600) -> Lock:
@@ -317,9 +316,6 @@ class Lock(_Named):
             lambda: cls.create(name, mode=mode), lambda: cls.open(name), f"lock {name!r}"
         )
 
-    def _record(self) -> tuple[int, int, int, int, int, int, int]:
-        return _REC.unpack_from(self._mm, self._rec)
-
     def acquire(self, timeout: float | None = None, *, spin: float = _wait.SPIN) -> bool:
         """Take the lock within ``timeout`` seconds: True, or False on timeout (0 = try once).
 
@@ -331,65 +327,60 @@ class Lock(_Named):
             raise Closed(f"lock {self._name!r} is closed")
         if self._held:
             raise RuntimeError(f"lock {self._name!r} is already held by this handle")
-        got = self._mutex.try_acquire()
-        if got == _mutex.BUSY:
-            timeout = _wait.check_timeout(timeout)
-            if timeout == 0:
-                return False
-            mutex = self._mutex
-
-            def attempt() -> int | None:
-                got = mutex.try_acquire()
-                return None if got == _mutex.BUSY else got
-
-            def block(seconds: float) -> int | None:
-                got = mutex.acquire_slice(seconds)
-                return None if got == _mutex.BUSY else got
-
-            waited = _wait.wait(attempt, block, timeout, spin=spin, on_slice=self._check_open)
-            if waited is None:
-                return False
-            got = waited
+        if self._try() == _mutex.BUSY and self._wait(timeout, spin) is None:
+            return False
         if _crash.ARMED:
             _crash.point("lock.acquire.locked")
-        mm, rec = self._mm, self._rec
-        state, _tid, _pid, _start, _since, count, deaths = _REC.unpack_from(mm, rec)
-        if state == _POISONED:
-            self._mutex.release()
-            raise LockNotRecoverable(
-                f"lock {self._name!r} is poisoned: a previous holder died and the next one "
-                "released it without mark_consistent(); recreate it"
-            )
-        died = state == _HELD
-        me = self._me
-        if me.pid != _process.current().pid:
-            me = self._me = _process.current()
-        # One store of the whole record: HELD is written with the holder's identity.
-        _REC.pack_into(
-            mm,
-            rec,
-            _HELD,
-            threading.get_native_id(),
-            me.pid,
-            me.start,
-            time.time_ns(),
-            count + 1,
-            deaths + died,
-        )
+        words = self._words
+        state = words[0]
+        died = False
+        if state != _FREE:
+            died = self._after_death(state)
+        me = _process.current()
+        # One write: HELD goes in together with the holder's identity.
+        _HOLD.pack_into(self._mm, self._rec, _HELD, me.pid, me.start, time.time_ns())
         self._held = True
         self.owner_died = died
         if _crash.ARMED:
             _crash.point("lock.acquire.recorded")
         return True
 
+    def _wait(self, timeout: float | None, spin: float) -> int | None:
+        """The contended path: spin, then block in slices until the deadline."""
+        timeout = _wait.check_timeout(timeout)
+        if timeout == 0:
+            return None
+        mutex = self._mutex
+
+        def attempt() -> int | None:
+            got = mutex.try_acquire()
+            return None if got == _mutex.BUSY else got
+
+        def block(seconds: float) -> int | None:
+            got = mutex.acquire_slice(seconds)
+            return None if got == _mutex.BUSY else got
+
+        return _wait.wait(attempt, block, timeout, spin=spin, on_slice=self._check_open)
+
+    def _after_death(self, state: int) -> bool:
+        """Holding the mutex, found a record not FREE: poisoned (raise) or owner died."""
+        if state == _POISONED:
+            self._mutex.release()
+            raise LockNotRecoverable(
+                f"lock {self._name!r} is poisoned: a previous holder died and the next one "
+                "released it without mark_consistent(); remove and recreate it"
+            )
+        self._words[4] += 1
+        return True
+
     def _holder_message(self, timeout: float | None) -> str:
-        state, tid, pid, start, since, _count, _deaths = self._record()
+        state, pid, start, since = _HOLD.unpack_from(self._mm, self._rec)
         if state == _HELD and pid:
             live = _process.liveness(pid, start)
             held = max(0.0, (time.time_ns() - since) / 1e9)
             return (
                 f"lock {self._name!r} not acquired within {timeout} s: held by pid {pid} "
-                f"(thread {tid}, {live.value}) for {held:.3f} s"
+                f"({live.value}) for {held:.3f} s"
             )
         return f"lock {self._name!r} not acquired within {timeout} s"
 
@@ -397,7 +388,7 @@ class Lock(_Named):
         """Release the lock. Poisons it if ``owner_died`` was never cleared."""
         if not self._held:
             raise RuntimeError(f"lock {self._name!r} is not held by this handle")
-        self._mm[self._rec : self._rec + 4] = _POISON_B if self.owner_died else _FREE_B
+        self._words[0] = _POISONED if self.owner_died else _FREE
         self._held = False
         self.owner_died = False
         if _crash.ARMED:
@@ -416,11 +407,11 @@ class Lock(_Named):
     def locked(self) -> bool:
         """True if some process holds the lock right now (a snapshot)."""
         self._segment()
-        return self._record()[0] == _HELD
+        return bool(self._words[0] == _HELD)
 
     def holder(self) -> tuple[int, _process.Liveness] | None:
         """(pid, liveness) of the recorded holder, or None if free."""
-        state, _tid, pid, start, *_ = self._record()
+        state, pid, start, _since = _HOLD.unpack_from(self._mm, self._rec)
         if state != _HELD:
             return None
         return pid, _process.liveness(pid, start)
@@ -452,6 +443,7 @@ class Lock(_Named):
         if self._held:
             self.release()
         self._mutex.close()
+        self._words.release()
         super().close()
 
 
