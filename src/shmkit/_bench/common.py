@@ -16,6 +16,11 @@ from rich.table import Table
 from .. import __version__
 
 
+def _console() -> Console:
+    # Piped output (BENCHMARKS.md, CI logs) gets full-width tables, not truncated names.
+    return Console() if sys.stdout.isatty() else Console(width=150)
+
+
 def environment() -> str:
     """One line naming the machine and versions, printed at the top of every run."""
     cpu = platform.processor() or platform.machine()
@@ -85,7 +90,7 @@ def print_table(
     The last column is ``baseline median / row median``: 3.00x means three
     times faster than the baseline, 0.50x twice as slow.
     """
-    console = console or Console()
+    console = console or _console()
     base = next((r for r in rows if r.name == baseline), None)
     table = Table(title=title, title_justify="left")
     for col in ("what", "median µs", "p99 µs", "rate /s", "GB/s", f"speed vs {baseline}"):
@@ -107,5 +112,5 @@ def print_table(
 
 def header(console: Console | None = None) -> None:
     """Print the environment line."""
-    (console or Console()).print(environment(), highlight=False)
+    (console or _console()).print(environment(), highlight=False)
     sys.stdout.flush()
