@@ -429,3 +429,40 @@ def test_errors_pickle_with_their_arguments() -> None:
     inc = pickle.loads(pickle.dumps(shmkit.IncompatibleLayout("v", found=1, expected=2)))
     assert (inc.found, inc.expected) == (1, 2)
     assert isinstance(pickle.loads(pickle.dumps(shmkit.Empty("x"))), __import__("queue").Empty)
+
+
+def test_close_from_another_thread_wakes_waiters_without_crashing(name: str) -> None:
+    """close() while other threads block: they get Closed within a slice, no crash."""
+    import threading
+
+    ev = Event.create(name + "e")
+    sem = Semaphore.create(name + "s")
+    lock = Lock.create(name + "l")
+    other = Lock.open(name + "l")
+    other.acquire()
+    errors: list[BaseException] = []
+
+    def wait(fn: object) -> None:
+        try:
+            fn()  # type: ignore[operator]
+        except shmkit.Closed as exc:
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=wait, args=(lambda: ev.wait(timeout=10),)),
+        threading.Thread(target=wait, args=(lambda: sem.acquire(timeout=10),)),
+        threading.Thread(target=wait, args=(lambda: lock.acquire(timeout=10),)),
+    ]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    for obj in (ev, sem, lock):
+        obj.unlink()
+        obj.close()
+    for t in threads:
+        t.join(5)
+    assert time.monotonic() - t0 < 1.0
+    assert len(errors) == 3
+    other.release()
+    other.close()

@@ -29,7 +29,7 @@ import weakref
 from typing import Final
 
 from . import _platform
-from .errors import LayoutError
+from .errors import Closed, LayoutError
 
 OK: Final = 0
 #: The backend is recorded in the last bytes of the 64-byte mutex area, which no
@@ -160,6 +160,8 @@ class Mutex:
             if rc == errno.EBUSY:
                 return BUSY
             return self._after_error(rc)
+        if self._fd < 0:
+            raise Closed("the mutex's handle is closed")
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -169,7 +171,8 @@ class Mutex:
 
     def acquire_slice(self, seconds: float) -> int:
         """Wait up to ``seconds`` (a short slice) for the mutex. OK, BUSY or OWNER_DIED."""
-        if self._ptr is None:
+        ptr = self._ptr
+        if ptr is None:
             end = time.monotonic() + seconds
             pause = 50e-6
             while True:
@@ -183,12 +186,12 @@ class Mutex:
             deadline = time.clock_gettime(time.CLOCK_MONOTONIC) + seconds
             ts.tv_sec = int(deadline)
             ts.tv_nsec = int((deadline - ts.tv_sec) * 1e9)
-            rc = _clocklock(self._ptr, _CLOCK_MONOTONIC, ctypes.byref(ts))
+            rc = _clocklock(ptr, _CLOCK_MONOTONIC, ctypes.byref(ts))
         else:
             deadline = time.time() + seconds
             ts.tv_sec = int(deadline)
             ts.tv_nsec = int((deadline - ts.tv_sec) * 1e9)
-            rc = _timedlock(self._ptr, ctypes.byref(ts))
+            rc = _timedlock(ptr, ctypes.byref(ts))
         if rc == 0:
             return OK
         if rc in (errno.ETIMEDOUT, errno.EINTR, errno.EAGAIN):
@@ -214,9 +217,13 @@ class Mutex:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
-        """Drop this handle's references (the shared mutex itself is untouched)."""
+        """Stop using the mutex (the shared mutex itself is untouched).
+
+        The buffer anchor is kept: another thread may still be blocked inside
+        ``acquire_slice`` on this memory, and the anchor keeps it mapped until
+        this object is garbage-collected.
+        """
         self._ptr = None
-        self._anchor = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

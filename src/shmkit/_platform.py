@@ -7,6 +7,7 @@ import ctypes.util
 import fcntl
 import mmap
 import os
+import platform
 import sys
 from typing import Final
 
@@ -23,6 +24,10 @@ SEM_GETVALUE: Final[bool] = bool(posix_ipc.SEMAPHORE_VALUE_SUPPORTED)
 SEM_VALUE_MAX: Final[int] = int(posix_ipc.SEMAPHORE_VALUE_MAX)
 
 PAGE_SIZE: Final = mmap.PAGESIZE
+
+#: Total store order (x86): stores become visible in program order and loads are
+#: not reordered with older loads. Weaker CPUs (arm64) get per-record checksums.
+TSO: Final[bool] = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 
 #: Where POSIX shared memory is visible as files (Linux). None where it is not (macOS).
 SHM_DIR: Final[str | None] = "/dev/shm" if LINUX and os.path.isdir("/dev/shm") else None

@@ -19,12 +19,14 @@ code and ``multiprocessing.shared_memory``.
 
 from __future__ import annotations
 
+import contextlib
 import mmap as _mm
 import os
 import stat
+import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -141,6 +143,8 @@ class Segment:
         self.readonly = readonly
         self._mm: _mm.mmap | None = mm
         self._sems = sems
+        self._guard = threading.Lock()
+        self._sleepers = 0
         self._lock_fd = lock_fd
         self._slot = -1
         self._unlink_on_exit = unlink_on_exit
@@ -240,11 +244,10 @@ class Segment:
                     pass
             os.close(self._lock_fd)
             self._lock_fd = None
-        for sem in self._sems:
-            try:
-                sem.close()
-            except posix_ipc.Error:
-                pass
+        with self._guard:
+            # A thread still blocked on a semaphore keeps it open; the last one out closes it.
+            if self._sleepers == 0:
+                self._close_sems()
         self._buf.release()
         try:
             mm.close()
@@ -252,6 +255,32 @@ class Segment:
             pass  # views (numpy arrays) still use the mapping; it goes when they do
         if self._unlink_on_exit:
             self._unlink_names()
+
+    def _close_sems(self) -> None:
+        sems, self._sems = self._sems, []
+        for sem in sems:
+            try:
+                sem.close()
+            except posix_ipc.Error:
+                pass
+
+    @contextlib.contextmanager
+    def sleeping(self) -> Iterator[None]:
+        """Mark a blocking wait on this handle's semaphores (another thread may close()).
+
+        ``close()`` never closes a semaphore a thread is blocked on (sem_close
+        under a waiter is undefined behaviour); the last sleeper closes it.
+        Objects wrap their blocking calls (not their fast paths) in this.
+        """
+        with self._guard:
+            self._sleepers += 1
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._sleepers -= 1
+                if self._mm is None and self._sleepers == 0:
+                    self._close_sems()
 
     def unlink(self) -> None:
         """Destroy the name (segment and semaphores) for everyone. Mappings stay valid."""

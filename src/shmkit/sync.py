@@ -198,7 +198,10 @@ class Semaphore(_Named):
                     return True
                 except posix_ipc.BusyError:
                     pass
-        return _wait.sem_wait(sem, timeout, spin=0.0, on_slice=self._check_open)
+        if self._seg is None:  # a verbatim semaphore: this handle owns it alone
+            return _wait.sem_wait(sem, timeout, spin=0.0, on_slice=self._check_open)
+        with self._seg.sleeping():
+            return _wait.sem_wait(sem, timeout, spin=0.0, on_slice=self._check_open)
 
     def release(self, n: int = 1) -> None:
         """Increment ``n`` times, waking up to ``n`` waiters."""
@@ -522,4 +525,5 @@ class Event(_Named):
                 return True
             return None
 
-        return bool(_wait.wait(attempt, block, timeout, on_slice=self._check_open))
+        with self._segment().sleeping():
+            return bool(_wait.wait(attempt, block, timeout, on_slice=self._check_open))
