@@ -14,7 +14,10 @@ import shmkit
 READER = """
 import shmkit
 from contextlib import closing
-with shmkit.Segment.open("example-frame") as seg, closing(shmkit.Semaphore.open("example-ready")) as ready:
+with (
+    shmkit.Segment.open("example-frame") as seg,
+    closing(shmkit.Semaphore.open("example-ready")) as ready,
+):
     if not ready.acquire(timeout=5):
         raise SystemExit("no signal within 5 s")
     print("reader got:", bytes(seg.buf[:12]).decode())

@@ -30,7 +30,8 @@ def main() -> None:
         holder.wait()
         t0 = time.monotonic()
         with lock.hold(timeout=5):
-            print(f"acquired after {1e3 * (time.monotonic() - t0):.1f} ms; owner_died={lock.owner_died}")
+            waited_ms = 1e3 * (time.monotonic() - t0)
+            print(f"acquired after {waited_ms:.1f} ms; owner_died={lock.owner_died}")
             if lock.owner_died:
                 # repair whatever the lock protects, then:
                 lock.mark_consistent()

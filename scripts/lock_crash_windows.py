@@ -60,8 +60,11 @@ def main() -> int:
         for i in range(args.iterations):
             point = rng.choice(POINTS)
             proc = subprocess.run(
-                [sys.executable, "-c", VICTIM, name], env={**env, "SHMKIT_CRASH_AT": point},
-                timeout=60, check=False, capture_output=True,
+                [sys.executable, "-c", VICTIM, name],
+                env={**env, "SHMKIT_CRASH_AT": point},
+                timeout=60,
+                check=False,
+                capture_output=True,
             )
             assert proc.returncode == -signal.SIGKILL, (point, proc.stderr[-500:])
             t0 = time.monotonic()

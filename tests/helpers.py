@@ -33,22 +33,30 @@ def spawn(code: str, *args: str, env: dict[str, str] | None = None) -> subproces
 
 
 def read_line(proc: subprocess.Popen[str], timeout: float = 20.0) -> str:
-    """Read one line the child printed, failing if none comes in ``timeout`` seconds."""
+    """Read one line the child printed, failing if none comes in ``timeout`` seconds.
+
+    Reads the pipe's file descriptor a byte at a time, so nothing after the
+    line is buffered here and ``finish()`` still sees the rest of the output.
+    """
     import selectors
 
     assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    try:
-        if not sel.select(timeout):
-            kill(proc)
-            raise AssertionError(f"child said nothing in {timeout} s; stderr: {stderr_of(proc)}")
-    finally:
-        sel.close()
-    line = proc.stdout.readline()
-    if not line:
-        raise AssertionError(f"child exited ({proc.wait(5)}) early; stderr: {stderr_of(proc)}")
-    return line.strip()
+    fd = proc.stdout.fileno()
+    end = time.monotonic() + timeout
+    line = bytearray()
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while not line.endswith(b"\n"):
+            if not sel.select(max(0.0, end - time.monotonic())):
+                kill(proc)
+                err = stderr_of(proc)
+                raise AssertionError(f"child said nothing in {timeout} s; stderr: {err}")
+            byte = os.read(fd, 1)
+            if not byte:
+                code = proc.wait(5)
+                raise AssertionError(f"child exited ({code}) early; stderr: {stderr_of(proc)}")
+            line += byte
+    return line.decode().strip()
 
 
 def stderr_of(proc: subprocess.Popen[str]) -> str:

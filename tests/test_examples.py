@@ -21,7 +21,11 @@ def test_example_runs(script: Path) -> None:
     before = shm_entries()
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
     out = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=90, env=env,
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
         check=False,
     )
     assert out.returncode == 0, out.stderr[-3000:]

@@ -9,6 +9,12 @@ if _sys.platform == "win32":  # pragma: no cover
     )
 
 from ._layout import Kind as Kind
+from .broadcast import Broadcast as Broadcast
+from .broadcast import Message as Message
+from .broadcast import Publisher as Publisher
+from .broadcast import PublisherBusy as PublisherBusy
+from .broadcast import Subscriber as Subscriber
+from .broadcast import subscribe as subscribe
 from .errors import (
     AlreadyExists as AlreadyExists,
 )
@@ -64,6 +70,9 @@ from .errors import (
     PermissionDenied as PermissionDenied,
 )
 from .errors import (
+    ReadStarved as ReadStarved,
+)
+from .errors import (
     ShmFull as ShmFull,
 )
 from .errors import (
@@ -72,6 +81,8 @@ from .errors import (
 from .errors import (
     Timeout as Timeout,
 )
+from .latest import Latest as Latest
+from .ndarray import SharedArray as SharedArray
 from .segment import Segment as Segment
 from .sync import Event as Event
 from .sync import Lock as Lock
@@ -85,6 +96,13 @@ __all__ = [
     "Semaphore",
     "Lock",
     "Event",
+    "SharedArray",
+    "Latest",
+    "Broadcast",
+    "Publisher",
+    "Subscriber",
+    "Message",
+    "subscribe",
     "ShmkitError",
     "InvalidName",
     "NotFound",
@@ -94,7 +112,9 @@ __all__ = [
     "InsecurePermissions",
     "Timeout",
     "LockTimeout",
+    "PublisherBusy",
     "NotReady",
+    "ReadStarved",
     "Closed",
     "LayoutError",
     "IncompatibleLayout",

@@ -12,7 +12,9 @@ or ``except queue.Empty`` keeps working::
     │   └── InsecurePermissions               mode wider than its creator asked for
     ├── Timeout              (TimeoutError)
     │   ├── LockTimeout                       names the live holder
-    │   └── NotReady                          creator never finished initialising
+    │   │   └── PublisherBusy                 (broadcast) another process publishes
+    │   ├── NotReady                          creator never finished initialising
+    │   └── ReadStarved                       writers overwrote every value a reader tried
     ├── Closed                                this handle (or the object) is closed
     ├── LayoutError                           header does not describe a valid object
     │   └── IncompatibleLayout                another layout version / ABI
@@ -49,6 +51,7 @@ __all__ = [
     "Timeout",
     "LockTimeout",
     "NotReady",
+    "ReadStarved",
     "Closed",
     "LayoutError",
     "IncompatibleLayout",
@@ -113,6 +116,14 @@ class LockTimeout(Timeout):
 
 class NotReady(Timeout):
     """The object's creator never finished initialising it."""
+
+
+class ReadStarved(Timeout):
+    """A reader found no stable value within its timeout: writers kept overwriting it.
+
+    Happens only when a value takes longer to copy out than writers take to
+    fill the object's other slots; create it with more slots, or allow more time.
+    """
 
 
 class Closed(ShmkitError):
