@@ -577,6 +577,7 @@ def frame_peers(quick_nt: bool) -> list[Peer]:
     peers: list[Peer] = [
         ShmkitPeer(BASELINE),
         ShmkitPeer(HANDOFF, slots=1),
+        ShmkitPeer("shmkit publish -> recv_view, 2-slot ring", slots=2),
         ShmkitPeer("shmkit publish -> recv_into (copy out)", how="into"),
         ShmkitPeer("shmkit loan (header only) -> recv_view", how="loan"),
         ShmkitPeer("shmkit publish, lossy -> recv_view", how="lossy", lossy=True, slots=8),
