@@ -83,6 +83,7 @@ from .errors import (
 )
 from .latest import Latest as Latest
 from .ndarray import SharedArray as SharedArray
+from .queue import Queue as Queue
 from .segment import Segment as Segment
 from .sync import Event as Event
 from .sync import Lock as Lock
@@ -96,6 +97,7 @@ __all__ = [
     "Semaphore",
     "Lock",
     "Event",
+    "Queue",
     "SharedArray",
     "Latest",
     "Broadcast",

@@ -1,0 +1,792 @@
+"""``shmkit bench queue``: Queue against the IPC a Python user would otherwise pick.
+
+One invocation, two processes per measurement (the parent and one spawned
+child), every peer measured in the same run:
+
+- 64-byte ping-pong round trip (the parent times each round trip);
+- 64-byte one-way streaming, child to parent, single put/get and batched;
+- 1 MiB messages child to parent, in GB/s, beside the single-core memcpy
+  bandwidth measured in the same run (the physical reference).
+
+Peers: multiprocessing.Queue and Pipe, posix_ipc.MessageQueue, faster_fifo,
+pyzmq PAIR over ipc://, the classic posix_ipc tutorial pattern (one
+shared-memory slot and two semaphores, with and without a brief spin) and,
+when importable, iceoryx2 (busy-polling, ping-pong only). Peers that are not
+installed are skipped with a note. Waits are what each library does by
+default: shmkit spins ``Queue.spin`` (50 µs) and then blocks on a semaphore.
+
+Everything the run creates (segments, semaphores, message queues, socket
+files, iceoryx2 files) is removed at the end, also after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import mmap
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import posix_ipc
+from rich.console import Console
+
+# Optional peers: a missing package skips its rows with a note.
+try:
+    import faster_fifo
+except ImportError:  # pragma: no cover - depends on the environment
+    faster_fifo = None
+try:
+    import zmq
+except ImportError:  # pragma: no cover
+    zmq = None  # type: ignore[assignment]
+try:
+    import iceoryx2 as iox2
+except ImportError:  # pragma: no cover
+    iox2 = None
+
+from ..queue import Queue
+from ..segment import Segment
+from .common import Result, header, memcpy_bandwidth, print_table, summarize
+
+SMALL = 64
+LARGE = 1 << 20
+BASELINE = "shmkit Queue"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many operations each workload runs."""
+
+    warmup: int
+    pingpong: int
+    stream: int
+    batched: int
+    batch: int
+    large: int
+    chunk: int
+
+
+FULL = Plan(warmup=2000, pingpong=20_000, stream=200_000, batched=1_000_000, batch=256,
+            large=300, chunk=1000)  # fmt: skip
+QUICK = Plan(warmup=100, pingpong=500, stream=5_000, batched=20_000, batch=256, large=10,
+             chunk=250)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- endpoints
+
+
+@dataclass
+class Endpoint:
+    """One side of a two-way channel: ``send`` goes to the other side, ``recv`` comes from it."""
+
+    send: Callable[[bytes], Any]
+    recv: Callable[[], Any]
+    send_many: Callable[[list[bytes]], Any] | None = None
+    recv_many: Callable[[int], list[Any]] | None = None
+    recv_into: Callable[[bytearray], int] | None = None
+    close: Callable[[], None] = lambda: None
+    #: Parent side: make sure the child is listening before the timed loop
+    #: (transports that drop messages sent before the receiver attached).
+    connect: Callable[[], None] | None = None
+
+
+class Unsupported(Exception):
+    """This peer cannot run this workload here (the reason is printed, the run goes on)."""
+
+
+class Peer:
+    """A transport under test. ``create`` runs in the parent, ``endpoint`` on both sides."""
+
+    name = ""
+    #: Workloads this peer takes part in (batched needs a batch API).
+    tables: tuple[str, ...] = ("pingpong", "stream", "large")
+    #: 1 MiB workload: receive with recv_into (into one reused buffer) instead of recv.
+    large_into = False
+
+    def available(self) -> str:
+        """Empty if usable here, else why not."""
+        return ""
+
+    def create(self, tag: str, size: int, depth: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def endpoint(self, args: dict[str, Any], side: str) -> Endpoint:
+        raise NotImplementedError
+
+    def destroy(self, args: dict[str, Any]) -> None:
+        """Remove what ``create`` made (idempotent; runs after Ctrl-C too)."""
+
+
+class ShmkitPeer(Peer):
+    name = BASELINE
+    tables: tuple[str, ...] = ("pingpong", "stream", "batched", "large")
+    large_into = True
+
+    def __init__(
+        self,
+        spin: float | None = None,
+        label: str = "",
+        tables: tuple[str, ...] | None = None,
+        large_into: bool = True,
+    ) -> None:
+        self.spin = spin
+        self.large_into = large_into
+        if label:
+            self.name = label
+        if tables is not None:
+            self.tables = tables
+
+    def create(self, tag: str, size: int, depth: int) -> dict[str, Any]:
+        cap = max(1 << 16, depth * (size + 16))
+        for d in ("ab", "ba"):
+            Queue.create(f"bq-{tag}-{d}", cap).close()
+        return {"tag": tag, "spin": self.spin}
+
+    def endpoint(self, args: dict[str, Any], side: str) -> Endpoint:
+        out, inn = ("ab", "ba") if side == "a" else ("ba", "ab")
+        qo = Queue.open(f"bq-{args['tag']}-{out}")
+        qi = Queue.open(f"bq-{args['tag']}-{inn}")
+        if args["spin"] is not None:
+            qo.spin = qi.spin = args["spin"]
+
+        def close() -> None:
+            qo.close()
+            qi.close()
+
+        return Endpoint(qo.put, qi.get, qo.put_many, qi.get_many, qi.get_into, close)
+
+    def destroy(self, args: dict[str, Any]) -> None:
+        for d in ("ab", "ba"):
+            Segment.remove(f"bq-{args['tag']}-{d}")
+
+
+class MpQueuePeer(Peer):
+    name = "multiprocessing.Queue"
+
+    def create(self, tag: str, size: int, depth: int) -> dict[str, Any]:
+        ctx = mp.get_context("spawn")
+        return {"ab": ctx.Queue(), "ba": ctx.Queue()}
+
+    def endpoint(self, args: dict[str, Any], side: str) -> Endpoint:
+        qo, qi = (args["ab"], args["ba"]) if side == "a" else (args["ba"], args["ab"])
+        return Endpoint(qo.put, qi.get)
+
+    def destroy(self, args: dict[str, Any]) -> None:
+        for q in (args.get("ab"), args.get("ba")):
+            if q is not None:
+                q.close()
+                q.join_thread()
+
+
+class PipePeer(Peer):
+    name = "multiprocessing.Pipe"
+
+    def create(self, tag: str, size: int, depth: int) -> dict[str, Any]:
+        a, b = mp.get_context("spawn").Pipe()
+        return {"a": a, "b": b}
+
+    def endpoint(self, args: dict[str, Any], side: str) -> Endpoint:
+        conn = args[side]
+        return Endpoint(conn.send_bytes, conn.recv_bytes, recv_into=conn.recv_bytes_into)
+
+    def destroy(self, args: dict[str, Any]) -> None:
+        args["a"].close()
+        args["b"].close()
+
+
+class MessageQueuePeer(Peer):
+    name = "posix_ipc.MessageQueue"
+
+    def available(self) -> str:
+        return "" if posix_ipc.MESSAGE_QUEUES_SUPPORTED else "no POSIX message queues here"
+
+    def create(self, tag: str, size: int, depth: int) -> dict[str, Any]:
+        limit = _read_int("/proc/sys/fs/mqueue/msgsize_max")
+        if limit and size > limit and os.geteuid() != 0:
+            raise Unsupported(f"messages are limited to {limit} bytes (fs.mqueue.msgsize_max)")
+        depth = min(depth, 10)
+        need = 2 * depth * (size + 64)
+        soft, hard = resource.getrlimit(resource.RLIMIT_MSGQUEUE)
+        if soft != resource.RLIM_INFINITY and soft < need:
+            # Linux charges message queues to RLIMIT_MSGQUEUE (800 KiB by default).
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_MSGQUEUE, (max(need, hard), max(need, hard)))
+        names = {d: f"/bq-{tag}-{d}" for d in ("ab", "ba")}
+        for n in names.values():
+            try:
+                posix_ipc.MessageQueue(
+                    n, posix_ipc.O_CREX, max_messages=depth, max_message_size=size
+                ).close()
+            except ValueError:
+                self.destroy(names)
+                raise Unsupported(
+                    f"the kernel refuses {size}-byte messages "
+                    f"(fs.mqueue.msgsize_max is {limit or 'unknown'})"
+                ) from None
+        return names
+
+    def endpoint(self, args: dict[str, Any], side: str) -> Endpoint:
+        out, inn = ("ab", "ba") if side == "a" else ("ba", "ab")
+        mo = posix_ipc.MessageQueue(args[out])
+        mi = posix_ipc.MessageQueue(args[inn])
+        receive = mi.receive
+
+        def recv() -> bytes:
+            data: bytes = receive()[0]
+            return data
+
+        def close() -> None:
+            mo.close()
+            mi.close()
+
+        return Endpoint(mo.send, recv, close=close)
+
+    def destroy(self, args: dict[str, Any]) -> None:
+        for n in args.values():
+            with contextlib.suppress(posix_ipc.ExistentialError):
+                posix_ipc.unlink_message_queue(n)
+
+
+class FasterFifoPeer(Peer):
+    name = "faster_fifo.Queue"
+    tables: tuple[str, ...] = ("pingpong", "stream", "batched", "large")
+
+    def available(self) -> str:
+        return "" if faster_fifo is not None else "faster_fifo is not installed"
+
+    def create(self, tag: str, size: int, depth: int) -> dict[str, Any]:
+        cap = max(1 << 20, 2 * depth * (size + 64))
+        return {"ab": faster_fifo.Queue(cap), "ba": faster_fifo.Queue(cap)}
+
+    def endpoint(self, args: dict[str, Any], side: str) -> Endpoint:
+        qo, qi = (args["ab"], args["ba"]) if side == "a" else (args["ba"], args["ab"])
+        get_many = qi.get_many
+
+        def recv_many(k: int) -> list[Any]:
+            got: list[Any] = get_many(max_messages_to_get=k)
+            return got
+
+        return Endpoint(qo.put, qi.get, qo.put_many, recv_many)
+
+
+class ZmqPeer(Peer):
+    name = "pyzmq PAIR ipc://"
+
+    def available(self) -> str:
+        return "" if zmq is not None else "pyzmq is not installed"
+
+    def create(self, tag: str, size: int, depth: int) -> dict[str, Any]:
+        path = os.path.join(tempfile.gettempdir(), f"shmkit-bq-{tag}.sock")
+        return {"url": "ipc://" + path, "path": path}
+
+    def endpoint(self, args: dict[str, Any], side: str) -> Endpoint:
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.PAIR)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        if side == "a":
+            sock.bind(args["url"])
+        else:
+            sock.connect(args["url"])
+
+        def close() -> None:
+            sock.close(0)
+            ctx.term()
+
+        return Endpoint(sock.send, sock.recv, close=close)
+
+    def destroy(self, args: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(args["path"])
+
+
+class Payload64(ctypes.Structure):
+    """iceoryx2 payload: 64 raw bytes."""
+
+    _fields_ = [("data", ctypes.c_uint8 * SMALL)]
+
+
+class Stalled(KeyboardInterrupt):
+    """A measurement made no progress (its other side died or hung).
+
+    A KeyboardInterrupt subclass because posix_ipc turns any other exception a
+    signal handler raises during a semaphore wait into SignalError.
+    """
+
+
+@contextlib.contextmanager
+def _watchdog(seconds: int) -> Iterator[None]:
+    """Raise Stalled in this (main) thread if the block takes longer than ``seconds``."""
+
+    def expired(signum: int, frame: FrameType | None) -> None:
+        raise Stalled(f"no progress in {seconds} s (the other side died or hung)")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+class _Slot:
+    """The posix_ipc tutorial: one shared-memory slot guarded by an empty and a full semaphore."""
+
+    def __init__(self, name: str, spin: float) -> None:
+        shm = posix_ipc.SharedMemory(name)
+        self.mm = mmap.mmap(shm.fd, shm.size)
+        shm.close_fd()
+        self.empty = posix_ipc.Semaphore(name + "-e")
+        self.full = posix_ipc.Semaphore(name + "-f")
+        self.spin = spin
+
+    def _take(self, sem: posix_ipc.Semaphore) -> None:
+        if self.spin:
+            end = time.perf_counter() + self.spin
+            while time.perf_counter() < end:
+                try:
+                    sem.acquire(0)
+                    return
+                except posix_ipc.BusyError:
+                    pass
+        sem.acquire()
+
+    def send(self, data: bytes) -> None:
+        self._take(self.empty)
+        n = len(data)
+        self.mm[:8] = n.to_bytes(8, "little")
+        self.mm[8 : 8 + n] = data
+        self.full.release()
+
+    def recv(self) -> bytes:
+        self._take(self.full)
+        n = int.from_bytes(self.mm[:8], "little")
+        data = self.mm[8 : 8 + n]
+        self.empty.release()
+        return data
+
+    def close(self) -> None:
+        self.mm.close()
+        self.empty.close()
+        self.full.close()
+
+
+class TutorialPeer(Peer):
+    def __init__(self, spin: float) -> None:
+        self.spin = spin
+        self.name = "posix_ipc tutorial (slot + 2 sems" + (", spin)" if spin else ")")
+
+    def create(self, tag: str, size: int, depth: int) -> dict[str, Any]:
+        names = {d: f"/bq-{tag}-{d}" for d in ("ab", "ba")}
+        for n in names.values():
+            posix_ipc.SharedMemory(n, posix_ipc.O_CREX, size=8 + size).close_fd()
+            posix_ipc.Semaphore(n + "-e", posix_ipc.O_CREX, initial_value=1).close()
+            posix_ipc.Semaphore(n + "-f", posix_ipc.O_CREX, initial_value=0).close()
+        return {"names": names, "spin": self.spin}
+
+    def endpoint(self, args: dict[str, Any], side: str) -> Endpoint:
+        out, inn = ("ab", "ba") if side == "a" else ("ba", "ab")
+        so = _Slot(args["names"][out], args["spin"])
+        si = _Slot(args["names"][inn], args["spin"])
+
+        def close() -> None:
+            so.close()
+            si.close()
+
+        return Endpoint(so.send, si.recv, close=close)
+
+    def destroy(self, args: dict[str, Any]) -> None:
+        for n in args["names"].values():
+            with contextlib.suppress(posix_ipc.ExistentialError):
+                posix_ipc.unlink_shared_memory(n)
+            for s in ("-e", "-f"):
+                with contextlib.suppress(posix_ipc.ExistentialError):
+                    posix_ipc.unlink_semaphore(n + s)
+
+
+class Iceoryx2Peer(Peer):
+    name = "iceoryx2 (busy-poll)"
+    tables = ("pingpong",)
+
+    def available(self) -> str:
+        return "" if iox2 is not None else "iceoryx2 is not installed"
+
+    def create(self, tag: str, size: int, depth: int) -> dict[str, Any]:
+        return {"tag": tag}
+
+    def endpoint(self, args: dict[str, Any], side: str) -> Endpoint:
+        iox2.set_log_level(iox2.LogLevel.Error)
+        node = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
+
+        def service(d: str) -> Any:
+            return (
+                node.service_builder(iox2.ServiceName.new(f"shmkit-bench/{args['tag']}/{d}"))
+                .publish_subscribe(Payload64)
+                .subscriber_max_buffer_size(16)
+                .open_or_create()
+            )
+
+        out, inn = ("ab", "ba") if side == "a" else ("ba", "ab")
+        so, si = service(out), service(inn)
+        pub = so.publisher_builder().create()
+        sub = si.subscriber_builder().create()
+        send_copy = pub.send_copy
+        receive = sub.receive
+        from_copy = Payload64.from_buffer_copy
+
+        def send(data: bytes) -> None:
+            send_copy(from_copy(data.ljust(SMALL, b"\0")))
+
+        def poll(seconds: float) -> bytes | None:
+            end = time.perf_counter() + seconds
+            while True:
+                sample = receive()
+                if sample is not None:
+                    data = bytes(sample.payload().contents.data)
+                    sample.delete()
+                    return data
+                if time.perf_counter() > end:
+                    return None
+
+        def recv() -> bytes:
+            while True:  # busy-poll; the watchdog ends a run whose peer died
+                data = poll(1.0)
+                if data is not None:
+                    return data
+
+        def connect() -> None:
+            # Samples published before the subscriber attached are lost: knock
+            # until the child answers, then drop the extra echoes.
+            while poll(0.02) is None:
+                send(b"hello")
+            while poll(0.05) is not None:
+                pass
+
+        def close() -> None:
+            sub.delete()
+            pub.delete()
+
+        ep = Endpoint(send, recv, close=close, connect=connect)
+        ep.keep = (node, so, si)  # type: ignore[attr-defined]
+        return ep
+
+
+def all_peers() -> list[Peer]:
+    """shmkit first (the baseline of every ratio), then the peers."""
+    return [
+        ShmkitPeer(),
+        ShmkitPeer(spin=0.0, label="shmkit Queue, spin=0 (sleeps at once)", tables=("pingpong",)),
+        ShmkitPeer(label="shmkit Queue get() -> bytes", tables=("large",), large_into=False),
+        MpQueuePeer(),
+        PipePeer(),
+        MessageQueuePeer(),
+        FasterFifoPeer(),
+        ZmqPeer(),
+        TutorialPeer(spin=0.0),
+        TutorialPeer(spin=50e-6),
+        Iceoryx2Peer(),
+    ]
+
+
+# ----------------------------------------------------------------------------- child side
+
+
+def _child(peer: Peer, args: dict[str, Any], work: str, n: int, size: int, batch: int) -> None:  # noqa: PLR0917
+    """The spawned side: echo for ping-pong, produce for the one-way workloads."""
+    ep = peer.endpoint(args, "b")
+    try:
+        msg = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        if work == "pingpong":
+            send, recv = ep.send, ep.recv
+            while True:
+                m = recv()
+                if m[:4] == b"done":
+                    break
+                send(m)
+            return
+        if work == "batched":
+            assert ep.send_many is not None
+            many = [msg] * batch
+            for _ in range(n // batch):
+                ep.send_many(many)
+        else:
+            send = ep.send
+            for _ in range(n):
+                send(msg)
+        ep.recv()  # the parent says it is done, so nothing is torn down under it
+    finally:
+        ep.close()
+
+
+@contextlib.contextmanager
+def _spawned(  # noqa: PLR0917
+    peer: Peer, args: dict[str, Any], work: str, n: int, size: int, batch: int
+) -> Iterator[mp.process.BaseProcess]:
+    proc = mp.get_context("spawn").Process(
+        target=_child, args=(peer, args, work, n, size, batch), daemon=True
+    )
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+
+
+# ----------------------------------------------------------------------------- workloads
+
+
+@dataclass
+class Tables:
+    """Rows per workload, printed at the end (and as they complete)."""
+
+    rows: dict[str, list[Result]] = field(default_factory=dict)
+
+    def add(self, table: str, row: Result) -> None:
+        self.rows.setdefault(table, []).append(row)
+
+
+def _pingpong(peer: Peer, args: dict[str, Any], plan: Plan) -> Result:
+    total = plan.warmup + plan.pingpong
+    with _spawned(peer, args, "pingpong", total, SMALL, 1):
+        ep = peer.endpoint(args, "a")
+        try:
+            if ep.connect is not None:
+                ep.connect()
+            msg = b"p" * SMALL
+            send, recv, clock = ep.send, ep.recv, time.perf_counter_ns
+            samples = []
+            for _ in range(total):
+                t0 = clock()
+                send(msg)
+                recv()
+                samples.append(clock() - t0)
+            ep.send(b"done")
+        finally:
+            ep.close()
+    return summarize(peer.name, [s / 1e9 for s in samples[plan.warmup :]])
+
+
+def _stream(peer: Peer, args: dict[str, Any], plan: Plan, *, batched: bool, large: bool) -> Result:
+    size = LARGE if large else SMALL
+    n = plan.large if large else plan.batched if batched else plan.stream
+    if batched:
+        n -= n % plan.batch  # the producer sends whole batches
+    chunk = 1 if large else plan.chunk
+    with _spawned(peer, args, "batched" if batched else "stream", n, size, plan.batch):
+        ep = peer.endpoint(args, "a")
+        try:
+            clock = time.perf_counter_ns
+            times: list[float] = []
+            if batched:
+                assert ep.recv_many is not None
+                recv_many, batch = ep.recv_many, plan.batch
+                got = len(recv_many(batch))
+                mark, t0 = got, clock()
+                while got < n:
+                    got += len(recv_many(batch))
+                    if got - mark >= chunk:
+                        t1 = clock()
+                        times.append((t1 - t0) / (got - mark) / 1e9)
+                        mark, t0 = got, t1
+            else:
+                if large and ep.recv_into is not None and peer.large_into:
+                    buf = bytearray(size)
+                    recv_into = ep.recv_into
+
+                    def recv() -> object:
+                        return recv_into(buf)
+
+                else:
+                    recv = ep.recv
+                recv()
+                got, mark, t0 = 1, 1, clock()
+                while got < n:
+                    recv()
+                    got += 1
+                    if got - mark >= chunk:
+                        t1 = clock()
+                        times.append((t1 - t0) / (got - mark) / 1e9)
+                        mark, t0 = got, t1
+            ep.send(b"done")
+        finally:
+            ep.close()
+    name = peer.name + (" get_into()" if large and peer.large_into else "")
+    if not times:
+        times = [float("nan")]
+    return summarize(name, times, nbytes=size)
+
+
+def _run_peer(peer: Peer, tag: str, table: str, plan: Plan, tables: Tables) -> None:
+    large = table == "large"
+    batched = table == "batched"
+    size = LARGE if large else SMALL
+    # Room for 3 messages of 1 MiB (2 in flight): enough to overlap the two
+    # sides, and small enough to stay in cache, as a user would size it.
+    depth = 3 if large else 4096
+    args = peer.create(tag, size, depth)
+    try:
+        if table == "pingpong":
+            row = _pingpong(peer, args, plan)
+        else:
+            row = _stream(peer, args, plan, batched=batched, large=large)
+        tables.add(table, row)
+    finally:
+        peer.destroy(args)
+
+
+def _read_int(path: str) -> int:
+    try:
+        with open(path, encoding="ascii") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def _iox2_files() -> set[str]:
+    found = {os.path.join("/dev/shm", e) for e in _listdir("/dev/shm") if e.startswith("iox2_")}
+    root = os.path.join(tempfile.gettempdir(), "iceoryx2")
+    if os.path.isdir(root):
+        found.add(root)
+    return found
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _remove_iox2(paths: set[str]) -> None:
+    for p in paths:
+        if os.path.isdir(p):
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(p)
+
+
+TITLES = {
+    "pingpong": "64-byte round trip (ping-pong, {n} round trips); time per round trip",
+    "stream": "64-byte one-way streaming, single put/get ({n} messages); time per message",
+    "batched": "64-byte one-way streaming, batched ({n} messages, batches of {b}); per message",
+    "large": "1 MiB messages one way ({n} messages); time per message and GB/s",
+}
+
+
+def main(argv: list[str]) -> int:
+    """Run the queue benchmark; ``argv`` excludes the program name. Returns an exit code."""
+    parser = argparse.ArgumentParser(prog="shmkit bench queue", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="a short run (seconds; for smoke tests)"
+    )
+    parser.add_argument(
+        "--peers",
+        default="",
+        help="comma-separated substrings of peer names to run (shmkit always runs)",
+    )
+    parser.add_argument(
+        "--only",
+        default="pingpong,stream,batched,large",
+        help="workloads: pingpong, stream, batched, large (comma-separated)",
+    )
+    opts = parser.parse_args(argv)
+    plan = QUICK if opts.quick else FULL
+    work = [w for w in opts.only.split(",") if w]
+    unknown = set(work) - set(TITLES)
+    if unknown:
+        parser.error(f"unknown workload(s): {', '.join(sorted(unknown))}")
+    wanted = [p.strip().lower() for p in opts.peers.split(",") if p.strip()]
+    console = Console()
+    header(console)
+    peers = []
+    for peer in all_peers():
+        ours = isinstance(peer, ShmkitPeer)
+        if wanted and not ours and not any(w in peer.name.lower() for w in wanted):
+            continue
+        why = peer.available()
+        if why:
+            console.print(f"skipping {peer.name}: {why}", highlight=False)
+            continue
+        peers.append(peer)
+    tables = Tables()
+    iox_before = _iox2_files()
+    interrupted = False
+    try:
+        for table in work:
+            for index, peer in enumerate(peers):
+                if table not in peer.tables:
+                    continue
+                tag = f"{os.getpid()}-{table[:2]}{index}"
+                try:
+                    with _watchdog(30 if opts.quick else 120):
+                        _run_peer(peer, tag, table, plan, tables)
+                except Unsupported as exc:
+                    console.print(f"{peer.name} / {table}: not run: {exc}", highlight=False)
+                except (Exception, Stalled) as exc:  # one broken peer must not end the run
+                    console.print(f"{peer.name} / {table}: failed: {exc!r}", highlight=False)
+            _print(table, tables, plan, console)
+    except KeyboardInterrupt:
+        interrupted = True
+        console.print("interrupted; cleaning up", highlight=False)
+    finally:
+        _remove_iox2(_iox2_files() - iox_before)
+    return 130 if interrupted else 0
+
+
+def _print(table: str, tables: Tables, plan: Plan, console: Console) -> None:
+    rows = list(tables.rows.get(table, []))
+    if not rows:
+        return
+    n = {"pingpong": plan.pingpong, "stream": plan.stream, "batched": plan.batched}.get(
+        table, plan.large
+    )
+    title = TITLES[table].format(n=n, b=plan.batch)
+    baseline = BASELINE
+    if table == "large":
+        ref6 = memcpy_bandwidth()
+        ref1 = memcpy_bandwidth(LARGE, repeat=500)
+        for label, gbps in ((f"memcpy 6 MiB, one core ({ref6:.1f} GB/s)", ref6),
+                            (f"memcpy 1 MiB, one core ({ref1:.1f} GB/s)", ref1)):  # fmt: skip
+            us = LARGE / (gbps * 1e9) * 1e6
+            rows.append(Result(label, us, us, 1e6 / us, gbps, "reference"))
+        baseline = BASELINE + " get_into()"
+    print_table(title, rows, baseline=baseline, console=console)
+    ours = next((r for r in rows if r.name == baseline), None)
+    if ours is None:
+        return
+    others = [r for r in rows if not r.name.startswith("shmkit") and r.note != "reference"]
+    if others:
+        console.print(
+            f"{baseline} is faster than: "
+            + ", ".join(f"{r.name} {r.median_us / ours.median_us:.1f}x" for r in others)
+            + " (their median / ours)",
+            highlight=False,
+        )
+    if table == "large":
+        ref = rows[-2].gbps
+        console.print(
+            f"{baseline}: {ours.gbps:.2f} GB/s = {ours.gbps / ref:.0%} of one-core memcpy (6 MiB)",
+            highlight=False,
+        )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))

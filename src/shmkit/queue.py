@@ -1,0 +1,1902 @@
+"""Queue: a named, bounded, multi-producer multi-consumer queue of variable-size messages.
+
+Any number of unrelated processes put and get messages through one shared
+byte ring; the capacity is in bytes. The API mirrors the stdlib ``queue``
+module (``put``/``get``, ``*_nowait``, ``Full``/``Empty``) and adds batches,
+a copy-into-your-buffer read and a queue-wide shutdown::
+
+    jobs = Queue.create("jobs", capacity=1 << 20)     # 1 MiB of messages
+    jobs.put(b"resize img-0001.png")                  # in one program
+    with Queue.open("jobs") as q:                     # in another
+        job = q.get(timeout=5.0)                      # Empty after 5 s
+    jobs.shutdown()                                   # producers: Closed; consumers drain
+    jobs.unlink()                                     # remove the name
+
+What other processes see and rely on:
+
+- Messages come out in the order they were published; each message goes to
+  exactly one consumer. A message larger than ``capacity`` raises
+  ``MessageTooLarge`` at ``put()`` and is never waited on.
+- A producer killed at any instant leaves no partial message visible; a
+  consumer killed mid-``get`` loses at most the message it was taking; a
+  process killed while holding the queue's lock delays the others by at most
+  one lock hand-over, and the next holder repairs the counters
+  (``statistics().recoveries``). See docs/guarantees.md.
+- Waiting: an empty (or full) queue is first polled without the lock for
+  ``spin`` seconds (default 50 µs), then the caller sleeps on a semaphore in
+  slices of at most 50 ms, so a deadline, Ctrl-C, a shutdown or a dead peer is
+  noticed within one slice. Semaphores are wake-up hints only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import math
+import mmap
+import os
+import struct
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar, overload
+
+import posix_ipc
+
+from . import _codec, _crash, _mutex, _platform, _process, _wait
+from ._codec import Codec
+from ._layout import Kind, align
+from .errors import Closed, Empty, Full, LayoutError, MessageTooLarge
+from .segment import Segment, open_or_create
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from typing_extensions import Buffer
+
+    class _ArrayLike(Protocol):
+        """numpy arrays (their stubs declare the buffer protocol only for Python 3.12+)."""
+
+        @property
+        def __array_interface__(self) -> dict[str, Any]: ...
+
+    BytesLike = Buffer | _ArrayLike
+
+__all__ = ["BufferTooSmall", "Queue", "QueueStatistics", "describe"]
+
+T = TypeVar("T")
+
+# ----------------------------------------------------------------------------- layout
+
+# Queue parameters, stored once in the segment header's params (never change):
+# offset size field
+#      0    4 magic     b"QUE1" (the digit is the body layout version)
+#      4    4 flags     bit 0: every record carries a CRC32 of its payload
+#      8    8 ring      ring bytes = capacity + 16 (one record header)
+#     16    8 capacity  largest message in bytes (a multiple of 8)
+#     24   16 codec     the creator's codec name, ASCII, NUL-padded (informational)
+_PARAMS: Final = struct.Struct("<4sIQQ16s")
+_MAGIC: Final = b"QUE1"
+_F_CRC: Final = 1
+
+# Body, from body_off (64-aligned); control words are little-endian u64:
+# offset size field
+#      0   64 mutex     robust process-shared pthread mutex (unused by the flock backend)
+#     64    8 head      stream position of the oldest record                (consumers)
+#     72    8 gets      records removed so far                              (consumers)
+#     80    8 puts      records published so far                            (producers)
+#     88    8 state     bit 0 shut down | bit 1 claimed | bit 2 reserved
+#                       | getters waiting << 3 | putters waiting << 32
+#     96    8 recoveries  dead lock holders or claimers whose work was repaired
+#    104    8 corrupt   records skipped because they failed validation
+#    112    8 dirty     flock backend only: 1 while held (tells the next holder of a death)
+#    128    8 tail      stream position just past the newest record         (producers)
+#    136    8 claim     while claimed: stream position of the claimed record; the
+#                       ring is free only from here on (not from head)
+#    144    8 claim_pid    the claiming process (pid, start time): a claim whose
+#    152    8 claim_ticks  process is dead is released by whoever notices
+#    160    8 res_pid      the reserving producer (pid, start time): likewise
+#    168    8 res_ticks
+#    192  520 waiters   65 words, one per attach slot + 1 shared: getters | putters << 32
+#    768 ring ring      the byte ring; a stream position p lives at ring index p % ring
+# tail has a cache line of its own (claims are rare): a consumer waiting for
+# data polls only that line, so its polling disturbs one store of a put, not
+# all of them. Everything else an operation touches is in the next line.
+#
+# Record at stream position p (p % 8 == 0; it may wrap around the ring end):
+#   word 0   length (low 32 bits) | seq = puts when written, mod 2**32 (high 32)
+#   word 1   hcheck (low 32) | payload CRC32 (high 32; 0 unless created with checksum=True)
+#            hcheck = top 32 bits of ((word0 ^ p ^ SALT) * K mod 2**64): any change to
+#            the length, the seq, or a record left from an earlier lap of the ring fails it
+#   payload  length bytes, then zero to 7 bytes of padding to the next multiple of 8
+#
+# Ordering rule. Every read and write that matters happens with the mutex held.
+# A producer writes the payload and the record header, then stores puts, then
+# tail: that one aligned 8-byte store publishes the record. A consumer copies
+# the payload out, then stores gets, then head: that store consumes it. A
+# holder killed between two stores leaves the old state, or one that _repair
+# maps back to it: a valid record at tail whose seq lags puts means puts was
+# stored but tail was not; a valid record at head fixes gets. Lock-free reads
+# (spin polls, qsize) are hints that never decide what is read or written.
+#
+# Large messages (>= _CLAIM_MIN bytes) are copied without the lock, so that a
+# producer's copy-in and a consumer's copy-out overlap:
+# - a producer *reserves* the space at tail (bit "reserved", its identity),
+#   unlocks, writes payload and header, then locks again to publish (puts,
+#   tail) and clear the bit. Other producers wait meanwhile; nothing is visible
+#   before the publishing store, so a reserver that dies leaves nothing behind.
+# - a consumer *claims* the record: it takes it under the lock (gets, head),
+#   records the claim (bit "claimed", where, its identity) and copies the
+#   payload out after unlocking; clearing the bit frees the space. Other
+#   consumers go on meanwhile (copying under the lock).
+# A reservation or claim whose process is dead is cleared by whoever notices
+# (producers waiting for room check once per slice); a live one is never taken.
+#
+# Memory model: pthread_mutex_lock/unlock (and flock) are acquire/release
+# barriers, so this is correct on x86-64 (TSO) and on weakly ordered CPUs such
+# as arm64 alike; there a lock-free poll may see a value late, which only costs
+# another poll.
+_HDR: Final = 16
+_W_HEAD: Final = 8
+_W_GETS: Final = 9
+_W_TAIL: Final = 16
+_W_PUTS: Final = 10
+_W_STATE: Final = 11
+_W_RECOV: Final = 12
+_W_CORRUPT: Final = 13
+_W_DIRTY: Final = 14
+_W_CLAIM: Final = 17
+_W_CLAIM_PID: Final = 18
+_W_CLAIM_TICKS: Final = 19
+_W_RES_PID: Final = 20
+_W_RES_TICKS: Final = 21
+_W_WAITERS: Final = 24
+_SLOTS: Final = 64  # attach slots with their own waiter word; word 64 is shared by the rest
+_RING_OFF: Final = align(8 * (_W_WAITERS + _SLOTS + 1))
+_W_RING: Final = _RING_OFF // 8
+
+_SALT: Final = 0x5155_4555_454B_4D53
+_K: Final = 0x9E37_79B9_7F4A_7C15
+_M32: Final = 0xFFFF_FFFF
+_M31: Final = 0x7FFF_FFFF
+_M64: Final = 0xFFFF_FFFF_FFFF_FFFF
+_M29: Final = 0x1FFF_FFFF
+_SHUT: Final = 1
+_CLAIMED: Final = 2
+_RESERVED: Final = 4
+_BUSY: Final = _SHUT | _CLAIMED | _RESERVED  # any of these: no fast put
+_GETW_MASK: Final = _M29 << 3
+_PUTW_ONE: Final = 1 << 32
+#: Messages this large are copied out without the lock (see Claims above).
+_CLAIM_MIN: Final = 128 * 1024
+
+#: Largest capacity: a record's length field has 32 bits.
+MAX_CAPACITY: Final = (1 << 32) - 64
+#: Default time an empty/full queue is polled without the lock before sleeping.
+DEFAULT_SPIN: Final = _wait.SPIN
+#: The adaptive spin never exceeds this (unless the base ``spin`` is larger).
+_SPIN_MAX: Final = 1e-3
+#: Attempts at a busy lock between clock checks, and how long to keep trying
+#: before sleeping on it (see _lock_until).
+_LOCK_SPINS: Final = 32
+_LOCK_SPIN: Final = 200e-6
+#: Most semaphore posts one operation makes to wake sleepers.
+_MAX_POSTS: Final = 64
+#: Waiting handles re-check who is alive at most this often (seconds).
+_REAP_EVERY: Final = 1.0
+
+_ARMED: Final = _crash.ARMED
+
+if _platform.ROBUST_MUTEX:
+    # The queue mutex's own pthread calls, bound for the fast paths: going
+    # through _mutex.Mutex's methods costs a third more per lock/unlock pair.
+    # PYFUNCTYPE keeps the GIL (these never block); no argtypes, and the mutex
+    # passed as its ctypes array (by address) is the cheapest call ctypes has.
+    assert _platform.LIBC is not None
+    _proto = ctypes.PYFUNCTYPE(ctypes.c_int)
+    _p_trylock = _proto(("pthread_mutex_trylock", _platform.LIBC))
+    _p_unlock = _proto(("pthread_mutex_unlock", _platform.LIBC))
+    _p_consistent = _proto(("pthread_mutex_consistent", _platform.LIBC))
+_EBUSY: Final = errno.EBUSY
+_perf = time.perf_counter
+_mono = time.monotonic
+_check_timeout = _wait.check_timeout
+
+
+class _Again:
+    """Sentinel: the locked attempt could not proceed; wait and try again."""
+
+
+_AGAIN: Final = _Again()
+
+
+class _Reservation:
+    """Space reserved at tail for one large record, written after unlocking."""
+
+    __slots__ = ("n", "pos", "seq")
+
+    def __init__(self, pos: int, seq: int, n: int) -> None:
+        self.pos = pos  # stream position of the record (tail when reserved)
+        self.seq = seq  # its sequence number (puts when reserved)
+        self.n = n
+
+
+class _Claim:
+    """A record taken under the lock whose payload is copied out after unlocking."""
+
+    __slots__ = ("n", "pos", "start")
+
+    def __init__(self, pos: int, start: int, n: int) -> None:
+        self.pos = pos  # stream position of the record (the claim word)
+        self.start = start  # ring index of its payload
+        self.n = n
+
+
+class BufferTooSmall(MessageTooLarge):
+    """``get_into``: the next message does not fit the buffer; it stays queued.
+
+    Attributes:
+        needed: the message's size in bytes.
+    """
+
+    def __init__(self, message: str, needed: int = 0) -> None:
+        super().__init__(message)
+        self.needed = needed
+
+
+@dataclass(frozen=True)
+class QueueStatistics:
+    """A snapshot of a queue, as every process sees it.
+
+    Attributes:
+        name: the queue's name.
+        capacity: the largest message, in bytes (as created, rounded up to 8).
+        ring_bytes: bytes of the ring (capacity + one 16-byte record header).
+        bytes_used: ring bytes holding messages, headers and padding included.
+        messages: messages waiting to be taken.
+        total_puts: messages ever published.
+        total_gets: messages ever removed (delivered, skipped as corrupt, or
+            discarded by ``shutdown(immediate=True)``).
+        waiting_getters: consumers asleep on the queue (a hint; see R10).
+        waiting_putters: producers asleep on the queue.
+        recoveries: times a process died holding the lock and the next holder
+            repaired the queue.
+        corrupt_records: records skipped because they failed validation.
+        shut_down: ``shutdown()`` was called.
+        codec: the creator's codec name.
+        checksum: every record carries a CRC32 of its payload.
+    """
+
+    name: str
+    capacity: int
+    ring_bytes: int
+    bytes_used: int
+    messages: int
+    total_puts: int
+    total_gets: int
+    waiting_getters: int
+    waiting_putters: int
+    recoveries: int
+    corrupt_records: int
+    shut_down: bool
+    codec: str
+    checksum: bool
+
+
+def _hcheck(w0: int, pos: int) -> int:
+    return (((w0 ^ pos ^ _SALT) * _K) & _M64) >> 32
+
+
+def _parse_params(seg: Segment) -> tuple[int, int, int, str]:
+    """Validate a queue segment's params and body size: (flags, ring, capacity, codec)."""
+    hdr = seg.header
+    what = f"queue {seg.name!r}"
+    if hdr is None or len(hdr.params) != _PARAMS.size:
+        raise LayoutError(f"{what}: queue parameters missing or of the wrong size")
+    magic, flags, ring, cap, codec = _PARAMS.unpack(hdr.params)
+    if magic != _MAGIC:
+        raise LayoutError(f"{what}: queue layout {magic!r}, this shmkit reads {_MAGIC!r}")
+    if flags & ~_F_CRC:
+        raise LayoutError(f"{what}: unknown queue flags {flags:#x}")
+    if cap % 8 or not 8 <= cap <= MAX_CAPACITY or ring != cap + _HDR:
+        raise LayoutError(f"{what}: invalid capacity {cap} / ring {ring}")
+    if hdr.body_size < _RING_OFF + ring:
+        raise LayoutError(f"{what}: body of {hdr.body_size} bytes cannot hold a {ring}-byte ring")
+    if hdr.nsems != 2:
+        raise LayoutError(f"{what}: has {hdr.nsems} semaphores, a queue has 2")
+    name = codec.rstrip(b"\0").decode("ascii", "replace")
+    return flags, ring, cap, name
+
+
+def _snapshot(
+    c: memoryview, name: str, *, ring: int, cap: int, flags: int, codec: str
+) -> QueueStatistics:
+    """Statistics from the control words, clamped so a corrupt word cannot mislead much."""
+    gets = c[_W_GETS]
+    head = c[_W_HEAD]
+    tail = c[_W_TAIL]
+    puts = c[_W_PUTS]
+    st = c[_W_STATE]
+    return QueueStatistics(
+        name=name,
+        capacity=cap,
+        ring_bytes=ring,
+        bytes_used=min(max(tail - (c[_W_CLAIM] if st & _CLAIMED else head), 0), ring),
+        messages=min(max(puts - gets, 0), ring // _HDR),
+        total_puts=puts,
+        total_gets=gets,
+        waiting_getters=(st >> 3) & _M29,
+        waiting_putters=(st >> 32) & _M31,
+        recoveries=c[_W_RECOV],
+        corrupt_records=c[_W_CORRUPT],
+        shut_down=bool(st & _SHUT),
+        codec=codec,
+        checksum=bool(flags & _F_CRC),
+    )
+
+
+def describe(seg: Segment) -> dict[str, object]:
+    """JSON-serialisable statistics of an opened QUEUE segment (for ``shmkit ls``/``info``).
+
+    Reads the control words without taking the queue's lock, so it never
+    blocks and never repairs; the numbers are a consistent-enough snapshot.
+
+    Raises:
+        LayoutError: ``seg`` is not a valid queue.
+    """
+    if seg.kind != Kind.QUEUE:
+        raise LayoutError(f"{seg.name!r} is not a queue")
+    flags, ring, cap, codec = _parse_params(seg)
+    hdr = seg.header
+    assert hdr is not None
+    with memoryview(seg.mmap) as whole:
+        body = whole[hdr.body_off : hdr.body_off + _RING_OFF]
+        with body, body.cast("Q") as c:
+            return asdict(_snapshot(c, seg.name, ring=ring, cap=cap, flags=flags, codec=codec))
+
+
+def _check_capacity(capacity: object) -> int:
+    if isinstance(capacity, bool) or not isinstance(capacity, int):
+        raise TypeError(f"capacity must be an int (bytes), not {type(capacity).__name__}")
+    if not 0 < capacity <= MAX_CAPACITY:
+        raise ValueError(f"capacity must be between 1 and {MAX_CAPACITY} bytes, not {capacity}")
+    return max(8, align(capacity, 8))
+
+
+def _check_spin(spin: object) -> float:
+    if isinstance(spin, bool) or not isinstance(spin, (int, float)):
+        raise TypeError(f"spin must be a number of seconds, not {type(spin).__name__}")
+    if not 0 <= spin <= 1.0:
+        raise ValueError(f"spin must be between 0 and 1 second, not {spin!r}")
+    return float(spin)
+
+
+def _init_body(mm: mmap.mmap, body_off: int) -> None:
+    # The reserved pages are zero already: every control word starts at 0.
+    _mutex.Mutex.initialize(mm, body_off)
+
+
+def _reopen(name: str, codec: object, spin: float) -> Queue[Any]:
+    return Queue.open(name, codec=_codec.resolve(codec), spin=spin)
+
+
+# ----------------------------------------------------------------------------- Queue
+
+
+class Queue(Generic[T]):
+    """A handle on a named queue. Create with :meth:`create`, attach with :meth:`open`.
+
+    ``T`` is what ``get()`` returns: ``bytes`` for the default codec. Handles
+    pickle to their name and reopen on the other side. One handle may be used
+    from several threads; see :attr:`spin` for the waiting policy.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_base",
+        "_c",
+        "_cap",
+        "_checksum",
+        "_codec",
+        "_decode",
+        "_encode",
+        "_encoded",
+        "_fast_max",
+        "_fast_ring",
+        "_flags",
+        "_last_reap",
+        "_mm",
+        "_mp",
+        "_mutex",
+        "_name",
+        "_pthread",
+        "_raw",
+        "_ring",
+        "_rv",
+        "_rw",
+        "_seg",
+        "_sem_get",
+        "_sem_put",
+        "_slot_clean",
+        "_spin",
+        "_spin_now",
+        "_tl",
+        "_ul",
+        "_wslot",
+    )
+
+    def __init__(self, seg: Segment, codec: Codec[Any], spin: float) -> None:
+        """Wrap an opened QUEUE segment; use :meth:`create` or :meth:`open` instead."""
+        self._name = seg.name
+        flags, ring, cap, _creator_codec = _parse_params(seg)
+        hdr = seg.header
+        assert hdr is not None
+        self._seg: Segment | None = seg
+        self._flags = flags
+        self._ring = ring
+        self._rw = ring // 8
+        self._cap = cap
+        self._checksum = bool(flags & _F_CRC)
+        # Checksum queues take the general path for every message, and so does
+        # everything in crash-test runs: its crash points sit between the same
+        # stores, in the same order, as the fast paths' (which have none, to
+        # stay lean).
+        general = self._checksum or _ARMED
+        self._fast_max = -1 if general else min(cap, _CLAIM_MIN - 1)  # large: reserve
+        self._fast_ring = 0 if general else ring
+        self._mm = seg.mmap
+        self._rv = memoryview(self._mm)
+        self._c = self._rv[hdr.body_off : hdr.body_off + _RING_OFF + ring].cast("Q")
+        self._base = hdr.body_off + _RING_OFF
+        self._sem_get = seg.semaphore(0)
+        self._sem_put = seg.semaphore(1)
+        self._codec = codec
+        self._raw = isinstance(codec, _codec.RawCodec)
+        self._encoded = not self._raw  # even bytes items go through the codec
+        self._decode: Callable[[bytes], Any] | None = None if self._raw else codec.decode
+        self._encode: Callable[[Any], bytes | bytearray | memoryview] = (
+            _codec.as_bytes if self._raw else self._encode_with_codec
+        )
+        self._spin = spin
+        self._spin_now = spin
+        self._last_reap = 0.0
+        self._slot_clean = False
+        slot: int = getattr(seg, "_slot", -1)  # Segment keeps its attach slot private
+        self._wslot = slot if 0 <= slot < _SLOTS else _SLOTS
+        self._mutex = _mutex.Mutex(self._mm, hdr.body_off, seg.sysname, 0)
+        self._pthread = self._mutex.kind == "pthread"
+        self._tl: Callable[[Any], int]
+        self._ul: Callable[[Any], Any]
+        if self._pthread:
+            # Never released: a thread may still be inside a pthread call on this
+            # memory when another closes the handle; it goes with this object.
+            self._mp: Any = (ctypes.c_char * _platform.MUTEX_BYTES).from_buffer(
+                self._mm, hdr.body_off
+            )
+            self._tl = _p_trylock
+            self._ul = _p_unlock
+        else:
+            self._mp = None
+            self._tl = self._flock_try
+            self._ul = self._flock_release
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @overload
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        capacity: int,
+        *,
+        codec: Literal["bytes"] = ...,
+        mode: int = ...,
+        spin: float = ...,
+        checksum: bool = ...,
+        unlink_on_exit: bool = ...,
+    ) -> Queue[bytes]: ...
+    @overload
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        capacity: int,
+        *,
+        codec: Literal["pickle", "msgpack"],
+        mode: int = ...,
+        spin: float = ...,
+        checksum: bool = ...,
+        unlink_on_exit: bool = ...,
+    ) -> Queue[Any]: ...
+    @overload
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        capacity: int,
+        *,
+        codec: Codec[T],
+        mode: int = ...,
+        spin: float = ...,
+        checksum: bool = ...,
+        unlink_on_exit: bool = ...,
+    ) -> Queue[T]: ...
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        capacity: int,
+        *,
+        codec: str | Codec[Any] = "bytes",
+        mode: int = 0o600,
+        spin: float = DEFAULT_SPIN,
+        checksum: bool = False,
+        unlink_on_exit: bool = False,
+    ) -> Queue[Any]:
+        """Create a queue holding up to ``capacity`` bytes of messages.
+
+        The queue persists after this process exits until ``unlink()`` (or
+        ``shmkit rm``), unless ``unlink_on_exit`` ties it to this handle.
+
+        Args:
+            name: the queue's name (see Segment for the rules).
+            capacity: bytes of message data the queue holds at once; also the
+                largest message. Each message additionally uses a 16-byte
+                header and pads to 8 bytes, so many small messages fill it sooner.
+            codec: ``"bytes"`` (default: bytes-like in, ``bytes`` out),
+                ``"pickle"`` (all writers must be trusted), ``"msgpack"``, or a
+                :class:`~shmkit._codec.Codec`.
+            mode: permission bits for the segment and semaphores.
+            spin: seconds to poll before sleeping (see :attr:`spin`).
+            checksum: store a CRC32 of every payload and verify it on ``get``
+                (catches stray writes into the ring; costs ~0.3 ms per MiB on
+                both sides, and every operation takes the general path).
+            unlink_on_exit: unlink the queue when this handle is closed.
+
+        Raises:
+            AlreadyExists: the name is taken.
+            TypeError, ValueError: a bad argument (nothing is created).
+            ShmFull: /dev/shm cannot hold the queue.
+        """
+        cap = _check_capacity(capacity)
+        cod = _codec.resolve(codec)
+        spin = _check_spin(spin)
+        if not isinstance(checksum, bool):
+            raise TypeError(f"checksum must be a bool, not {type(checksum).__name__}")
+        ring = cap + _HDR
+        params = _PARAMS.pack(_MAGIC, _F_CRC if checksum else 0, ring, cap, cod.name.encode())
+        seg = Segment._create_object(
+            name,
+            Kind.QUEUE,
+            body_size=_RING_OFF + ring,
+            params=params,
+            sem_values=(0, 0),
+            mode=mode,
+            init=_init_body,
+            unlink_on_exit=unlink_on_exit,
+        )
+        try:
+            return cls(seg, cod, spin)
+        except BaseException:
+            seg.unlink()
+            seg.close()
+            raise
+
+    @overload
+    @classmethod
+    def open(
+        cls, name: str, *, codec: Literal["bytes"] = ..., spin: float = ...
+    ) -> Queue[bytes]: ...
+    @overload
+    @classmethod
+    def open(
+        cls, name: str, *, codec: Literal["pickle", "msgpack"], spin: float = ...
+    ) -> Queue[Any]: ...
+    @overload
+    @classmethod
+    def open(cls, name: str, *, codec: Codec[T], spin: float = ...) -> Queue[T]: ...
+    @classmethod
+    def open(
+        cls, name: str, *, codec: str | Codec[Any] = "bytes", spin: float = DEFAULT_SPIN
+    ) -> Queue[Any]:
+        """Attach to an existing queue by name.
+
+        The codec is this handle's choice: the one the creator recorded is
+        never applied implicitly, so a pickle queue opened with the default
+        codec yields raw bytes and never unpickles.
+
+        Raises:
+            NotFound: no such queue.
+            LayoutError: the name holds another kind of object, or a corrupt queue.
+        """
+        cod = _codec.resolve(codec)
+        spin = _check_spin(spin)
+        seg = Segment._open_object(name, Kind.QUEUE)
+        try:
+            return cls(seg, cod, spin)
+        except BaseException:
+            seg.close()
+            raise
+
+    @overload
+    @classmethod
+    def open_or_create(
+        cls,
+        name: str,
+        capacity: int,
+        *,
+        codec: Literal["bytes"] = ...,
+        mode: int = ...,
+        spin: float = ...,
+        checksum: bool = ...,
+    ) -> Queue[bytes]: ...
+    @overload
+    @classmethod
+    def open_or_create(
+        cls,
+        name: str,
+        capacity: int,
+        *,
+        codec: Literal["pickle", "msgpack"],
+        mode: int = ...,
+        spin: float = ...,
+        checksum: bool = ...,
+    ) -> Queue[Any]: ...
+    @overload
+    @classmethod
+    def open_or_create(
+        cls,
+        name: str,
+        capacity: int,
+        *,
+        codec: Codec[T],
+        mode: int = ...,
+        spin: float = ...,
+        checksum: bool = ...,
+    ) -> Queue[T]: ...
+    @classmethod
+    def open_or_create(
+        cls,
+        name: str,
+        capacity: int,
+        *,
+        codec: str | Codec[Any] = "bytes",
+        mode: int = 0o600,
+        spin: float = DEFAULT_SPIN,
+        checksum: bool = False,
+    ) -> Queue[Any]:
+        """Open ``name``, creating it if needed; safe when many processes race.
+
+        Raises:
+            LayoutError: it exists with a smaller capacity than asked for.
+        """
+        want = _check_capacity(capacity)
+        cod = _codec.resolve(codec)
+        q: Queue[Any] = open_or_create(
+            lambda: cls.create(name, capacity, codec=cod, mode=mode, spin=spin, checksum=checksum),
+            lambda: cls.open(name, codec=cod, spin=spin),
+            f"queue {name!r}",
+        )
+        if q.capacity < want:
+            q.close()
+            raise LayoutError(f"queue {name!r} exists with capacity {q.capacity} < {want}")
+        return q
+
+    def close(self) -> None:
+        """Detach this handle (idempotent). The queue and its messages stay."""
+        seg = self._seg
+        if seg is None:
+            return
+        self._seg = None
+        # From here every operation raises Closed at its first step (the lock).
+        # The views and the mutex memory stay mapped until this object is
+        # collected: a thread still inside an operation finishes it and unlocks.
+        self._tl = self._raise_closed
+        self._mutex.close()
+        seg.close()
+
+    def unlink(self) -> None:
+        """Remove the queue's name for everyone; attached handles keep working."""
+        Segment.remove(self._name)
+
+    def shutdown(self, immediate: bool = False) -> None:
+        """Close the queue for everyone (like ``queue.Queue.shutdown`` in Python 3.13).
+
+        Producers then get ``Closed`` from ``put``; consumers get the messages
+        still queued and then ``Closed``. Waiters wake at once. Permanent: to
+        start over, unlink and create a new queue.
+
+        Args:
+            immediate: also discard every queued message (consumers get
+                ``Closed`` at once).
+        """
+        self._check_open()
+        self._lock_until(math.inf)
+        try:
+            c = self._c
+            st = c[_W_STATE] | _SHUT
+            c[_W_STATE] = st
+            if immediate:
+                # Same order as a skip: head first, then gets (_repair copes with a death between).
+                c[_W_HEAD] = c[_W_TAIL]
+                c[_W_GETS] = c[_W_PUTS]
+        finally:
+            self._unlock()
+        self._wake(self._sem_get, (st >> 3) & _M29, _M31)
+        self._wake(self._sem_put, (st >> 32) & _M31, _M31)
+
+    @property
+    def is_shutdown(self) -> bool:
+        """True once ``shutdown()`` was called by any process."""
+        self._check_open()
+        return bool(self._c[_W_STATE] & _SHUT)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def capacity(self) -> int:
+        """Bytes of message data the queue holds; also the largest message."""
+        return self._cap
+
+    @property
+    def closed(self) -> bool:
+        """True after ``close()`` on this handle."""
+        return self._seg is None
+
+    @property
+    def codec(self) -> Codec[Any]:
+        return self._codec
+
+    @property
+    def spin(self) -> float:
+        """Seconds an empty (or full) queue is polled without the lock before sleeping.
+
+        This is the base budget. A handle that keeps being woken soon after it
+        went to sleep (its peer answers, but not within the budget) doubles
+        its budget, up to 1 ms or ``spin`` if larger, and drops back to the
+        base after a wait longer than that: the adaptive spinning of glibc's
+        adaptive mutexes. 0 sleeps at once, always (least CPU).
+        """
+        return self._spin
+
+    @spin.setter
+    def spin(self, seconds: float) -> None:
+        self._spin = self._spin_now = _check_spin(seconds)
+
+    def __enter__(self) -> Queue[T]:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        codec: object = self._codec.name if type(self._codec) in _PLAIN_CODECS else self._codec
+        return (_reopen, (self._name, codec, self._spin))
+
+    def __repr__(self) -> str:
+        try:
+            state = "closed" if self._seg is None else f"capacity={self._cap}"
+            return f"<Queue {self._name!r} {state} codec={self._codec.name!r}>"
+        except Exception:
+            return f"<Queue at {id(self):#x}>"
+
+    def __del__(self) -> None:
+        if getattr(self, "_seg", None) is not None:
+            try:
+                self.close()
+            except Exception:
+                pass
+
+    # ------------------------------------------------------------------ put
+
+    @overload
+    def put(self: Queue[bytes], item: BytesLike, timeout: float | None = None) -> None: ...
+    @overload
+    def put(self, item: T, timeout: float | None = None) -> None: ...
+    def put(self, item: Any, timeout: float | None = None) -> None:
+        """Append one message, waiting up to ``timeout`` seconds for room.
+
+        Args:
+            item: for the default codec any bytes-like object (a numpy array is
+                sent as its raw bytes); otherwise what the codec accepts.
+            timeout: None waits as long as it takes, 0 does not wait.
+
+        Raises:
+            Full: no room before the deadline.
+            Closed: the queue was shut down, or this handle closed.
+            MessageTooLarge: the message is larger than ``capacity``.
+            TypeError: the codec cannot encode ``item``.
+        """
+        if type(item) is not bytes or self._encoded:
+            item = self._encode(item)  # raises TypeError before anything is touched
+        if timeout is not None:
+            timeout = _check_timeout(timeout)
+        n = len(item)
+        if n > self._fast_max:
+            # Too large (raises), checksum queues, crash-test runs: the general path.
+            self._put_slow([item], timeout, self._spin_now)
+            return
+        # The fast path: one record that does not wrap around the ring's end.
+        # Anything unusual (full, shut down, corrupt words) falls through to the
+        # general path, which validates everything and raises precise errors.
+        rec = (n + 23) & -8
+        ring = self._ring
+        c = self._c
+        spin_end = 0.0
+        while True:
+            rc = self._tl(self._mp)
+            if rc and not self._lock_retry(rc):
+                break
+            try:
+                tail = c[_W_TAIL]
+                used = tail - c[_W_HEAD]
+                st = c[_W_STATE]
+                i = tail % ring
+                if 0 <= used <= ring - rec and i + n <= ring - _HDR and not (st & _BUSY or i & 7):
+                    seq = c[_W_PUTS]
+                    s = self._base + i + _HDR
+                    self._mm[s : s + n] = item
+                    w0 = n | (seq & _M32) << 32
+                    wi = _W_RING + (i >> 3)
+                    c[wi] = w0
+                    c[wi + 1] = (((w0 ^ tail ^ _SALT) * _K) & _M64) >> 32
+                    c[_W_PUTS] = seq + 1
+                    c[_W_TAIL] = tail + rec  # publishes the record
+                    done = True
+                else:
+                    done = False
+            except BaseException:
+                self._repair_quietly()
+                raise
+            finally:
+                self._ul(self._mp)
+            if done:
+                if st & _GETW_MASK:
+                    self._wake(self._sem_get, (st >> 3) & _M29, 1)
+                return
+            if st & _BUSY or not 0 <= used <= ring or used + rec <= ring or timeout == 0:
+                break  # shut down, claimed, corrupt, wrapping, nowait: the general path
+            # Full: poll the indices without the lock, then retry the fast path.
+            if not spin_end:
+                start = _perf()
+                spin = self._spin_now
+                spin_end = start + (spin if timeout is None else min(spin, timeout))
+            while ring - (c[_W_TAIL] - c[_W_HEAD]) < rec:
+                if _perf() >= spin_end:
+                    left = None if timeout is None else timeout - (_perf() - start)
+                    self._put_slow([item], left, 0.0)
+                    return
+        self._put_slow([item], timeout, self._spin_now)
+
+    def put_nowait(self, item: Any) -> None:
+        """``put(item, timeout=0)``: raise Full at once if there is no room."""
+        self.put(item, 0.0)
+
+    @overload
+    def put_many(
+        self: Queue[bytes], items: Iterable[BytesLike], timeout: float | None = None
+    ) -> None: ...
+    @overload
+    def put_many(self, items: Iterable[T], timeout: float | None = None) -> None: ...
+    def put_many(self, items: Iterable[Any], timeout: float | None = None) -> None:
+        """Append several messages at once: all of them, contiguous and in order, or none.
+
+        The batch is published under one lock acquisition with one store, so
+        no other producer's message lands in between, and a producer killed
+        midway publishes nothing.
+
+        Raises:
+            Full: the whole batch did not fit before the deadline (nothing was put).
+            MessageTooLarge: the batch (with 16 bytes of header per message and
+                padding) can never fit in the ring; split it.
+            Closed, TypeError: as for ``put``.
+        """
+        if self._raw:
+            datas = [x if type(x) is bytes else _codec.as_bytes(x) for x in items]
+        else:
+            encode = self._encode
+            datas = [encode(x) for x in items]
+        if timeout is not None:
+            timeout = _check_timeout(timeout)
+        if datas:
+            self._put_slow(datas, timeout, self._spin_now)
+
+    def _put_slow(self, datas: list[Any], timeout: float | None, spin: float) -> None:
+        lens = [len(d) for d in datas]
+        if max(lens) > self._cap:
+            index = next(i for i, n in enumerate(lens) if n > self._cap)
+            where = f"message {index} of the batch" if len(datas) > 1 else "message"
+            raise MessageTooLarge(
+                f"queue {self._name!r}: {where} is {lens[index]} bytes; the capacity is {self._cap}"
+            )
+        total = sum([(n + 23) & -8 for n in lens])
+        if total > self._ring:
+            raise MessageTooLarge(
+                f"queue {self._name!r}: a batch of {len(datas)} messages needs {total} bytes "
+                f"with headers; the ring holds {self._ring}"
+            )
+
+        def attempt() -> object:
+            return self._write_locked(datas, lens, total)
+
+        def ready() -> bool:
+            c = self._c
+            st = c[_W_STATE]
+            if st & _SHUT:
+                return True
+            free_from = c[_W_CLAIM] if st & _CLAIMED else c[_W_HEAD]
+            return not st & _RESERVED and self._ring - (c[_W_TAIL] - free_from) >= total
+
+        r = self._wait(attempt, ready, timeout, putter=True, spin=spin, need=total)
+        if type(r) is _Reservation:
+            self._fill_reservation(r, datas[0])
+
+    def _fill_reservation(self, res: _Reservation, data: Any) -> None:
+        """Write a reserved record (no lock held), then publish it."""
+        published = False
+        try:
+            if _ARMED:
+                _crash.point("queue.put.res_copying")
+            self._write_record(res.pos, res.seq, data, res.n)
+            if _ARMED:
+                _crash.point("queue.put.res_copied")
+            published = True
+        finally:
+            self._finish_reservation(res, published)
+
+    def _finish_reservation(self, res: _Reservation, publish: bool) -> None:
+        """Publish (or drop) our reserved record and clear the reservation, under the lock."""
+        interrupted: BaseException | None = None
+        while True:  # a Ctrl-C must not leave the reservation behind while we live
+            try:
+                locked = self._lock_until(math.inf)
+                break
+            except KeyboardInterrupt as exc:
+                interrupted = exc
+                publish = False
+        st = 0
+        if locked:
+            try:
+                c = self._c
+                st = c[_W_STATE]
+                me = _process.current()
+                if st & _RESERVED and c[_W_RES_PID] == me.pid:
+                    if publish and (c[_W_TAIL], c[_W_PUTS]) == (res.pos, res.seq):
+                        c[_W_PUTS] = res.seq + 1
+                        if _ARMED:
+                            _crash.point("queue.put.counted")
+                        c[_W_TAIL] = res.pos + ((res.n + 23) & -8)
+                        if _ARMED:
+                            _crash.point("queue.put.published")
+                    st &= ~_RESERVED
+                    c[_W_STATE] = st
+            finally:
+                self._unlock()
+        if st & _GETW_MASK:
+            self._wake(self._sem_get, (st >> 3) & _M29, 1)
+        if st >= _PUTW_ONE:  # producers that waited for the reservation to end
+            self._wake(self._sem_put, (st >> 32) & _M31, _M31)
+        if interrupted is not None:
+            raise interrupted
+
+    def _write_locked(self, datas: list[Any], lens: list[int], total: int) -> object:
+        """Publish ``datas`` (lock held): True, or _AGAIN if there is no room yet."""
+        c = self._c
+        head, tail, gets, puts = c[_W_HEAD], c[_W_TAIL], c[_W_GETS], c[_W_PUTS]
+        self._check_indices(head, tail, gets, puts)
+        st = c[_W_STATE]
+        if st & _SHUT:
+            raise Closed(f"queue {self._name!r} is shut down")
+        if st & _RESERVED:
+            return _AGAIN  # another producer is writing a large record at tail
+        ring = self._ring
+        free_from = head
+        if st & _CLAIMED:
+            free_from = c[_W_CLAIM]
+            if (
+                not free_from <= head <= free_from + ring
+                or tail - free_from > ring
+                or free_from & 7
+            ):
+                raise LayoutError(
+                    f"queue {self._name!r}: corrupt claim position {free_from} "
+                    f"(head {head}, tail {tail}); nothing was changed"
+                )
+        if ring - (tail - free_from) < total:
+            return _AGAIN
+        if _ARMED:
+            _crash.point("queue.put.reserved")
+        if len(lens) == 1 and lens[0] >= _CLAIM_MIN and not self._checksum:
+            # Large: reserve the space now, write it after unlocking (see above).
+            me = _process.current()
+            c[_W_RES_PID] = me.pid
+            c[_W_RES_TICKS] = me.start
+            c[_W_STATE] = st | _RESERVED
+            if _ARMED:
+                _crash.point("queue.put.reserving")
+            return _Reservation(tail, puts, lens[0])
+        i = tail % ring
+        seq = puts
+        if i + total <= ring and self._fast_max >= 0:
+            # No record of the batch wraps: one tight loop, positions kept as
+            # byte offset p and word index w side by side.
+            mm = self._mm
+            pos = tail
+            p = self._base + i + _HDR
+            w = _W_RING + (i >> 3)
+            for d, n in zip(datas, lens, strict=True):
+                mm[p : p + n] = d
+                w0 = n | (seq & _M32) << 32
+                c[w] = w0
+                c[w + 1] = (((w0 ^ pos ^ _SALT) * _K) & _M64) >> 32
+                r = (n + 23) & -8
+                p += r
+                w += r >> 3
+                pos += r
+                seq += 1
+        else:
+            pos = tail
+            for d, n in zip(datas, lens, strict=True):
+                self._write_record(pos, seq, d, n)
+                pos += (n + 23) & -8
+                seq += 1
+        if _ARMED:
+            _crash.point("queue.put.copied")
+        c[_W_PUTS] = seq
+        if _ARMED:
+            _crash.point("queue.put.counted")
+        c[_W_TAIL] = pos
+        if _ARMED:
+            _crash.point("queue.put.published")
+        if st & _GETW_MASK:
+            self._wake(self._sem_get, (st >> 3) & _M29, len(datas))
+        return True
+
+    def _write_record(self, pos: int, seq: int, data: Any, n: int) -> None:
+        ring = self._ring
+        base = self._base
+        mm = self._mm
+        i = pos % ring
+        s = i + _HDR
+        if s >= ring:
+            s -= ring
+        if s + n <= ring:
+            if _ARMED and n > 1:
+                mm[base + s : base + s + n // 2] = memoryview(data)[: n // 2]
+                _crash.point("queue.put.copying")
+            mm[base + s : base + s + n] = data
+        else:
+            k = ring - s
+            view = memoryview(data)
+            mm[base + s : base + ring] = view[:k]
+            if _ARMED:
+                _crash.point("queue.put.copying")
+            mm[base : base + n - k] = view[k:]
+        crc = zlib.crc32(data) if self._checksum else 0
+        w0 = n | (seq & _M32) << 32
+        wi = i >> 3
+        c = self._c
+        c[_W_RING + wi] = w0
+        c[_W_RING + (wi + 1) % self._rw] = _hcheck(w0, pos) | crc << 32
+
+    # ------------------------------------------------------------------ get
+
+    def get(self, timeout: float | None = None) -> T:
+        """Remove and return the oldest message, waiting up to ``timeout`` seconds.
+
+        Raises:
+            Empty: nothing arrived before the deadline.
+            Closed: the queue was shut down and is empty, or this handle closed.
+            LayoutError: the queue's control words are corrupt (nothing is changed).
+        """
+        if timeout is not None:
+            timeout = _check_timeout(timeout)
+        # The fast path: one valid record that does not wrap. Anything else
+        # (wrapped, corrupt, checksum, large, shut down) goes to the general path.
+        ring = self._ring
+        c = self._c
+        spin_end = 0.0
+        while True:
+            if c[_W_TAIL] == c[_W_HEAD]:
+                # Empty at a glance: poll without the lock (it stays free for
+                # the producers), then sleep; never lock just to find nothing.
+                if timeout == 0:
+                    break
+                if not spin_end:
+                    start = _perf()
+                    spin = self._spin_now
+                spin_end = start + (spin if timeout is None else min(spin, timeout))
+                head = c[_W_HEAD]  # only consumers move it: poll the producers' line alone
+                while c[_W_TAIL] == head:
+                    if _perf() >= spin_end:
+                        left = None if timeout is None else timeout - (_perf() - start)
+                        return self._get_slow(left, 0.0)
+            rc = self._tl(self._mp)
+            if rc and not self._lock_retry(rc):
+                break
+            data = None
+            try:
+                head = c[_W_HEAD]
+                used = c[_W_TAIL] - head
+                i = head % ring
+                if 0 < used <= self._fast_ring and i <= ring - _HDR:
+                    wi = _W_RING + (i >> 3)
+                    w0 = c[wi]
+                    n = w0 & _M32
+                    rec = (n + 23) & -8
+                    gets = c[_W_GETS]
+                    if (
+                        c[wi + 1] == (((w0 ^ head ^ _SALT) * _K) & _M64) >> 32
+                        and w0 >> 32 == gets & _M32
+                        and rec <= used
+                        and i + n <= ring - _HDR
+                        and n < _CLAIM_MIN
+                    ):
+                        s = self._base + i + _HDR
+                        data = self._mm[s : s + n]
+                        c[_W_GETS] = gets + 1
+                        c[_W_HEAD] = head + rec  # consumes the record
+                        st = c[_W_STATE]
+            except BaseException:
+                self._repair_quietly()
+                raise
+            finally:
+                self._ul(self._mp)
+            if data is not None:
+                if st >= _PUTW_ONE:
+                    self._wake(self._sem_put, (st >> 32) & _M31, _M31)
+                if self._decode is None:
+                    return data  # type: ignore[return-value]
+                return self._decode(data)  # type: ignore[no-any-return]
+            if used:
+                break  # wrapped or bad record, checksum, corrupt words: the general path
+        return self._get_slow(timeout, self._spin_now)
+
+    def get_nowait(self) -> T:
+        """``get(timeout=0)``: raise Empty at once if nothing is queued."""
+        return self.get(0.0)
+
+    def _get_slow(self, timeout: float | None, spin: float) -> T:
+        out: list[Any] = []
+
+        def attempt() -> object:
+            return True if self._take_locked(1, out, None) else _AGAIN
+
+        self._wait(attempt, self._can_get, timeout, putter=False, spin=spin, need=0)
+        data = out[0]
+        if type(data) is _Claim:
+            data = self._claimed(data, None)
+        dec = self._decode
+        return data if dec is None else dec(data)  # type: ignore[no-any-return]
+
+    def get_many(self, max_items: int, timeout: float | None = None) -> list[T]:
+        """Remove and return up to ``max_items`` messages under one lock acquisition.
+
+        Waits (up to ``timeout``) only for the first message; returns whatever
+        is queued then, oldest first, at most ``max_items``.
+
+        Raises:
+            Empty: nothing arrived before the deadline.
+            Closed: the queue was shut down and is empty, or this handle closed.
+        """
+        if isinstance(max_items, bool) or not isinstance(max_items, int):
+            raise TypeError(f"max_items must be an int, not {type(max_items).__name__}")
+        if max_items < 1:
+            raise ValueError(f"max_items must be at least 1, not {max_items}")
+        if timeout is not None:
+            timeout = _check_timeout(timeout)
+        out: list[Any] = []
+
+        def attempt() -> object:
+            return True if self._take_locked(max_items, out, None) else _AGAIN
+
+        self._wait(attempt, self._can_get, timeout, putter=False, spin=self._spin_now, need=0)
+        if type(out[0]) is _Claim:
+            out[0] = self._claimed(out[0], None)
+        dec = self._decode
+        return out if dec is None else [dec(d) for d in out]
+
+    def get_into(self, buffer: BytesLike, timeout: float | None = None) -> int:
+        """Copy the oldest message into ``buffer`` and return its size in bytes.
+
+        One copy, straight from shared memory into your writable buffer (a
+        bytearray, a numpy array, an mmap): no allocation, which matters for
+        large messages. The codec is bypassed: you get the raw bytes.
+
+        Raises:
+            BufferTooSmall: the message is larger than ``buffer``; it stays
+                queued and ``needed`` says how large it is.
+            TypeError: ``buffer`` is not a writable C-contiguous buffer.
+            Empty, Closed: as for ``get``.
+        """
+        try:
+            view = memoryview(buffer)  # type: ignore[arg-type]  # numpy: see BytesLike
+        except TypeError:
+            raise TypeError(
+                f"get_into needs a writable buffer, not {type(buffer).__name__}"
+            ) from None
+        if view.readonly or not view.c_contiguous:
+            raise TypeError("get_into needs a writable, C-contiguous buffer")
+        if timeout is not None:
+            timeout = _check_timeout(timeout)
+        view = view.cast("B")
+        out: list[Any] = []
+
+        def attempt() -> object:
+            return True if self._take_locked(1, out, view) else _AGAIN
+
+        self._wait(attempt, self._can_get, timeout, putter=False, spin=self._spin_now, need=0)
+        if type(out[0]) is _Claim:
+            return int(self._claimed(out[0], view))
+        return int(out[0])
+
+    def _claimed(self, claim: _Claim, into: memoryview | None) -> bytes | int:
+        """Copy a claimed record's payload out (no lock held), then release the claim."""
+        try:
+            if _ARMED:
+                _crash.point("queue.get.claim_copying")
+            ring = self._ring
+            base = self._base
+            s, n = claim.start, claim.n
+            k = min(n, ring - s)  # the payload may wrap around the ring's end
+            if into is not None:
+                into[:k] = self._rv[base + s : base + s + k]
+                if k < n:
+                    into[k:n] = self._rv[base : base + n - k]
+                data: bytes | int = n
+            elif k == n:
+                data = self._mm[base + s : base + s + n]
+            else:  # one allocation and one copy, straight from the two parts
+                rv = self._rv
+                data = b"".join((rv[base + s : base + ring], rv[base : base + n - k]))
+            if _ARMED:
+                _crash.point("queue.get.claim_copied")
+        finally:
+            self._finish_claim(claim)
+        return data
+
+    def _finish_claim(self, claim: _Claim) -> None:
+        """Clear our claim (one store under the lock): the ring space is free again."""
+        interrupted: BaseException | None = None
+        while True:  # a Ctrl-C must not leave the claim behind while we live
+            try:
+                locked = self._lock_until(math.inf)
+                break
+            except KeyboardInterrupt as exc:
+                interrupted = exc
+        if locked:
+            try:
+                c = self._c
+                st = c[_W_STATE]
+                me = _process.current()
+                if st & _CLAIMED and (c[_W_CLAIM], c[_W_CLAIM_PID]) == (claim.pos, me.pid):
+                    st &= ~_CLAIMED
+                    c[_W_STATE] = st
+            finally:
+                self._unlock()
+            if st >= _PUTW_ONE:
+                self._wake(self._sem_put, (st >> 32) & _M31, _M31)
+        if interrupted is not None:
+            raise interrupted
+
+    def _reclaim_dead(self, count: bool = True) -> bool:
+        """Release a claim whose process died while copying (lock held); True if it did.
+
+        The claimed message was taken before the copy began, so it is lost (at
+        most once), but its space must not stay reserved forever. A live
+        claimer, however slow or stopped, keeps its claim.
+        """
+        c = self._c
+        st = c[_W_STATE]
+        dead = 0
+        for bit, pid_word in ((_CLAIMED, _W_CLAIM_PID), (_RESERVED, _W_RES_PID)):
+            if st & bit:
+                pid, ticks = c[pid_word], c[pid_word + 1]
+                if _process.liveness(pid, ticks) is _process.Liveness.DEAD:
+                    dead |= bit
+        if not dead:
+            return False
+        # A dead reserver never published: tail and puts are still before its record.
+        c[_W_STATE] = st & ~dead
+        if count:
+            c[_W_RECOV] += 1
+        return True
+
+    def _check_claim(self) -> None:
+        """A waiter: is a claim or reservation in the way held by a dead process?"""
+        if self._c[_W_STATE] & (_CLAIMED | _RESERVED) and self._lock_until(_mono() + 0.001):
+            try:
+                self._reclaim_dead()
+            finally:
+                self._unlock()
+
+    def _can_get(self) -> bool:
+        c = self._c
+        return bool(c[_W_TAIL] != c[_W_HEAD] or c[_W_STATE] & _SHUT)
+
+    def _take_locked(self, limit: int, out: list[Any], into: memoryview | None) -> int:
+        """Move up to ``limit`` messages into ``out`` (lock held); return how many.
+
+        With ``into``, copy one message into it and append its size instead.
+        Invalid records are skipped and counted; raises Closed if the queue is
+        shut down and empty, LayoutError if the control words are corrupt.
+        """
+        c = self._c
+        ring = self._ring
+        base = self._base
+        mm = self._mm
+        head, tail, gets, puts = c[_W_HEAD], c[_W_TAIL], c[_W_GETS], c[_W_PUTS]
+        self._check_indices(head, tail, gets, puts)
+        pos = head
+        seq = gets
+        got = 0
+        bad = 0
+        i = head % ring
+        if into is None and i + (tail - head) <= ring and self._fast_ring:
+            # Every queued record lies before the ring's end: one tight loop.
+            # The first record that fails a check ends it; the general loop
+            # below then deals with it.
+            append = out.append
+            p = base + i + _HDR
+            w = _W_RING + (i >> 3)
+            while got < limit and pos < tail:
+                w0 = c[w]
+                n = w0 & _M32
+                r = (n + 23) & -8
+                if (
+                    c[w + 1] != (((w0 ^ pos ^ _SALT) * _K) & _M64) >> 32
+                    or w0 >> 32 != seq & _M32
+                    or r > tail - pos
+                    or n >= _CLAIM_MIN
+                ):
+                    break
+                append(mm[p : p + n])
+                p += r
+                w += r >> 3
+                pos += r
+                seq += 1
+                got += 1
+        while got < limit and pos < tail:
+            i = pos % ring
+            wi = i >> 3
+            w0 = c[_W_RING + wi]
+            w1 = c[_W_RING + (wi + 1) % self._rw]
+            n = w0 & _M32
+            rec = (n + 23) & -8
+            if w1 & _M32 != _hcheck(w0, pos) or w0 >> 32 != seq & _M32 or rec > tail - pos:
+                # Commit what we took, then resynchronise past the bad record.
+                self._commit_take(seq, pos, head)
+                self._skip_corrupt()
+                head, tail, gets, puts = c[_W_HEAD], c[_W_TAIL], c[_W_GETS], c[_W_PUTS]
+                pos, seq = head, gets
+                continue
+            s = i + _HDR
+            if s >= ring:
+                s -= ring
+            if _ARMED:
+                _crash.point("queue.get.locked")
+            if into is not None and n > len(into):
+                if bad:
+                    c[_W_CORRUPT] += bad
+                self._commit_take(seq, pos, head)
+                raise BufferTooSmall(
+                    f"queue {self._name!r}: the next message is {n} bytes; "
+                    f"the buffer holds {len(into)}",
+                    needed=n,
+                )
+            if n >= _CLAIM_MIN and not self._checksum and not c[_W_STATE] & _CLAIMED:
+                if got:
+                    break  # return what we have; the next call claims this one
+                # Take it now, copy it after unlocking (see Claims): the claim
+                # fields first, the flag last, then the usual gets/head stores.
+                me = _process.current()
+                c[_W_CLAIM] = head
+                c[_W_CLAIM_PID] = me.pid
+                c[_W_CLAIM_TICKS] = me.start
+                c[_W_STATE] |= _CLAIMED
+                if _ARMED:
+                    _crash.point("queue.get.claiming")
+                out.append(_Claim(head, s, n))
+                got = 1
+                pos += rec
+                seq += 1
+                break
+            if self._checksum:
+                crc = zlib.crc32(self._rv[base + s : base + min(s + n, ring)])
+                if s + n > ring:
+                    crc = zlib.crc32(self._rv[base : base + s + n - ring], crc)
+                if crc != w1 >> 32:
+                    bad += 1
+                    pos += rec
+                    seq += 1
+                    continue
+            if into is not None:
+                if s + n <= ring:
+                    into[:n] = self._rv[base + s : base + s + n]
+                else:
+                    k = ring - s
+                    into[:k] = self._rv[base + s : base + ring]
+                    into[k:n] = self._rv[base : base + n - k]
+                out.append(n)
+            elif s + n <= ring:
+                out.append(mm[base + s : base + s + n])
+            else:
+                rv = self._rv
+                out.append(b"".join((rv[base + s : base + ring], rv[base : base + n - ring + s])))
+            got += 1
+            pos += rec
+            seq += 1
+        if bad:
+            c[_W_CORRUPT] += bad
+        if pos != head:
+            if _ARMED:
+                _crash.point("queue.get.copied")
+            self._commit_take(seq, pos, head)
+            if _ARMED:
+                _crash.point("queue.get.advanced")
+            st = c[_W_STATE]
+            if st >= _PUTW_ONE:
+                self._wake(self._sem_put, (st >> 32) & _M31, _M31)
+        if not got and c[_W_STATE] & _SHUT and c[_W_HEAD] == c[_W_TAIL]:
+            raise Closed(f"queue {self._name!r} is shut down and empty")
+        return got
+
+    def _commit_take(self, seq: int, pos: int, head: int) -> None:
+        if pos == head:
+            return
+        c = self._c
+        c[_W_GETS] = seq
+        if _ARMED:
+            _crash.point("queue.get.counted")
+        c[_W_HEAD] = pos
+
+    def _skip_corrupt(self) -> None:
+        """The record at head failed validation (lock held): skip to the next valid one.
+
+        Scans 8-byte steps up to tail for a record whose check word matches its
+        position and whose seq is one of the queued ones (bounded: at most
+        ring/8 steps); if none, drops everything queued. Counts the skipped
+        records in ``corrupt``. Stores head before gets: _repair rebuilds gets
+        from the record at head if we die between them.
+        """
+        c = self._c
+        head, tail, gets, puts = c[_W_HEAD], c[_W_TAIL], c[_W_GETS], c[_W_PUTS]
+        left = puts - gets
+        pos = head + 8
+        while pos + _HDR <= tail:
+            hdr = self._peek(pos)
+            if hdr is not None:
+                n, s, _crc = hdr
+                ahead = (s - gets) & _M32
+                if 0 < ahead < left and pos + ((n + 23) & -8) <= tail:
+                    c[_W_HEAD] = pos
+                    c[_W_GETS] = gets + ahead
+                    c[_W_CORRUPT] += ahead
+                    return
+            pos += 8
+        c[_W_HEAD] = tail
+        c[_W_GETS] = puts
+        c[_W_CORRUPT] += max(left, 1)
+
+    def _peek(self, pos: int) -> tuple[int, int, int] | None:
+        """(length, seq mod 2**32, crc) of a record at ``pos`` if its check word matches."""
+        i = pos % self._ring
+        wi = i >> 3
+        c = self._c
+        w0 = c[_W_RING + wi]
+        w1 = c[_W_RING + (wi + 1) % self._rw]
+        n = w0 & _M32
+        if w1 & _M32 != _hcheck(w0, pos) or n > self._cap:
+            return None
+        return n, w0 >> 32, w1 >> 32
+
+    # ------------------------------------------------------------------ inspection
+
+    def qsize(self) -> int:
+        """Messages queued right now (a snapshot: others may change it at once)."""
+        self._check_open()
+        c = self._c
+        gets = c[_W_GETS]  # read gets first: puts only grows, so the difference never dips
+        return min(max(c[_W_PUTS] - gets, 0), self._ring // _HDR)
+
+    def empty(self) -> bool:
+        """True if no message is queued right now (a snapshot)."""
+        self._check_open()
+        c = self._c
+        return bool(c[_W_TAIL] == c[_W_HEAD])
+
+    def full(self) -> bool:
+        """True if not even an empty message fits right now (a snapshot)."""
+        self._check_open()
+        c = self._c
+        free_from = c[_W_CLAIM] if c[_W_STATE] & _CLAIMED else c[_W_HEAD]
+        return bool(self._ring - (c[_W_TAIL] - free_from) < _HDR)
+
+    def statistics(self) -> QueueStatistics:
+        """A snapshot of the queue's counters (taken under its lock when it is free)."""
+        self._check_open()
+        locked = self._lock_until(_mono() + _wait.SLICE)
+        try:
+            if locked:
+                self._reap_waiters()
+            return _snapshot(
+                self._c,
+                self._name,
+                ring=self._ring,
+                cap=self._cap,
+                flags=self._flags,
+                codec=self._codec_name(),
+            )
+        finally:
+            if locked:
+                self._unlock()
+
+    def _codec_name(self) -> str:
+        seg = self._seg
+        return _parse_params(seg)[3] if seg is not None else ""
+
+    # ------------------------------------------------------------------ waiting
+
+    def _wait(
+        self,
+        attempt: Callable[[], object],
+        ready: Callable[[], bool],
+        timeout: float | None,
+        *,
+        putter: bool,
+        spin: float,
+        need: int,
+    ) -> object:
+        """Run ``attempt`` under the lock until it succeeds or ``timeout`` runs out.
+
+        Polls ``ready`` without the lock for ``spin`` seconds, then registers
+        as a waiter (in the same critical section as a last attempt, so no
+        wake-up is lost) and sleeps on the semaphore in slices of at most
+        ``_wait.SLICE``. Returns attempt's result; raises Full/Empty on timeout.
+        """
+        self._check_open()
+        start = _mono()
+        end = math.inf if timeout is None else start + timeout
+        # A busy lock is waited for at least one slice even by *_nowait calls:
+        # its holder normally releases it within microseconds.
+        lock_end = max(end, start + _wait.SLICE)
+        spin_end = _perf() + (spin if timeout is None else min(spin, timeout))
+        while True:
+            if ready():
+                if not self._lock_until(lock_end):
+                    raise self._timeout_error(putter, timeout, need, busy=True)
+                try:
+                    r = attempt()
+                except BaseException:
+                    self._repair_quietly()
+                    raise
+                finally:
+                    self._unlock()
+                if r is not _AGAIN:
+                    return r
+            if _perf() >= spin_end:
+                break
+        if timeout == 0 or _mono() >= end:
+            raise self._timeout_error(putter, timeout, need)
+        if not self._lock_until(lock_end):
+            raise self._timeout_error(putter, timeout, need, busy=True)
+        try:
+            r = attempt()
+            if r is _AGAIN:
+                self._register(putter, 1)
+        except BaseException:
+            self._repair_quietly()
+            raise
+        finally:
+            self._unlock()
+        if r is not _AGAIN:
+            return r
+        registered = True
+        slept = _mono()
+        sem = self._sem_put if putter else self._sem_get
+        try:
+            while True:
+                remaining = end - _mono()
+                if remaining <= 0:
+                    break
+                seg = self._seg
+                if seg is None:
+                    break
+                try:
+                    # sleeping(): a concurrent close() leaves this semaphore open for us.
+                    with seg.sleeping():
+                        woken = _wait.sem_block(sem, min(remaining, _wait.SLICE))
+                except posix_ipc.SignalError:
+                    woken = None  # EINTR; posix_ipc still raises KeyboardInterrupt itself
+                self._check_open()
+                if not ready():
+                    if not woken:
+                        self._check_claim()
+                        if _mono() - self._last_reap > _REAP_EVERY:
+                            self._reap_soon()
+                    continue
+                if not self._lock_until(max(end, _mono() + _wait.SLICE)):
+                    continue
+                try:
+                    r = attempt()
+                    if r is not _AGAIN:
+                        self._register(putter, -1)
+                        registered = False
+                except BaseException:
+                    self._repair_quietly()
+                    raise
+                finally:
+                    self._unlock()
+                if r is not _AGAIN:
+                    self._adapt_spin(_mono() - slept)
+                    return r
+        finally:
+            if registered and self._seg is not None and self._lock_until(_mono() + 1.0):
+                try:
+                    self._register(putter, -1)
+                finally:
+                    self._unlock()
+        self._adapt_spin(math.inf)
+        raise self._timeout_error(putter, timeout, need)
+
+    def _adapt_spin(self, waited: float) -> None:
+        """After sleeping ``waited`` seconds: spin longer if the peer was just slow to answer.
+
+        Two processes handing messages back and forth otherwise settle into
+        both sleeping, each wake-up costing tens of microseconds, once one
+        hiccup outlasted the spin. A long wait means the queue was idle:
+        back to the base budget.
+        """
+        base = self._spin
+        if not base:
+            return
+        cap = max(base, _SPIN_MAX)
+        if waited <= cap:
+            self._spin_now = min(self._spin_now * 2, cap)
+        else:
+            self._spin_now = base
+
+    def _timeout_error(
+        self, putter: bool, timeout: float | None, need: int, busy: bool = False
+    ) -> Exception:
+        after = "" if not timeout else f" after {timeout:g} s"
+        if busy:
+            why = (
+                f"queue {self._name!r}: its lock stayed held{after} "
+                "(a participant is stopped or very slow)"
+            )
+            return Full(why) if putter else Empty(why)
+        if putter:
+            return Full(f"queue {self._name!r} has no room for {need} bytes{after}")
+        return Empty(f"queue {self._name!r} is empty{after}")
+
+    def _register(self, putter: bool, delta: int) -> None:
+        """Add ``delta`` to this handle's waiter count (lock held); refresh the totals."""
+        c = self._c
+        w = _W_WAITERS + self._wslot
+        if not self._slot_clean:
+            # A slot's word may still count waiters of a dead process that had it.
+            self._slot_clean = True
+            if self._wslot < _SLOTS:
+                c[w] = 0
+                self._sum_waiters()
+        e = c[w]
+        g, p = e & _M32, e >> 32
+        st = c[_W_STATE]
+        sg, sp = (st >> 3) & _M29, (st >> 32) & _M31
+        # The slot word and the total change together; a death between the two
+        # stores is fixed by _recover, which sums the slot words again.
+        if putter:
+            p = min(max(p + delta, 0), _M31)
+            sp = min(max(sp + delta, 0), _M31)
+        else:
+            g = min(max(g + delta, 0), _M31)
+            sg = min(max(sg + delta, 0), _M29)
+        c[w] = g | p << 32
+        c[_W_STATE] = (st & _BUSY) | sg << 3 | sp << 32
+
+    def _sum_waiters(self) -> None:
+        c = self._c
+        g = p = 0
+        for w in range(_W_WAITERS, _W_WAITERS + _SLOTS + 1):
+            e = c[w]
+            g += e & _M32
+            p += e >> 32
+        c[_W_STATE] = (c[_W_STATE] & _BUSY) | min(g, _M29) << 3 | min(p, _M31) << 32
+
+    def _reap_waiters(self) -> None:
+        """Forget waiter counts of attach slots whose process is gone (lock held)."""
+        seg = self._seg
+        if seg is None:
+            return
+        self._last_reap = _mono()
+        self._reclaim_dead()
+        alive = {a.slot for a in seg.attachments() if a.liveness != _process.Liveness.DEAD}
+        alive.add(self._wslot)
+        c = self._c
+        for slot in range(_SLOTS):
+            if slot not in alive and c[_W_WAITERS + slot]:
+                c[_W_WAITERS + slot] = 0
+        self._sum_waiters()
+
+    def _reap_soon(self) -> None:
+        if self._lock_until(_mono() + 0.001):
+            try:
+                self._reap_waiters()
+            finally:
+                self._unlock()
+
+    def _wake(self, sem: posix_ipc.Semaphore, waiters: int, most: int) -> None:
+        """Post ``sem`` so that up to ``min(most, waiters)`` sleepers wake (a hint)."""
+        # Capped: the counts are hints in shared memory, and a corrupt one must
+        # not turn into billions of posts (sleepers beyond it wake within a slice).
+        n = min(most, waiters - sem.value if _platform.SEM_GETVALUE else waiters, _MAX_POSTS)
+        for _ in range(n):
+            sem.release()
+
+    # ------------------------------------------------------------------ lock & repair
+
+    def _unlock(self) -> None:
+        self._ul(self._mp)
+
+    def _lock_until(self, end: float) -> bool:
+        """Take the mutex by ``end`` (monotonic); repair first if its holder died."""
+        tl = self._tl
+        mp = self._mp
+        # Holders keep the lock for microseconds, or for the copy of one large
+        # message (~50 us per MiB): retrying that long is cheaper than sleeping
+        # in the kernel, whose wake-up alone takes tens of microseconds.
+        spin_end = _perf() + _LOCK_SPIN
+        while True:
+            for _ in range(_LOCK_SPINS):
+                rc = tl(mp)
+                if rc == 0:
+                    return True
+                if rc != _EBUSY:
+                    self._owner_died(rc)
+                    return True
+            if _perf() >= spin_end or _mono() >= end:
+                break
+        while True:
+            remaining = end - _mono()
+            if remaining <= 0:
+                return False
+            got = self._mutex.acquire_slice(min(remaining, _wait.SLICE))
+            if got == _mutex.OK:
+                if self._pthread or not self._flock_mark():
+                    return True
+                self._recover()
+                return True
+            if got == _mutex.OWNER_DIED:
+                self._recover()
+                return True
+            self._check_open()
+
+    def _lock_retry(self, rc: int) -> bool:
+        """A fast path's trylock said ``rc``: retry briefly; True once we hold the lock.
+
+        The holder of a busy lock is most likely about to release it; a dead
+        holder's lock is ours at once, repaired (EOWNERDEAD).
+        """
+        tl = self._tl
+        mp = self._mp
+        spins = _LOCK_SPINS
+        while rc == _EBUSY and spins:
+            rc = tl(mp)
+            spins -= 1
+        if rc == 0:
+            return True
+        if rc == _EBUSY:
+            return False
+        self._owner_died(rc)  # raises unless we now hold it
+        return True
+
+    def _owner_died(self, rc: int) -> None:
+        """trylock said ``rc``: if it is EOWNERDEAD we hold the mutex of a dead holder."""
+        if self._pthread:
+            if rc != errno.EOWNERDEAD:  # not held: ENOTRECOVERABLE, EINVAL...
+                raise LayoutError(f"queue {self._name!r}: mutex error: {os.strerror(rc)}")
+            _p_consistent(self._mp)  # usable again, as Mutex does
+        self._recover()
+
+    def _recover(self) -> None:
+        """Repair after a dead holder (lock held): counters from records, waiters from liveness."""
+        self._repair()
+        self._reclaim_dead(count=False)  # one death, one recovery
+        self._reap_waiters()
+        self._c[_W_RECOV] += 1
+
+    def _repair(self) -> None:
+        """Make puts/gets agree with tail/head again (lock held). Idempotent.
+
+        A holder stops between any two stores of a put (record, puts, tail) or a
+        get (gets, head) when it dies or an exception (Ctrl-C) interrupts it.
+        The record headers say which stores happened.
+        """
+        c = self._c
+        ring = self._ring
+        head, tail, gets, puts = c[_W_HEAD], c[_W_TAIL], c[_W_GETS], c[_W_PUTS]
+        used = tail - head
+        if not 0 <= used <= ring or (head | tail) & 7:
+            return  # not repairable; every operation reports it as LayoutError
+        # A valid record at tail whose seq lags puts: puts was stored, tail was not.
+        hdr = self._peek(tail)
+        if hdr is not None:
+            lag = (puts - hdr[1]) & _M32
+            if 0 < lag <= ring // _HDR:
+                puts -= lag
+                c[_W_PUTS] = puts
+        if used == 0:
+            if gets != puts:
+                c[_W_GETS] = puts
+            return
+        # The record at head carries the seq that gets must have.
+        hdr = self._peek(head)
+        if hdr is not None:
+            d = (hdr[1] - gets) & _M32
+            if d >= 1 << 31:
+                d -= 1 << 32
+            if d and abs(d) <= ring // _HDR:
+                c[_W_GETS] = gets + d
+
+    def _repair_quietly(self) -> None:
+        try:
+            self._repair()
+        except Exception:
+            pass  # never hide the exception that got us here
+
+    def _check_indices(self, head: int, tail: int, gets: int, puts: int) -> None:
+        used = tail - head
+        msgs = puts - gets
+        if not 0 <= used <= self._ring or (head | tail) & 7:
+            raise LayoutError(
+                f"queue {self._name!r}: corrupt ring indices (head {head}, tail {tail}, "
+                f"ring {self._ring}); nothing was changed"
+            )
+        if msgs < 0 or msgs * _HDR > used or (used > 0) != (msgs > 0):
+            raise LayoutError(
+                f"queue {self._name!r}: corrupt counters ({msgs} messages in {used} bytes); "
+                "nothing was changed"
+            )
+
+    # flock backend (macOS, SHMKIT_MUTEX=flock): a dirty word stands in for EOWNERDEAD.
+
+    def _flock_try(self, _ptr: object) -> int:
+        if self._mutex.try_acquire() != _mutex.OK:
+            return _EBUSY
+        return errno.EOWNERDEAD if self._flock_mark() else 0
+
+    def _flock_mark(self) -> bool:
+        """Mark the lock held; True if the previous holder never unmarked it (it died)."""
+        c = self._c
+        dirty = c[_W_DIRTY]
+        c[_W_DIRTY] = 1
+        return bool(dirty)
+
+    def _flock_release(self, _ptr: object) -> None:
+        self._c[_W_DIRTY] = 0
+        try:
+            self._mutex.release()
+        except OSError:
+            pass  # closed by another thread meanwhile: closing the fd released it
+
+    # ------------------------------------------------------------------ helpers
+
+    def _check_open(self) -> None:
+        if self._seg is None:
+            raise Closed(f"queue {self._name!r}: this handle is closed")
+
+    def _raise_closed(self, _ptr: object) -> int:
+        raise Closed(f"queue {self._name!r}: this handle is closed")
+
+    def _encode_with_codec(self, item: Any) -> bytes | bytearray | memoryview:
+        return _codec.as_bytes(self._codec.encode(item))
+
+
+_PLAIN_CODECS: Final = (_codec.RawCodec, _codec.PickleCodec, _codec.MsgpackCodec)
