@@ -76,7 +76,13 @@ PRESETS: dict[str, Config] = {
 # ----------------------------------------------------------------------------- children
 
 
+def _orphaned(parent: int) -> bool:
+    """True once the run's parent is gone: a child must not outlive its run."""
+    return os.getppid() != parent
+
+
 def produce(name: str, tag: int, n: int, cfg: Config, seed: int) -> dict[str, Any]:
+    parent = os.getppid()
     rng = random.Random(seed)
     blob = rng.randbytes(cfg.max_payload + 4096)
     full = 0
@@ -99,11 +105,14 @@ def produce(name: str, tag: int, n: int, cfg: Config, seed: int) -> dict[str, An
                     break
                 except Full:
                     full += 1
+                    if _orphaned(parent):
+                        raise SystemExit(3) from None
             seq += len(msgs)
     return {"tag": tag, "sent": n, "full_timeouts": full}
 
 
 def consume(name: str, index: int, cfg: Config, log_path: str) -> dict[str, Any]:
+    parent = os.getppid()
     log = array.array("I")
     torn = empty = 0
     batch = cfg.batch if index % 2 else 1
@@ -117,6 +126,8 @@ def consume(name: str, index: int, cfg: Config, log_path: str) -> dict[str, Any]
                 )
             except Empty:
                 empty += 1
+                if _orphaned(parent):
+                    raise SystemExit(3) from None
                 continue
             except Closed:
                 break

@@ -863,11 +863,24 @@ STRESS = os.path.join(
 def _stress(*args: str, timeout: float) -> dict[str, Any]:
     import subprocess
 
-    proc = subprocess.run(
-        [sys.executable, STRESS, *args], capture_output=True, text=True, timeout=timeout
+    # Its own process group: on a timeout its children go with it.
+    proc = subprocess.Popen(
+        [sys.executable, STRESS, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report: dict[str, Any] = json.loads(proc.stdout[proc.stdout.index("\n{") :])
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    report: dict[str, Any] = json.loads(out[out.index("\n{") :])
     return report
 
 

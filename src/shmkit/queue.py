@@ -23,9 +23,12 @@ What other processes see and rely on:
   one lock hand-over, and the next holder repairs the counters
   (``statistics().recoveries``). See docs/guarantees.md.
 - Waiting: an empty (or full) queue is first polled without the lock for
-  ``spin`` seconds (default 50 µs), then the caller sleeps on a semaphore in
-  slices of at most 50 ms, so a deadline, Ctrl-C, a shutdown or a dead peer is
-  noticed within one slice. Semaphores are wake-up hints only.
+  ``spin`` seconds (default 50 µs, adapting up to 1 ms while the peer answers
+  just after that; see :attr:`Queue.spin`), then the caller sleeps on a
+  semaphore in slices of at most 50 ms, so a deadline, Ctrl-C, a shutdown or
+  a dead peer is noticed within one slice. Semaphores are wake-up hints only.
+- Large messages (128 KiB and more) are copied in and out without holding the
+  lock; prefer ``get_into(buffer)`` for them (one copy, no allocation).
 """
 
 from __future__ import annotations
@@ -112,7 +115,10 @@ _F_CRC: Final = 1
 #            the length, the seq, or a record left from an earlier lap of the ring fails it
 #   payload  length bytes, then zero to 7 bytes of padding to the next multiple of 8
 #
-# Ordering rule. Every read and write that matters happens with the mutex held.
+# Ordering rule. Every store that hands ring space from one party to another
+# (publish, consume, reserve, claim, release) happens with the mutex held, and
+# so does every read that decides one; payload copies happen either under the
+# mutex or (large messages, below) on space the copier alone owns meanwhile.
 # A producer writes the payload and the record header, then stores puts, then
 # tail: that one aligned 8-byte store publishes the record. A consumer copies
 # the payload out, then stores gets, then head: that store consumes it. A
@@ -132,7 +138,7 @@ _F_CRC: Final = 1
 #   payload out after unlocking; clearing the bit frees the space. Other
 #   consumers go on meanwhile (copying under the lock).
 # A reservation or claim whose process is dead is cleared by whoever notices
-# (producers waiting for room check once per slice); a live one is never taken.
+# (every waiter checks once per slice); a live one is never taken.
 #
 # Memory model: pthread_mutex_lock/unlock (and flock) are acquire/release
 # barriers, so this is correct on x86-64 (TSO) and on weakly ordered CPUs such
@@ -141,12 +147,12 @@ _F_CRC: Final = 1
 _HDR: Final = 16
 _W_HEAD: Final = 8
 _W_GETS: Final = 9
-_W_TAIL: Final = 16
 _W_PUTS: Final = 10
 _W_STATE: Final = 11
 _W_RECOV: Final = 12
 _W_CORRUPT: Final = 13
 _W_DIRTY: Final = 14
+_W_TAIL: Final = 16
 _W_CLAIM: Final = 17
 _W_CLAIM_PID: Final = 18
 _W_CLAIM_TICKS: Final = 19
@@ -952,14 +958,9 @@ class Queue(Generic[T]):
 
     def _finish_reservation(self, res: _Reservation, publish: bool) -> None:
         """Publish (or drop) our reserved record and clear the reservation, under the lock."""
-        interrupted: BaseException | None = None
-        while True:  # a Ctrl-C must not leave the reservation behind while we live
-            try:
-                locked = self._lock_until(math.inf)
-                break
-            except KeyboardInterrupt as exc:
-                interrupted = exc
-                publish = False
+        locked, interrupted = self._lock_for_cleanup()
+        if interrupted is not None:
+            publish = False
         st = 0
         if locked:
             try:
@@ -1263,13 +1264,7 @@ class Queue(Generic[T]):
 
     def _finish_claim(self, claim: _Claim) -> None:
         """Clear our claim (one store under the lock): the ring space is free again."""
-        interrupted: BaseException | None = None
-        while True:  # a Ctrl-C must not leave the claim behind while we live
-            try:
-                locked = self._lock_until(math.inf)
-                break
-            except KeyboardInterrupt as exc:
-                interrupted = exc
+        locked, interrupted = self._lock_for_cleanup()
         if locked:
             try:
                 c = self._c
@@ -1284,6 +1279,24 @@ class Queue(Generic[T]):
                 self._wake(self._sem_put, (st >> 32) & _M31, _M31)
         if interrupted is not None:
             raise interrupted
+
+    def _lock_for_cleanup(self) -> tuple[bool, BaseException | None]:
+        """Take the lock to end our reservation or claim, even through a Ctrl-C.
+
+        A Ctrl-C while waiting gives the lock one more second, then gives up:
+        the reservation or claim then stays until this process exits, when
+        others see it dead and release it.
+        """
+        end = math.inf
+        interrupted: BaseException | None = None
+        while True:
+            try:
+                return self._lock_until(end), interrupted
+            except KeyboardInterrupt as exc:
+                if interrupted is not None:
+                    return False, interrupted
+                interrupted = exc
+                end = _mono() + 1.0
 
     def _reclaim_dead(self, count: bool = True) -> bool:
         """Release a claim whose process died while copying (lock held); True if it did.
