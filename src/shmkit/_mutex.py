@@ -72,6 +72,14 @@ if _platform.ROBUST_MUTEX:
     _timedlock = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(_Timespec))(
         ("pthread_mutex_timedlock", _libc)
     )
+    # Fast-path bindings for objects that drive the mutex memory themselves
+    # (Queue, Latest): no argtypes, the mutex passed as its ctypes array (by
+    # address), GIL kept (these never block): the cheapest call ctypes has,
+    # about a quarter less per lock/unlock pair than the methods below.
+    _fast = ctypes.PYFUNCTYPE(ctypes.c_int)
+    fast_trylock = _fast(("pthread_mutex_trylock", _libc))
+    fast_unlock = _fast(("pthread_mutex_unlock", _libc))
+    fast_consistent = _fast(("pthread_mutex_consistent", _libc))
     _attr_init = _libc.pthread_mutexattr_init
     _attr_setpshared = _libc.pthread_mutexattr_setpshared
     _attr_setrobust = _libc.pthread_mutexattr_setrobust

@@ -150,16 +150,10 @@ STRONG_ORDER: Final = _platform.TSO
 _CRASH: Final = _crash.ARMED
 
 if _platform.ROBUST_MUTEX:
-    # The writer mutex's own pthread calls, bound here for set's fast path:
-    # going through _mutex.Mutex's methods costs 0.2-0.4 us more per set. Same
-    # memory and semantics; anything but success is handed back to Mutex.
-    # PYFUNCTYPE keeps the GIL (these never block); no argtypes, and the mutex
-    # passed as its ctypes array (by address) is the cheapest call ctypes has.
-    assert _platform.LIBC is not None
-    _proto = ctypes.PYFUNCTYPE(ctypes.c_int)
-    _p_trylock = _proto(("pthread_mutex_trylock", _platform.LIBC))
-    _p_unlock = _proto(("pthread_mutex_unlock", _platform.LIBC))
-    _p_consistent = _proto(("pthread_mutex_consistent", _platform.LIBC))
+    # The mutex's pthread calls, bound once in _mutex for the fast paths.
+    _p_trylock = _mutex.fast_trylock
+    _p_unlock = _mutex.fast_unlock
+    _p_consistent = _mutex.fast_consistent
 _live: weakref.WeakSet[Latest[Any]] = weakref.WeakSet()
 
 

@@ -196,15 +196,10 @@ _REAP_EVERY: Final = 1.0
 _ARMED: Final = _crash.ARMED
 
 if _platform.ROBUST_MUTEX:
-    # The queue mutex's own pthread calls, bound for the fast paths: going
-    # through _mutex.Mutex's methods costs a third more per lock/unlock pair.
-    # PYFUNCTYPE keeps the GIL (these never block); no argtypes, and the mutex
-    # passed as its ctypes array (by address) is the cheapest call ctypes has.
-    assert _platform.LIBC is not None
-    _proto = ctypes.PYFUNCTYPE(ctypes.c_int)
-    _p_trylock = _proto(("pthread_mutex_trylock", _platform.LIBC))
-    _p_unlock = _proto(("pthread_mutex_unlock", _platform.LIBC))
-    _p_consistent = _proto(("pthread_mutex_consistent", _platform.LIBC))
+    # The mutex's pthread calls, bound once in _mutex for the fast paths.
+    _p_trylock = _mutex.fast_trylock
+    _p_unlock = _mutex.fast_unlock
+    _p_consistent = _mutex.fast_consistent
 _EBUSY: Final = errno.EBUSY
 _perf = time.perf_counter
 _mono = time.monotonic
