@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -114,3 +117,27 @@ def header(console: Console | None = None) -> None:
     """Print the environment line."""
     (console or _console()).print(environment(), highlight=False)
     sys.stdout.flush()
+
+
+def iox2_files() -> set[str]:
+    """Files iceoryx2 leaves in /dev/shm and the temp dir (removed after its rows run)."""
+    try:
+        found = {
+            os.path.join("/dev/shm", e) for e in os.listdir("/dev/shm") if e.startswith("iox2_")
+        }
+    except OSError:
+        found = set()
+    root = os.path.join(tempfile.gettempdir(), "iceoryx2")
+    if os.path.isdir(root):
+        found.add(root)
+    return found
+
+
+def remove_paths(paths: set[str]) -> None:
+    """Remove files and directories, ignoring ones already gone."""
+    for p in paths:
+        if os.path.isdir(p):
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(p)

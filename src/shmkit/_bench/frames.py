@@ -60,7 +60,15 @@ from ..broadcast import Broadcast, subscribe
 from ..errors import Overrun, PeerDied
 from ..segment import Segment
 from ..testing import unique_name
-from .common import Result, header, memcpy_bandwidth, percentile, print_table
+from .common import (
+    Result,
+    header,
+    iox2_files,
+    memcpy_bandwidth,
+    percentile,
+    print_table,
+    remove_paths,
+)
 
 try:
     import zmq
@@ -825,30 +833,6 @@ def ring_memcpy(nbytes: int, slots: int, repeat: int) -> float:
     return nbytes / statistics.median(times) / 1e9
 
 
-def _iox2_files() -> set[str]:
-    found = {os.path.join("/dev/shm", e) for e in _listdir("/dev/shm") if e.startswith("iox2_")}
-    root = os.path.join(tempfile.gettempdir(), "iceoryx2")
-    if os.path.isdir(root):
-        found.add(root)
-    return found
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except OSError:
-        return []
-
-
-def _remove(paths: set[str]) -> None:
-    for p in paths:
-        if os.path.isdir(p):
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                os.unlink(p)
-
-
 def main(argv: list[str]) -> int:
     """Run the frames benchmark; ``argv`` excludes the program name. Returns an exit code."""
     parser = argparse.ArgumentParser(prog="shmkit bench frames", description=__doc__.split("\n")[0])
@@ -874,7 +858,7 @@ def main(argv: list[str]) -> int:
     # (x86 glibc only); a ring bigger than the caches then skips the
     # read-for-ownership of every destination line.
     nt = not opts.no_nt and sys.platform.startswith("linux") and _glibc_x86()
-    iox_before = _iox2_files()
+    iox_before = iox2_files()
     started = time.monotonic()
     interrupted = False
     try:
@@ -950,7 +934,7 @@ def main(argv: list[str]) -> int:
         interrupted = True
         console.print("interrupted; cleaning up", highlight=False)
     finally:
-        _remove(_iox2_files() - iox_before)
+        remove_paths(iox2_files() - iox_before)
     console.print(f"total {time.monotonic() - started:.0f} s", highlight=False)
     return 130 if interrupted else 0
 

@@ -28,7 +28,6 @@ import mmap
 import multiprocessing as mp
 import os
 import resource
-import shutil
 import signal
 import tempfile
 import time
@@ -56,7 +55,15 @@ except ImportError:  # pragma: no cover
 
 from ..queue import Queue
 from ..segment import Segment
-from .common import Result, header, memcpy_bandwidth, print_table, summarize
+from .common import (
+    Result,
+    header,
+    iox2_files,
+    memcpy_bandwidth,
+    print_table,
+    remove_paths,
+    summarize,
+)
 
 SMALL = 64
 LARGE = 1 << 20
@@ -657,30 +664,6 @@ def _read_int(path: str) -> int:
         return 0
 
 
-def _iox2_files() -> set[str]:
-    found = {os.path.join("/dev/shm", e) for e in _listdir("/dev/shm") if e.startswith("iox2_")}
-    root = os.path.join(tempfile.gettempdir(), "iceoryx2")
-    if os.path.isdir(root):
-        found.add(root)
-    return found
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except OSError:
-        return []
-
-
-def _remove_iox2(paths: set[str]) -> None:
-    for p in paths:
-        if os.path.isdir(p):
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                os.unlink(p)
-
-
 TITLES = {
     "pingpong": "64-byte round trip (ping-pong, {n} round trips); time per round trip",
     "stream": "64-byte one-way streaming, single put/get ({n} messages); time per message",
@@ -725,7 +708,7 @@ def main(argv: list[str]) -> int:
             continue
         peers.append(peer)
     tables = Tables()
-    iox_before = _iox2_files()
+    iox_before = iox2_files()
     interrupted = False
     try:
         for table in work:
@@ -745,7 +728,7 @@ def main(argv: list[str]) -> int:
         interrupted = True
         console.print("interrupted; cleaning up", highlight=False)
     finally:
-        _remove_iox2(_iox2_files() - iox_before)
+        remove_paths(iox2_files() - iox_before)
     return 130 if interrupted else 0
 
 
