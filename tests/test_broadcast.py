@@ -80,16 +80,16 @@ def line(proc: subprocess.Popen[str], timeout: float = 20.0) -> Any:
 def result(proc: subprocess.Popen[str], timeout: float = 60.0) -> Any:
     """The child's last JSON line, once it exited 0.
 
-    Reads through ``proc.stdout`` (not ``communicate``) so lines already
-    buffered by ``read_line`` are not lost; children print only a few lines.
+    Drains stdout and stderr while waiting (``communicate``): a child whose
+    report outgrows the pipe buffer would otherwise block forever writing it.
+    ``read_line`` reads unbuffered, so nothing it left behind is lost here.
     """
     try:
-        code = proc.wait(timeout)
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         kill(proc)
         raise AssertionError(f"child did not finish in {timeout} s") from None
-    assert proc.stdout is not None and proc.stderr is not None
-    out, err = proc.stdout.read(), proc.stderr.read()
+    code = proc.returncode
     assert code == 0, f"child exited {code}: {err[-3000:]}"
     return json.loads(out.strip().splitlines()[-1])
 
