@@ -166,10 +166,10 @@ def test_put_many_is_all_or_nothing_and_get_many_takes_a_batch(q: Queue[bytes]) 
     q.put(b"x" * 3000)
     before = q.statistics()
     with pytest.raises(Full):
-        q.put_many([b"y" * 500, b"y" * 600], timeout=0)  # 1136 bytes with headers; 1056 free
+        q.put_many([b"y" * 500, b"y" * 600], timeout=0)  # 1128 bytes with header; 1056 free
     assert q.statistics() == before
-    with pytest.raises(MessageTooLarge, match="batch of 300 messages"):
-        q.put_many([b"m" * 8] * 300)
+    with pytest.raises(MessageTooLarge, match="batch of 600 messages"):
+        q.put_many([b"m" * 8] * 600)  # 7,220 bytes as one batch record; the ring holds 4,112
     with pytest.raises(MessageTooLarge, match="message 1 of the batch"):
         q.put_many([b"ok", b"m" * 5000])
     with pytest.raises(TypeError):
@@ -479,11 +479,15 @@ def test_large_messages_are_copied_out_after_unlocking(name: str) -> None:
             assert q.get_many(5) == [b"small"]
         buf = bytearray(len(big[3]))
         q.put(big[3])
-        q.put_many([b"a", big[0], b"b"])
+        for m in (b"a", big[0], b"b"):
+            q.put(m)
         assert q.get_into(buf) == len(big[3]) and buf == big[3]
         assert q.get_many(10) == [b"a"]  # stops before a large one...
         assert q.get_many(10) == [big[0]]  # ...which comes alone
         assert q.get_many(10) == [b"b"]
+        q.put_many([b"a", big[0], b"b"])  # one batch record: copied out under the lock
+        assert q.get_many(2) == [b"a", big[0]]
+        assert q.get_into(buf) == 1 and buf[:1] == b"b"
         with pytest.raises(BufferTooSmall):
             q.put(big[1])
             q.get_into(bytearray(10))

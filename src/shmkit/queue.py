@@ -43,6 +43,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from itertools import accumulate
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar, overload
 
@@ -75,38 +76,54 @@ T = TypeVar("T")
 
 # Queue parameters, stored once in the segment header's params (never change):
 # offset size field
-#      0    4 magic     b"QUE1" (the digit is the body layout version)
+#      0    4 magic     b"QUE2" (the digit is the body layout version)
 #      4    4 flags     bit 0: every record carries a CRC32 of its payload
 #      8    8 ring      ring bytes = capacity + 16 (one record header)
 #     16    8 capacity  largest message in bytes (a multiple of 8)
 #     24   16 codec     the creator's codec name, ASCII, NUL-padded (informational)
 _PARAMS: Final = struct.Struct("<4sIQQ16s")
-_MAGIC: Final = b"QUE1"
+_MAGIC: Final = b"QUE2"
 _F_CRC: Final = 1
 
 # Body, from body_off (64-aligned); control words are little-endian u64:
 # offset size field
-#      0   64 mutex     robust process-shared pthread mutex (unused by the flock backend)
-#     64    8 head      stream position of the oldest record                (consumers)
-#     72    8 gets      records removed so far                              (consumers)
-#     80    8 puts      records published so far                            (producers)
-#     88    8 state     bit 0 shut down | bit 1 claimed | bit 2 reserved
-#                       | getters waiting << 3 | putters waiting << 32
-#     96    8 recoveries  dead lock holders or claimers whose work was repaired
-#    104    8 corrupt   records skipped because they failed validation
-#    112    8 dirty     flock backend only: 1 while held (tells the next holder of a death)
-#    128    8 tail      stream position just past the newest record         (producers)
-#    136    8 claim     while claimed: stream position of the claimed record; the
+#      0   64 mutex C   consumers' robust process-shared pthread mutex (the only
+#                       lock in one-lock mode: flock backend, weakly ordered CPUs)
+#     64   64 mutex P   producers' robust mutex (two-lock mode only)
+#    128    8 head      stream position of the oldest record                (consumers)
+#    136    8 gets      records removed so far                              (consumers)
+#    192    8 tail      stream position just past the newest record         (producers)
+#    200    8 puts      records published so far                            (producers)
+#    208    8 pdied     producers' side repaired alone after a death; the rest is due
+#    256    8 state     bit 0 shut down | bit 1 claimed | bit 2 reserved | bit 3 repair
+#                       due | getters waiting << 4 | putters waiting << 32
+#    264    8 recoveries  dead lock holders or claimers whose work was repaired
+#    272    8 corrupt   records skipped because they failed validation
+#    280    8 dirty     flock backend only: 1 while held (tells the next holder of a death)
+#    288    8 claim     while claimed: stream position of the claimed record; the
 #                       ring is free only from here on (not from head)
-#    144    8 claim_pid    the claiming process (pid, start time): a claim whose
-#    152    8 claim_ticks  process is dead is released by whoever notices
-#    160    8 res_pid      the reserving producer (pid, start time): likewise
-#    168    8 res_ticks
-#    192  520 waiters   65 words, one per attach slot + 1 shared: getters | putters << 32
-#    768 ring ring      the byte ring; a stream position p lives at ring index p % ring
-# tail has a cache line of its own (claims are rare): a consumer waiting for
-# data polls only that line, so its polling disturbs one store of a put, not
-# all of them. Everything else an operation touches is in the next line.
+#    296    8 claim_pid    the claiming process (pid, start time): a claim whose
+#    304    8 claim_ticks  process is dead is released by whoever notices
+#    312    8 res_pid      the reserving producer (pid, start time): likewise
+#    320    8 res_ticks
+#    384  520 waiters   65 words, one per attach slot + 1 shared: getters | putters << 32
+#    960 ring ring      the byte ring; a stream position p lives at ring index p % ring
+# Each side's words have a cache line of their own, and so does each mutex: a
+# producer and a consumer working at once touch each other's line only to
+# read where the other one is.
+#
+# Two locks (x86-64 with robust mutexes, the fast configuration). A put of a
+# small message holds only P, a get only C, so one producer and one consumer
+# never wait for each other. Everything else (batches that wrap, large
+# messages, waiting, shutdown, statistics, repair) holds both, taken P then
+# C, so it sees and changes the queue exactly as under one lock. What a
+# P-holder and a C-holder share is safe on a TSO CPU: the producer writes the
+# record, then puts, then tail; the consumer reads tail, then the record,
+# then stores gets and head; each reads the other's index only to learn where
+# it may work (a stale value just means less room or fewer messages), and a
+# single aligned 8-byte store publishes or consumes. State bits and waiter
+# counts change only under both locks (bit "repair due" under C alone, which
+# still excludes every other writer of state).
 #
 # Record at stream position p (p % 8 == 0; it may wrap around the ring end):
 #   word 0   length (low 32 bits) | seq = puts when written, mod 2**32 (high 32)
@@ -141,39 +158,53 @@ _F_CRC: Final = 1
 # (every waiter checks once per slice); a live one is never taken.
 #
 # Memory model: pthread_mutex_lock/unlock (and flock) are acquire/release
-# barriers, so this is correct on x86-64 (TSO) and on weakly ordered CPUs such
-# as arm64 alike; there a lock-free poll may see a value late, which only costs
-# another poll.
+# barriers. On weakly ordered CPUs such as arm64 the queue runs in one-lock
+# mode (P is C), where every hand-over is under the same mutex; there a
+# lock-free poll may see a value late, which only costs another poll.
+#
+# Deaths. A holder killed between two stores leaves the old state or one that
+# _repair maps back to it. Whoever next takes a lock whose holder died
+# (EOWNERDEAD) repairs: under both locks, everything (_recover). A consumer
+# that finds C's holder dead holds only C and may not wait for P (lock
+# order): it marks "repair due" and takes both. A producer that finds P's
+# holder dead takes C too; if C stays busy past its deadline it repairs the
+# producers' words alone and leaves pdied for the next holder of both.
 _HDR: Final = 16
-_W_HEAD: Final = 8
-_W_GETS: Final = 9
-_W_PUTS: Final = 10
-_W_STATE: Final = 11
-_W_RECOV: Final = 12
-_W_CORRUPT: Final = 13
-_W_DIRTY: Final = 14
-_W_TAIL: Final = 16
-_W_CLAIM: Final = 17
-_W_CLAIM_PID: Final = 18
-_W_CLAIM_TICKS: Final = 19
-_W_RES_PID: Final = 20
-_W_RES_TICKS: Final = 21
-_W_WAITERS: Final = 24
+_W_HEAD: Final = 16
+_W_GETS: Final = 17
+_W_TAIL: Final = 24
+_W_PUTS: Final = 25
+_W_PDIED: Final = 26
+_W_STATE: Final = 32
+_W_RECOV: Final = 33
+_W_CORRUPT: Final = 34
+_W_DIRTY: Final = 35
+_W_CLAIM: Final = 36
+_W_CLAIM_PID: Final = 37
+_W_CLAIM_TICKS: Final = 38
+_W_RES_PID: Final = 39
+_W_RES_TICKS: Final = 40
+_W_WAITERS: Final = 48
+_P_MUTEX: Final = 64  # byte offset of mutex P in the body
 _SLOTS: Final = 64  # attach slots with their own waiter word; word 64 is shared by the rest
 _RING_OFF: Final = align(8 * (_W_WAITERS + _SLOTS + 1))
 _W_RING: Final = _RING_OFF // 8
 
 _SALT: Final = 0x5155_4555_454B_4D53
+_SALT_BATCH: Final = 0x4241_5443_484B_4D53  # batch records: a check word of their own
+_U32: Final = struct.Struct("<I")
 _K: Final = 0x9E37_79B9_7F4A_7C15
 _M32: Final = 0xFFFF_FFFF
 _M31: Final = 0x7FFF_FFFF
 _M64: Final = 0xFFFF_FFFF_FFFF_FFFF
-_M29: Final = 0x1FFF_FFFF
+_GWM: Final = 0x0FFF_FFFF  # getters waiting: 28 bits from bit _GW
+_GW: Final = 4
 _SHUT: Final = 1
 _CLAIMED: Final = 2
 _RESERVED: Final = 4
-_BUSY: Final = _SHUT | _CLAIMED | _RESERVED  # any of these: no fast put
-_GETW_MASK: Final = _M29 << 3
+_REPAIR: Final = 8
+_BUSY: Final = _SHUT | _CLAIMED | _RESERVED | _REPAIR  # any of these: no fast put
+_GETW_MASK: Final = _GWM << _GW
 _PUTW_ONE: Final = 1 << 32
 #: Messages this large are copied out without the lock (see Claims above).
 _CLAIM_MIN: Final = 128 * 1024
@@ -290,6 +321,31 @@ def _hcheck(w0: int, pos: int) -> int:
     return (((w0 ^ pos ^ _SALT) * _K) & _M64) >> 32
 
 
+def _hcheck_batch(w0: int, pos: int) -> int:
+    return (((w0 ^ pos ^ _SALT_BATCH) * _K) & _M64) >> 32
+
+
+def _split_batch(
+    buf: Any, start: int, n: int, skip: int, limit: int
+) -> tuple[list[bytes], int] | None:
+    """Messages ``skip`` .. ``skip + limit`` of the batch payload ``buf[start : start + n]``.
+
+    Returns them and the batch's message count, or None if the payload is not
+    a well-formed batch (count, lengths and size must agree).
+    """
+    if n < 8:
+        return None
+    k = _U32.unpack_from(buf, start)[0]
+    if not 0 < k <= (n - 4) >> 2 or skip >= k:
+        return None
+    lens = struct.unpack_from(f"<{k}I", buf, start + 4)
+    if 4 + 4 * k + sum(lens) != n:
+        return None
+    first = start + 4 + 4 * k + sum(lens[:skip])
+    offs = list(accumulate(lens[skip : skip + limit], initial=first))
+    return list(map(buf.__getitem__, map(slice, offs[:-1], offs[1:]))), k
+
+
 def _parse_params(seg: Segment) -> tuple[int, int, int, str]:
     """Validate a queue segment's params and body size: (flags, ring, capacity, codec)."""
     hdr = seg.header
@@ -325,10 +381,10 @@ def _snapshot(
         capacity=cap,
         ring_bytes=ring,
         bytes_used=min(max(tail - (c[_W_CLAIM] if st & _CLAIMED else head), 0), ring),
-        messages=min(max(puts - gets, 0), ring // _HDR),
+        messages=min(max(puts - gets, 0), ring // 4),
         total_puts=puts,
         total_gets=gets,
-        waiting_getters=(st >> 3) & _M29,
+        waiting_getters=(st >> _GW) & _GWM,
         waiting_putters=(st >> 32) & _M31,
         recoveries=c[_W_RECOV],
         corrupt_records=c[_W_CORRUPT],
@@ -377,6 +433,7 @@ def _check_spin(spin: object) -> float:
 def _init_body(mm: mmap.mmap, body_off: int) -> None:
     # The reserved pages are zero already: every control word starts at 0.
     _mutex.Mutex.initialize(mm, body_off)
+    _mutex.Mutex.initialize(mm, body_off + _P_MUTEX)  # used in two-lock mode only
 
 
 def _reopen(name: str, codec: object, spin: float) -> Queue[Any]:
@@ -410,8 +467,10 @@ class Queue(Generic[T]):
         "_last_reap",
         "_mm",
         "_mp",
+        "_mpp",
         "_mutex",
         "_name",
+        "_pmutex",
         "_pthread",
         "_raw",
         "_ring",
@@ -424,6 +483,7 @@ class Queue(Generic[T]):
         "_spin",
         "_spin_now",
         "_tl",
+        "_two",
         "_ul",
         "_wslot",
     )
@@ -468,6 +528,10 @@ class Queue(Generic[T]):
         self._wslot = slot if 0 <= slot < _SLOTS else _SLOTS
         self._mutex = _mutex.Mutex(self._mm, hdr.body_off, seg.sysname, 0)
         self._pthread = self._mutex.kind == "pthread"
+        # Two locks need robust mutexes and a TSO CPU (see Two locks above);
+        # every process on one machine decides alike (the backend is recorded).
+        self._two = self._pthread and _platform.TSO
+        self._pmutex = self._mutex
         self._tl: Callable[[Any], int]
         self._ul: Callable[[Any], Any]
         if self._pthread:
@@ -482,6 +546,11 @@ class Queue(Generic[T]):
             self._mp = None
             self._tl = self._flock_try
             self._ul = self._flock_release
+        self._mpp: Any = self._mp
+        if self._two:
+            off = hdr.body_off + _P_MUTEX
+            self._pmutex = _mutex.Mutex(self._mm, off, seg.sysname, 1)
+            self._mpp = (ctypes.c_char * _platform.MUTEX_BYTES).from_buffer(self._mm, off)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -696,6 +765,8 @@ class Queue(Generic[T]):
         # collected: a thread still inside an operation finishes it and unlocks.
         self._tl = self._raise_closed
         self._mutex.close()
+        if self._pmutex is not self._mutex:
+            self._pmutex.close()
         seg.close()
 
     def unlink(self) -> None:
@@ -725,7 +796,7 @@ class Queue(Generic[T]):
                 c[_W_GETS] = c[_W_PUTS]
         finally:
             self._unlock()
-        self._wake(self._sem_get, (st >> 3) & _M29, _M31)
+        self._wake(self._sem_get, (st >> _GW) & _GWM, _M31)
         self._wake(self._sem_put, (st >> 32) & _M31, _M31)
 
     @property
@@ -821,19 +892,25 @@ class Queue(Generic[T]):
         n = len(item)
         if n > self._fast_max:
             # Too large (raises), checksum queues, crash-test runs: the general path.
-            self._put_slow([item], timeout, self._spin_now)
+            self._put_slow(item, n, 1, timeout, self._spin_now)
             return
-        # The fast path: one record that does not wrap around the ring's end.
-        # Anything unusual (full, shut down, corrupt words) falls through to the
-        # general path, which validates everything and raises precise errors.
+        # The fast path: one record that does not wrap around the ring's end,
+        # under P alone (see Two locks). Anything unusual (full, shut down,
+        # corrupt words) falls through to the general path, which validates
+        # everything and raises precise errors.
         rec = (n + 23) & -8
         ring = self._ring
         c = self._c
+        mpp = self._mpp
         spin_end = 0.0
         while True:
-            rc = self._tl(self._mp)
-            if rc and not self._lock_retry(rc):
-                break
+            rc = self._tl(mpp)
+            if rc:
+                rc = self._lock_retry(rc, mpp)
+                if rc == _EBUSY:
+                    break
+                if rc:
+                    self._fast_died(True)
             try:
                 tail = c[_W_TAIL]
                 used = tail - c[_W_HEAD]
@@ -853,13 +930,13 @@ class Queue(Generic[T]):
                 else:
                     done = False
             except BaseException:
-                self._repair_quietly()
+                self._repair_quietly(1)
                 raise
             finally:
-                self._ul(self._mp)
+                self._ul(mpp)
             if done:
                 if st & _GETW_MASK:
-                    self._wake(self._sem_get, (st >> 3) & _M29, 1)
+                    self._wake(self._sem_get, (st >> _GW) & _GWM, 1)
                 return
             if st & _BUSY or not 0 <= used <= ring or used + rec <= ring or timeout == 0:
                 break  # shut down, claimed, corrupt, wrapping, nowait: the general path
@@ -871,9 +948,9 @@ class Queue(Generic[T]):
             while ring - (c[_W_TAIL] - c[_W_HEAD]) < rec:
                 if _perf() >= spin_end:
                     left = None if timeout is None else timeout - (_perf() - start)
-                    self._put_slow([item], left, 0.0)
+                    self._put_slow(item, n, 1, left, 0.0)
                     return
-        self._put_slow([item], timeout, self._spin_now)
+        self._put_slow(item, n, 1, timeout, self._spin_now)
 
     def put_nowait(self, item: Any) -> None:
         """``put(item, timeout=0)``: raise Full at once if there is no room."""
@@ -905,26 +982,82 @@ class Queue(Generic[T]):
             datas = [encode(x) for x in items]
         if timeout is not None:
             timeout = _check_timeout(timeout)
-        if datas:
-            self._put_slow(datas, timeout, self._spin_now)
+        if not datas:
+            return
+        count = len(datas)
+        if count == 1:
+            data = datas[0]
+        else:
+            # One batch record: the message count, their lengths, their bytes.
+            lens = list(map(len, datas))
+            if max(lens) > self._cap:
+                index = next(i for i, n in enumerate(lens) if n > self._cap)
+                raise MessageTooLarge(
+                    f"queue {self._name!r}: message {index} of the batch is {lens[index]} "
+                    f"bytes; the capacity is {self._cap}"
+                )
+            data = b"".join([struct.pack(f"<{count + 1}I", count, *lens), *datas])
+        n = len(data)
+        fast = n <= self._fast_max or (count > 1 and self._fast_max >= 0)
+        if fast and self._put_record_fast(data, n, count):
+            return
+        self._put_slow(data, n, count, timeout, self._spin_now)
 
-    def _put_slow(self, datas: list[Any], timeout: float | None, spin: float) -> None:
-        lens = [len(d) for d in datas]
-        if max(lens) > self._cap:
-            index = next(i for i, n in enumerate(lens) if n > self._cap)
-            where = f"message {index} of the batch" if len(datas) > 1 else "message"
+    def _put_record_fast(self, data: Any, n: int, count: int) -> bool:
+        """Publish one record now if it fits without wrapping (P held); True if done."""
+        rec = (n + 23) & -8
+        ring = self._ring
+        c = self._c
+        mpp = self._mpp
+        rc = self._tl(mpp)
+        if rc:
+            rc = self._lock_retry(rc, mpp)
+            if rc == _EBUSY:
+                return False
+            if rc:
+                self._fast_died(True)
+        try:
+            tail = c[_W_TAIL]
+            used = tail - c[_W_HEAD]
+            st = c[_W_STATE]
+            i = tail % ring
+            if not (0 <= used <= ring - rec and i + rec <= ring) or st & _BUSY or i & 7:
+                return False  # full, wrapping, busy or corrupt: the general path decides
+            seq = c[_W_PUTS]
+            p = self._base + i + _HDR
+            self._mm[p : p + n] = data
+            w0 = n | (seq & _M32) << 32
+            w = _W_RING + (i >> 3)
+            c[w] = w0
+            c[w + 1] = (((w0 ^ tail ^ (_SALT if count == 1 else _SALT_BATCH)) * _K) & _M64) >> 32
+            c[_W_PUTS] = seq + count
+            c[_W_TAIL] = tail + rec  # publishes the record
+        except BaseException:
+            self._repair_quietly(1)
+            raise
+        finally:
+            self._ul(mpp)
+        if st & _GETW_MASK:
+            self._wake(self._sem_get, (st >> _GW) & _GWM, count)
+        return True
+
+    def _put_slow(
+        self, data: Any, n: int, count: int, timeout: float | None, spin: float
+    ) -> None:
+        """Publish one record (a message, or a batch of ``count``), waiting for room."""
+        if count == 1 and n > self._cap:
             raise MessageTooLarge(
-                f"queue {self._name!r}: {where} is {lens[index]} bytes; the capacity is {self._cap}"
+                f"queue {self._name!r}: message is {n} bytes; the capacity is {self._cap}"
             )
-        total = sum([(n + 23) & -8 for n in lens])
+        total = (n + 23) & -8
         if total > self._ring:
             raise MessageTooLarge(
-                f"queue {self._name!r}: a batch of {len(datas)} messages needs {total} bytes "
+                f"queue {self._name!r}: a batch of {count} messages needs {total} bytes "
                 f"with headers; the ring holds {self._ring}"
             )
 
         def attempt() -> object:
-            return self._write_locked(datas, lens, total)
+            return self._write_locked(data, n, count)
 
         def ready() -> bool:
             c = self._c
@@ -936,7 +1069,7 @@ class Queue(Generic[T]):
 
         r = self._wait(attempt, ready, timeout, putter=True, spin=spin, need=total)
         if type(r) is _Reservation:
-            self._fill_reservation(r, datas[0])
+            self._fill_reservation(r, data)
 
     def _fill_reservation(self, res: _Reservation, data: Any) -> None:
         """Write a reserved record (no lock held), then publish it."""
@@ -975,14 +1108,18 @@ class Queue(Generic[T]):
             finally:
                 self._unlock()
         if st & _GETW_MASK:
-            self._wake(self._sem_get, (st >> 3) & _M29, 1)
+            self._wake(self._sem_get, (st >> _GW) & _GWM, 1)
         if st >= _PUTW_ONE:  # producers that waited for the reservation to end
             self._wake(self._sem_put, (st >> 32) & _M31, _M31)
         if interrupted is not None:
             raise interrupted
 
-    def _write_locked(self, datas: list[Any], lens: list[int], total: int) -> object:
-        """Publish ``datas`` (lock held): True, or _AGAIN if there is no room yet."""
+    def _write_locked(self, data: Any, n: int, count: int) -> object:
+        """Publish one record (both locks held): True, or _AGAIN if there is no room yet.
+
+        ``count`` > 1: ``data`` is the payload of a batch record of that many messages.
+        """
+        total = (n + 23) & -8
         c = self._c
         head, tail, gets, puts = c[_W_HEAD], c[_W_TAIL], c[_W_GETS], c[_W_PUTS]
         self._check_indices(head, tail, gets, puts)
@@ -1008,7 +1145,7 @@ class Queue(Generic[T]):
             return _AGAIN
         if _ARMED:
             _crash.point("queue.put.reserved")
-        if len(lens) == 1 and lens[0] >= _CLAIM_MIN and not self._checksum:
+        if count == 1 and n >= _CLAIM_MIN and not self._checksum:
             # Large: reserve the space now, write it after unlocking (see above).
             me = _process.current()
             c[_W_RES_PID] = me.pid
@@ -1016,32 +1153,10 @@ class Queue(Generic[T]):
             c[_W_STATE] = st | _RESERVED
             if _ARMED:
                 _crash.point("queue.put.reserving")
-            return _Reservation(tail, puts, lens[0])
-        i = tail % ring
-        seq = puts
-        if i + total <= ring and self._fast_max >= 0:
-            # No record of the batch wraps: one tight loop, positions kept as
-            # byte offset p and word index w side by side.
-            mm = self._mm
-            pos = tail
-            p = self._base + i + _HDR
-            w = _W_RING + (i >> 3)
-            for d, n in zip(datas, lens, strict=True):
-                mm[p : p + n] = d
-                w0 = n | (seq & _M32) << 32
-                c[w] = w0
-                c[w + 1] = (((w0 ^ pos ^ _SALT) * _K) & _M64) >> 32
-                r = (n + 23) & -8
-                p += r
-                w += r >> 3
-                pos += r
-                seq += 1
-        else:
-            pos = tail
-            for d, n in zip(datas, lens, strict=True):
-                self._write_record(pos, seq, d, n)
-                pos += (n + 23) & -8
-                seq += 1
+            return _Reservation(tail, puts, n)
+        self._write_record(tail, puts, data, n, _SALT if count == 1 else _SALT_BATCH)
+        seq = puts + count
+        pos = tail + total
         if _ARMED:
             _crash.point("queue.put.copied")
         c[_W_PUTS] = seq
@@ -1051,10 +1166,10 @@ class Queue(Generic[T]):
         if _ARMED:
             _crash.point("queue.put.published")
         if st & _GETW_MASK:
-            self._wake(self._sem_get, (st >> 3) & _M29, len(datas))
+            self._wake(self._sem_get, (st >> _GW) & _GWM, count)
         return True
 
-    def _write_record(self, pos: int, seq: int, data: Any, n: int) -> None:
+    def _write_record(self, pos: int, seq: int, data: Any, n: int, salt: int = _SALT) -> None:
         ring = self._ring
         base = self._base
         mm = self._mm
@@ -1079,7 +1194,8 @@ class Queue(Generic[T]):
         wi = i >> 3
         c = self._c
         c[_W_RING + wi] = w0
-        c[_W_RING + (wi + 1) % self._rw] = _hcheck(w0, pos) | crc << 32
+        check = (((w0 ^ pos ^ salt) * _K) & _M64) >> 32
+        c[_W_RING + (wi + 1) % self._rw] = check | crc << 32
 
     # ------------------------------------------------------------------ get
 
@@ -1093,10 +1209,12 @@ class Queue(Generic[T]):
         """
         if timeout is not None:
             timeout = _check_timeout(timeout)
-        # The fast path: one valid record that does not wrap. Anything else
-        # (wrapped, corrupt, checksum, large, shut down) goes to the general path.
+        # The fast path: one valid record that does not wrap, under C alone
+        # (see Two locks). Anything else (wrapped, corrupt, checksum, large,
+        # shut down and empty, a repair due) goes to the general path.
         ring = self._ring
         c = self._c
+        mp = self._mp
         spin_end = 0.0
         while True:
             if c[_W_TAIL] == c[_W_HEAD]:
@@ -1113,15 +1231,18 @@ class Queue(Generic[T]):
                     if _perf() >= spin_end:
                         left = None if timeout is None else timeout - (_perf() - start)
                         return self._get_slow(left, 0.0)
-            rc = self._tl(self._mp)
-            if rc and not self._lock_retry(rc):
-                break
+            rc = self._tl(mp)
+            if rc:
+                rc = self._lock_retry(rc, mp)
+                if rc == _EBUSY or (rc and not self._fast_died(False)):
+                    break
             data = None
             try:
+                st = c[_W_STATE]
                 head = c[_W_HEAD]
                 used = c[_W_TAIL] - head
                 i = head % ring
-                if 0 < used <= self._fast_ring and i <= ring - _HDR:
+                if 0 < used <= self._fast_ring and i <= ring - _HDR and not st & _REPAIR:
                     wi = _W_RING + (i >> 3)
                     w0 = c[wi]
                     n = w0 & _M32
@@ -1136,14 +1257,13 @@ class Queue(Generic[T]):
                     ):
                         s = self._base + i + _HDR
                         data = self._mm[s : s + n]
-                        c[_W_GETS] = gets + 1
                         c[_W_HEAD] = head + rec  # consumes the record
-                        st = c[_W_STATE]
+                        c[_W_GETS] = gets + 1
             except BaseException:
-                self._repair_quietly()
+                self._repair_quietly(2)
                 raise
             finally:
-                self._ul(self._mp)
+                self._ul(mp)
             if data is not None:
                 if st >= _PUTW_ONE:
                     self._wake(self._sem_put, (st >> 32) & _M31, _M31)
@@ -1187,7 +1307,24 @@ class Queue(Generic[T]):
             raise ValueError(f"max_items must be at least 1, not {max_items}")
         if timeout is not None:
             timeout = _check_timeout(timeout)
-        out: list[Any] = []
+        dec = self._decode
+        c = self._c
+        if self._fast_ring and c[_W_TAIL] != c[_W_HEAD]:
+            out, more = self._get_many_fast(max_items)
+            if out:
+                if more and self._lock_until(_mono() + _wait.SLICE):
+                    # It stopped at a record that wraps, is large or is corrupt:
+                    # the general path takes the rest (and skips bad records).
+                    try:
+                        self._take_locked(max_items - len(out), out, None)
+                    except (LayoutError, Closed):
+                        pass  # reported by the next call; these are already taken
+                    finally:
+                        self._unlock()
+                    if type(out[-1]) is _Claim:
+                        out[-1] = self._claimed(out[-1], None)
+                return out if dec is None else [dec(d) for d in out]
+        out = []
 
         def attempt() -> object:
             return True if self._take_locked(max_items, out, None) else _AGAIN
@@ -1195,8 +1332,86 @@ class Queue(Generic[T]):
         self._wait(attempt, self._can_get, timeout, putter=False, spin=self._spin_now, need=0)
         if type(out[0]) is _Claim:
             out[0] = self._claimed(out[0], None)
-        dec = self._decode
         return out if dec is None else [dec(d) for d in out]
+
+    def _get_many_fast(self, limit: int) -> tuple[list[Any], bool]:
+        """get_many's fast path (C held): valid records before the ring's end, at most ``limit``.
+
+        Stops at the first record that wraps, is large or fails a check; the
+        general path deals with it. Returns the messages taken (none: []) and
+        whether it stopped at such a record with ``limit`` not reached.
+        """
+        out: list[Any] = []
+        more = False
+        c = self._c
+        mp = self._mp
+        rc = self._tl(mp)
+        if rc:
+            rc = self._lock_retry(rc, mp)
+            if rc == _EBUSY or (rc and not self._fast_died(False)):
+                return out, more
+        try:
+            st = c[_W_STATE]
+            head = c[_W_HEAD]
+            tail = c[_W_TAIL]
+            ring = self._ring
+            if st & _REPAIR or not 0 < tail - head <= ring or (head | tail) & 7:
+                return out, more
+            i = head % ring
+            end = min(tail, head + ring - i)  # stream position of the ring's end
+            mm = self._mm
+            append = out.append
+            pos = head
+            seq = c[_W_GETS]
+            p = self._base + i + _HDR
+            w = _W_RING + (i >> 3)
+            while pos + _HDR <= end and limit:
+                w0 = c[w]
+                n = w0 & _M32
+                r = (n + 23) & -8
+                if pos + r > end:
+                    break
+                check = c[w + 1]
+                if (
+                    check == (((w0 ^ pos ^ _SALT) * _K) & _M64) >> 32
+                    and w0 >> 32 == seq & _M32
+                    and n < _CLAIM_MIN
+                ):
+                    append(mm[p : p + n])
+                    limit -= 1
+                    seq += 1
+                elif check == (((w0 ^ pos ^ _SALT_BATCH) * _K) & _M64) >> 32:
+                    skip = (seq - (w0 >> 32)) & _M32
+                    split = None if skip and pos != head else _split_batch(mm, p, n, skip, limit)
+                    if split is None:
+                        break
+                    msgs, k = split
+                    out.extend(msgs)
+                    limit -= len(msgs)
+                    seq += len(msgs)
+                    if skip + len(msgs) < k:
+                        break  # the rest of this batch stays at head
+                else:
+                    break
+                p += r
+                w += r >> 3
+                pos += r
+            if out:
+                c[_W_HEAD] = pos  # consumes them (a death between: lost, never repeated)
+                c[_W_GETS] = seq
+            # Stopped early, and not at a large record (get_many returns
+            # what it has before one; the next call claims it)?
+            more = pos < tail and limit > 0
+            if more and pos + _HDR <= end and c[w] & _M32 >= _CLAIM_MIN:
+                more = False
+        except BaseException:
+            self._repair_quietly(2)
+            raise
+        finally:
+            self._ul(mp)
+        if out and st >= _PUTW_ONE:
+            self._wake(self._sem_put, (st >> 32) & _M31, _M31)
+        return out, more
 
     def get_into(self, buffer: BytesLike, timeout: float | None = None) -> int:
         """Copy the oldest message into ``buffer`` and return its size in bytes.
@@ -1329,7 +1544,7 @@ class Queue(Generic[T]):
         return bool(c[_W_TAIL] != c[_W_HEAD] or c[_W_STATE] & _SHUT)
 
     def _take_locked(self, limit: int, out: list[Any], into: memoryview | None) -> int:
-        """Move up to ``limit`` messages into ``out`` (lock held); return how many.
+        """Move up to ``limit`` messages into ``out`` (both locks held); return how many.
 
         With ``into``, copy one message into it and append its size instead.
         Invalid records are skipped and counted; raises Closed if the queue is
@@ -1345,31 +1560,6 @@ class Queue(Generic[T]):
         seq = gets
         got = 0
         bad = 0
-        i = head % ring
-        if into is None and i + (tail - head) <= ring and self._fast_ring:
-            # Every queued record lies before the ring's end: one tight loop.
-            # The first record that fails a check ends it; the general loop
-            # below then deals with it.
-            append = out.append
-            p = base + i + _HDR
-            w = _W_RING + (i >> 3)
-            while got < limit and pos < tail:
-                w0 = c[w]
-                n = w0 & _M32
-                r = (n + 23) & -8
-                if (
-                    c[w + 1] != (((w0 ^ pos ^ _SALT) * _K) & _M64) >> 32
-                    or w0 >> 32 != seq & _M32
-                    or r > tail - pos
-                    or n >= _CLAIM_MIN
-                ):
-                    break
-                append(mm[p : p + n])
-                p += r
-                w += r >> 3
-                pos += r
-                seq += 1
-                got += 1
         while got < limit and pos < tail:
             i = pos % ring
             wi = i >> 3
@@ -1377,11 +1567,16 @@ class Queue(Generic[T]):
             w1 = c[_W_RING + (wi + 1) % self._rw]
             n = w0 & _M32
             rec = (n + 23) & -8
-            if w1 & _M32 != _hcheck(w0, pos) or w0 >> 32 != seq & _M32 or rec > tail - pos:
-                # Commit what we took, then resynchronise past the bad record.
-                self._commit_take(seq, pos, head)
-                self._skip_corrupt()
-                head, tail, gets, puts = c[_W_HEAD], c[_W_TAIL], c[_W_GETS], c[_W_PUTS]
+            rseq = w0 >> 32
+            check = w1 & _M32
+            batch = check != _hcheck(w0, pos)
+            skip = (seq - rseq) & _M32
+            if (
+                (batch and check != _hcheck_batch(w0, pos))
+                or rec > tail - pos
+                or (skip if not batch else skip and pos != head)
+            ):
+                head, tail, gets, puts = self._resync(seq, pos, head, gets)
                 pos, seq = head, gets
                 continue
             s = i + _HDR
@@ -1389,10 +1584,60 @@ class Queue(Generic[T]):
                 s -= ring
             if _ARMED:
                 _crash.point("queue.get.locked")
+            if self._checksum or batch:
+                k = min(n, ring - s)  # the payload may wrap around the ring's end
+                if self._checksum:
+                    crc = zlib.crc32(self._rv[base + s : base + s + k])
+                    if k < n:
+                        crc = zlib.crc32(self._rv[base : base + n - k], crc)
+                    if crc != w1 >> 32:
+                        if batch:  # its count is not to be trusted: skip to the next record
+                            head, tail, gets, puts = self._resync(seq, pos, head, gets)
+                            pos, seq = head, gets
+                            continue
+                        bad += 1
+                        pos += rec
+                        seq += 1
+                        continue
+                if batch:
+                    if k == n:
+                        area: Any = mm
+                        start = base + s
+                    else:
+                        rv = self._rv
+                        area = b"".join((rv[base + s : base + ring], rv[base : base + n - k]))
+                        start = 0
+                    want = 1 if into is not None else limit - got
+                    split = _split_batch(area, start, n, skip, want)
+                    if split is None:
+                        head, tail, gets, puts = self._resync(seq, pos, head, gets)
+                        pos, seq = head, gets
+                        continue
+                    msgs, total = split
+                    if into is not None:
+                        m = len(msgs[0])
+                        if m > len(into):
+                            if bad:
+                                c[_W_CORRUPT] += bad
+                            self._commit_take(seq, pos, head, gets)
+                            raise BufferTooSmall(
+                                f"queue {self._name!r}: the next message is {m} bytes; "
+                                f"the buffer holds {len(into)}",
+                                needed=m,
+                            )
+                        into[:m] = msgs[0]
+                        out.append(m)
+                    else:
+                        out.extend(msgs)
+                    got += len(msgs)
+                    seq += len(msgs)
+                    if skip + len(msgs) == total:
+                        pos += rec  # the whole batch record is taken
+                    continue
             if into is not None and n > len(into):
                 if bad:
                     c[_W_CORRUPT] += bad
-                self._commit_take(seq, pos, head)
+                self._commit_take(seq, pos, head, gets)
                 raise BufferTooSmall(
                     f"queue {self._name!r}: the next message is {n} bytes; "
                     f"the buffer holds {len(into)}",
@@ -1402,7 +1647,7 @@ class Queue(Generic[T]):
                 if got:
                     break  # return what we have; the next call claims this one
                 # Take it now, copy it after unlocking (see Claims): the claim
-                # fields first, the flag last, then the usual gets/head stores.
+                # fields first, the flag last, then the usual head/gets stores.
                 me = _process.current()
                 c[_W_CLAIM] = head
                 c[_W_CLAIM_PID] = me.pid
@@ -1415,15 +1660,6 @@ class Queue(Generic[T]):
                 pos += rec
                 seq += 1
                 break
-            if self._checksum:
-                crc = zlib.crc32(self._rv[base + s : base + min(s + n, ring)])
-                if s + n > ring:
-                    crc = zlib.crc32(self._rv[base : base + s + n - ring], crc)
-                if crc != w1 >> 32:
-                    bad += 1
-                    pos += rec
-                    seq += 1
-                    continue
             if into is not None:
                 if s + n <= ring:
                     into[:n] = self._rv[base + s : base + s + n]
@@ -1442,12 +1678,10 @@ class Queue(Generic[T]):
             seq += 1
         if bad:
             c[_W_CORRUPT] += bad
-        if pos != head:
+        if seq != gets:
             if _ARMED:
                 _crash.point("queue.get.copied")
-            self._commit_take(seq, pos, head)
-            if _ARMED:
-                _crash.point("queue.get.advanced")
+            self._commit_take(seq, pos, head, gets)
             st = c[_W_STATE]
             if st >= _PUTW_ONE:
                 self._wake(self._sem_put, (st >> 32) & _M31, _M31)
@@ -1455,14 +1689,24 @@ class Queue(Generic[T]):
             raise Closed(f"queue {self._name!r} is shut down and empty")
         return got
 
-    def _commit_take(self, seq: int, pos: int, head: int) -> None:
-        if pos == head:
-            return
+    def _resync(self, seq: int, pos: int, head: int, gets: int) -> tuple[int, int, int, int]:
+        """Commit what was taken, skip the bad record at ``pos``; the new head, tail, gets, puts."""
+        self._commit_take(seq, pos, head, gets)
+        self._skip_corrupt()
         c = self._c
-        c[_W_GETS] = seq
-        if _ARMED:
-            _crash.point("queue.get.counted")
-        c[_W_HEAD] = pos
+        return c[_W_HEAD], c[_W_TAIL], c[_W_GETS], c[_W_PUTS]
+
+    def _commit_take(self, seq: int, pos: int, head: int, gets: int) -> None:
+        """Store head, then gets: a death between loses what was taken, never repeats it."""
+        c = self._c
+        if pos != head:
+            c[_W_HEAD] = pos
+            if _ARMED:
+                _crash.point("queue.get.advanced")
+        if seq != gets:
+            c[_W_GETS] = seq
+            if _ARMED:
+                _crash.point("queue.get.counted")
 
     def _skip_corrupt(self) -> None:
         """The record at head failed validation (lock held): skip to the next valid one.
@@ -1480,7 +1724,7 @@ class Queue(Generic[T]):
         while pos + _HDR <= tail:
             hdr = self._peek(pos)
             if hdr is not None:
-                n, s, _crc = hdr
+                n, s, _k = hdr
                 ahead = (s - gets) & _M32
                 if 0 < ahead < left and pos + ((n + 23) & -8) <= tail:
                     c[_W_HEAD] = pos
@@ -1493,16 +1737,29 @@ class Queue(Generic[T]):
         c[_W_CORRUPT] += max(left, 1)
 
     def _peek(self, pos: int) -> tuple[int, int, int] | None:
-        """(length, seq mod 2**32, crc) of a record at ``pos`` if its check word matches."""
-        i = pos % self._ring
+        """(length, seq mod 2**32, messages) of a record at ``pos`` if its check word matches.
+
+        ``messages`` is 1 for a single message; for a batch record, its count
+        (0 if the count is implausible).
+        """
+        ring = self._ring
+        i = pos % ring
         wi = i >> 3
         c = self._c
         w0 = c[_W_RING + wi]
         w1 = c[_W_RING + (wi + 1) % self._rw]
         n = w0 & _M32
-        if w1 & _M32 != _hcheck(w0, pos) or n > self._cap:
+        if n > ring - _HDR:
             return None
-        return n, w0 >> 32, w1 >> 32
+        if w1 & _M32 == _hcheck(w0, pos):
+            if n > self._cap:
+                return None
+            return n, w0 >> 32, 1
+        if w1 & _M32 != _hcheck_batch(w0, pos) or n < 8:
+            return None
+        s = (i + _HDR) % ring  # a multiple of 8, as ring is: the count never wraps
+        k = _U32.unpack_from(self._mm, self._base + s)[0]
+        return n, w0 >> 32, k if 4 + 4 * k <= n else 0
 
     # ------------------------------------------------------------------ inspection
 
@@ -1511,7 +1768,7 @@ class Queue(Generic[T]):
         self._check_open()
         c = self._c
         gets = c[_W_GETS]  # read gets first: puts only grows, so the difference never dips
-        return min(max(c[_W_PUTS] - gets, 0), self._ring // _HDR)
+        return min(max(c[_W_PUTS] - gets, 0), self._ring // 4)
 
     def empty(self) -> bool:
         """True if no message is queued right now (a snapshot)."""
@@ -1697,7 +1954,7 @@ class Queue(Generic[T]):
         e = c[w]
         g, p = e & _M32, e >> 32
         st = c[_W_STATE]
-        sg, sp = (st >> 3) & _M29, (st >> 32) & _M31
+        sg, sp = (st >> _GW) & _GWM, (st >> 32) & _M31
         # The slot word and the total change together; a death between the two
         # stores is fixed by _recover, which sums the slot words again.
         if putter:
@@ -1705,9 +1962,9 @@ class Queue(Generic[T]):
             sp = min(max(sp + delta, 0), _M31)
         else:
             g = min(max(g + delta, 0), _M31)
-            sg = min(max(sg + delta, 0), _M29)
+            sg = min(max(sg + delta, 0), _GWM)
         c[w] = g | p << 32
-        c[_W_STATE] = (st & _BUSY) | sg << 3 | sp << 32
+        c[_W_STATE] = (st & _BUSY) | sg << _GW | sp << 32
 
     def _sum_waiters(self) -> None:
         c = self._c
@@ -1716,7 +1973,7 @@ class Queue(Generic[T]):
             e = c[w]
             g += e & _M32
             p += e >> 32
-        c[_W_STATE] = (c[_W_STATE] & _BUSY) | min(g, _M29) << 3 | min(p, _M31) << 32
+        c[_W_STATE] = (c[_W_STATE] & _BUSY) | min(g, _GWM) << _GW | min(p, _M31) << 32
 
     def _reap_waiters(self) -> None:
         """Forget waiter counts of attach slots whose process is gone (lock held)."""
@@ -1751,111 +2008,199 @@ class Queue(Generic[T]):
     # ------------------------------------------------------------------ lock & repair
 
     def _unlock(self) -> None:
+        """Release both locks (C, then P)."""
         self._ul(self._mp)
+        if self._two:
+            self._ul(self._mpp)
 
     def _lock_until(self, end: float) -> bool:
-        """Take the mutex by ``end`` (monotonic); repair first if its holder died."""
+        """Take both locks (P, then C) by ``end`` (monotonic); repair first if a holder died."""
+        died = False
+        if self._two:
+            got = self._take(self._mpp, self._pmutex, end)
+            if got is None:
+                return False
+            died = got
+        try:
+            got = self._take(self._mp, self._mutex, end)
+        except BaseException:
+            if self._two:
+                self._ul(self._mpp)
+            raise
+        if got is None:
+            if self._two:
+                self._ul(self._mpp)
+            return False
+        c = self._c
+        if died or got or c[_W_STATE] & _REPAIR or c[_W_PDIED]:
+            self._recover()
+        return True
+
+    def _take(self, ptr: Any, mutex: _mutex.Mutex, end: float) -> bool | None:
+        """Take one mutex by ``end``: False, True if its holder had died, None on timeout."""
         tl = self._tl
-        mp = self._mp
         # Holders keep the lock for microseconds, or for the copy of one large
         # message (~50 us per MiB): retrying that long is cheaper than sleeping
         # in the kernel, whose wake-up alone takes tens of microseconds.
         spin_end = _perf() + _LOCK_SPIN
         while True:
             for _ in range(_LOCK_SPINS):
-                rc = tl(mp)
+                rc = tl(ptr)
                 if rc == 0:
-                    return True
+                    return False
                 if rc != _EBUSY:
-                    self._owner_died(rc)
+                    self._consistent(rc, ptr)
                     return True
             if _perf() >= spin_end or _mono() >= end:
                 break
         while True:
             remaining = end - _mono()
             if remaining <= 0:
-                return False
-            got = self._mutex.acquire_slice(min(remaining, _wait.SLICE))
+                return None
+            got = mutex.acquire_slice(min(remaining, _wait.SLICE))
             if got == _mutex.OK:
-                if self._pthread or not self._flock_mark():
-                    return True
-                self._recover()
-                return True
+                return not self._pthread and self._flock_mark()
             if got == _mutex.OWNER_DIED:
-                self._recover()
                 return True
             self._check_open()
 
-    def _lock_retry(self, rc: int) -> bool:
-        """A fast path's trylock said ``rc``: retry briefly; True once we hold the lock.
+    def _lock_retry(self, rc: int, ptr: Any) -> int:
+        """A fast path's trylock of ``ptr`` said ``rc``: retry briefly.
 
-        The holder of a busy lock is most likely about to release it; a dead
-        holder's lock is ours at once, repaired (EOWNERDEAD).
+        Returns 0 once we hold it, EBUSY if it stayed busy (take the general
+        path), or EOWNERDEAD if we hold it and its previous holder died
+        (already made consistent; the caller repairs).
         """
         tl = self._tl
-        mp = self._mp
         spins = _LOCK_SPINS
         while rc == _EBUSY and spins:
-            rc = tl(mp)
+            rc = tl(ptr)
             spins -= 1
-        if rc == 0:
-            return True
-        if rc == _EBUSY:
-            return False
-        self._owner_died(rc)  # raises unless we now hold it
-        return True
+        if rc in (0, _EBUSY):
+            return rc
+        self._consistent(rc, ptr)  # raises unless we now hold it
+        return errno.EOWNERDEAD
 
-    def _owner_died(self, rc: int) -> None:
+    def _consistent(self, rc: int, ptr: Any) -> None:
         """trylock said ``rc``: if it is EOWNERDEAD we hold the mutex of a dead holder."""
         if self._pthread:
             if rc != errno.EOWNERDEAD:  # not held: ENOTRECOVERABLE, EINVAL...
                 raise LayoutError(f"queue {self._name!r}: mutex error: {os.strerror(rc)}")
-            _p_consistent(self._mp)  # usable again, as Mutex does
-        self._recover()
+            _p_consistent(ptr)  # usable again, as Mutex does
+
+    def _fast_died(self, producer: bool) -> bool:
+        """A fast path's trylock found its lock's holder dead; we hold that lock now.
+
+        Returns True if the fast path may go on (repaired, lock still held),
+        False if the lock was released and the general path must repair.
+        """
+        held = self._mpp if producer else self._mp
+        try:
+            if not self._two:
+                self._recover()  # the only lock: we hold everything
+                return True
+            if producer:
+                self._dead_producer(_mono() + _wait.SLICE)
+                return True
+            self._dead_consumer()
+        except BaseException:
+            self._ul(held)
+            raise
+        self._ul(held)
+        return False
+
+    def _dead_consumer(self) -> None:
+        """A fast get found C's holder dead (we hold only C): mark the repair due.
+
+        C's holder may have been anywhere (a fast get, or any operation under
+        both locks); P comes before C, so we may not wait for P here. The bit
+        sends every operation to the general path, whose lock_until repairs.
+        """
+        c = self._c
+        c[_W_STATE] |= _REPAIR
+
+    def _dead_producer(self, end: float) -> None:
+        """A fast put found P's holder dead (we hold only P): repair, taking C too if we can."""
+        try:
+            got = self._take(self._mp, self._mutex, end)
+        except BaseException:
+            self._repair_producers()
+            self._c[_W_PDIED] = 1
+            raise
+        if got is None:
+            # C stays busy (a stopped consumer?): our side now, the rest later.
+            self._repair_producers()
+            self._c[_W_PDIED] = 1
+            return
+        try:
+            self._recover()
+        finally:
+            self._ul(self._mp)
 
     def _recover(self) -> None:
-        """Repair after a dead holder (lock held): counters from records, waiters from liveness."""
+        """Repair after a dead holder (both locks held): counters, claims, waiters."""
         self._repair()
         self._reclaim_dead(count=False)  # one death, one recovery
         self._reap_waiters()
-        self._c[_W_RECOV] += 1
+        c = self._c
+        c[_W_STATE] &= ~_REPAIR
+        c[_W_PDIED] = 0
+        c[_W_RECOV] += 1
 
     def _repair(self) -> None:
-        """Make puts/gets agree with tail/head again (lock held). Idempotent.
+        """Make puts/gets agree with tail/head again (both locks held). Idempotent.
 
         A holder stops between any two stores of a put (record, puts, tail) or a
         get (gets, head) when it dies or an exception (Ctrl-C) interrupts it.
         The record headers say which stores happened.
         """
         c = self._c
-        ring = self._ring
-        head, tail, gets, puts = c[_W_HEAD], c[_W_TAIL], c[_W_GETS], c[_W_PUTS]
-        used = tail - head
-        if not 0 <= used <= ring or (head | tail) & 7:
+        head, tail = c[_W_HEAD], c[_W_TAIL]
+        if not 0 <= tail - head <= self._ring or (head | tail) & 7:
             return  # not repairable; every operation reports it as LayoutError
-        # A valid record at tail whose seq lags puts: puts was stored, tail was not.
+        self._repair_producers()
+        if tail == head:
+            if c[_W_GETS] != c[_W_PUTS]:
+                c[_W_GETS] = c[_W_PUTS]
+            return
+        self._repair_consumers()
+
+    def _repair_producers(self) -> None:
+        """A valid record at tail whose seq lags puts: puts was stored, tail was not (P held)."""
+        c = self._c
+        tail, puts = c[_W_TAIL], c[_W_PUTS]
+        if tail & 7:
+            return
         hdr = self._peek(tail)
         if hdr is not None:
             lag = (puts - hdr[1]) & _M32
-            if 0 < lag <= ring // _HDR:
-                puts -= lag
-                c[_W_PUTS] = puts
-        if used == 0:
-            if gets != puts:
-                c[_W_GETS] = puts
+            if 0 < lag <= self._ring // 4:
+                c[_W_PUTS] = puts - lag
+
+    def _repair_consumers(self) -> None:
+        """The record at head carries the seq that gets must have (C held)."""
+        c = self._c
+        head, gets = c[_W_HEAD], c[_W_GETS]
+        if head == c[_W_TAIL] or head & 7:
             return
-        # The record at head carries the seq that gets must have.
         hdr = self._peek(head)
         if hdr is not None:
+            # gets lies in [seq, seq + messages): a batch record may be taken in part.
             d = (hdr[1] - gets) & _M32
             if d >= 1 << 31:
                 d -= 1 << 32
-            if d and abs(d) <= ring // _HDR:
+            if (d > 0 or (hdr[2] and -d >= hdr[2])) and abs(d) <= self._ring // 4:
                 c[_W_GETS] = gets + d
 
-    def _repair_quietly(self) -> None:
+    def _repair_quietly(self, side: int = 0) -> None:
+        """Repair after an exception inside an operation: ``side`` 0 both, 1 P, 2 C held."""
         try:
-            self._repair()
+            if side == 0 or not self._two:
+                self._repair()
+            elif side == 1:
+                self._repair_producers()
+            else:
+                self._repair_consumers()
         except Exception:
             pass  # never hide the exception that got us here
 
@@ -1867,7 +2212,7 @@ class Queue(Generic[T]):
                 f"queue {self._name!r}: corrupt ring indices (head {head}, tail {tail}, "
                 f"ring {self._ring}); nothing was changed"
             )
-        if msgs < 0 or msgs * _HDR > used or (used > 0) != (msgs > 0):
+        if msgs < 0 or msgs * 4 > used or (used > 0) != (msgs > 0):
             raise LayoutError(
                 f"queue {self._name!r}: corrupt counters ({msgs} messages in {used} bytes); "
                 "nothing was changed"
