@@ -128,9 +128,15 @@ _F_CRC: Final = 1
 # Record at stream position p (p % 8 == 0; it may wrap around the ring end):
 #   word 0   length (low 32 bits) | seq = puts when written, mod 2**32 (high 32)
 #   word 1   hcheck (low 32) | payload CRC32 (high 32; 0 unless created with checksum=True)
-#            hcheck = top 32 bits of ((word0 ^ p ^ SALT) * K mod 2**64): any change to
-#            the length, the seq, or a record left from an earlier lap of the ring fails it
+#            hcheck = (length ^ p ^ SALT) mod 2**32: a changed length, zeroed memory or
+#            a record left from an earlier lap of the ring (another p) fails it; the
+#            seq is checked against gets/puts. (Three integer operations: a put or get
+#            in Python pays for every one, so no multiplicative hash.)
 #   payload  length bytes, then zero to 7 bytes of padding to the next multiple of 8
+#   A batch record (put_many of two or more) has SALT_BATCH in its hcheck and the
+#   payload: u32 count k, k u32 lengths, the k messages back to back. Its seq is
+#   that of its first message; it holds seqs seq .. seq+k-1, is taken in part
+#   (gets - seq of them are gone) and frees its space when head passes it.
 #
 # Ordering rule. Every store that hands ring space from one party to another
 # (publish, consume, reserve, claim, release) happens with the mutex held, and
@@ -193,7 +199,6 @@ _W_RING: Final = _RING_OFF // 8
 _SALT: Final = 0x5155_4555_454B_4D53
 _SALT_BATCH: Final = 0x4241_5443_484B_4D53  # batch records: a check word of their own
 _U32: Final = struct.Struct("<I")
-_K: Final = 0x9E37_79B9_7F4A_7C15
 _M32: Final = 0xFFFF_FFFF
 _M31: Final = 0x7FFF_FFFF
 _M64: Final = 0xFFFF_FFFF_FFFF_FFFF
@@ -318,11 +323,11 @@ class QueueStatistics:
 
 
 def _hcheck(w0: int, pos: int) -> int:
-    return (((w0 ^ pos ^ _SALT) * _K) & _M64) >> 32
+    return (w0 ^ pos ^ _SALT) & _M32
 
 
 def _hcheck_batch(w0: int, pos: int) -> int:
-    return (((w0 ^ pos ^ _SALT_BATCH) * _K) & _M64) >> 32
+    return (w0 ^ pos ^ _SALT_BATCH) & _M32
 
 
 def _split_batch(
@@ -923,7 +928,7 @@ class Queue(Generic[T]):
                     w0 = n | (seq & _M32) << 32
                     wi = _W_RING + (i >> 3)
                     c[wi] = w0
-                    c[wi + 1] = (((w0 ^ tail ^ _SALT) * _K) & _M64) >> 32
+                    c[wi + 1] = (w0 ^ tail ^ _SALT) & _M32
                     c[_W_PUTS] = seq + 1
                     c[_W_TAIL] = tail + rec  # publishes the record
                     done = True
@@ -1029,7 +1034,7 @@ class Queue(Generic[T]):
             w0 = n | (seq & _M32) << 32
             w = _W_RING + (i >> 3)
             c[w] = w0
-            c[w + 1] = (((w0 ^ tail ^ (_SALT if count == 1 else _SALT_BATCH)) * _K) & _M64) >> 32
+            c[w + 1] = (w0 ^ tail ^ (_SALT if count == 1 else _SALT_BATCH)) & _M32
             c[_W_PUTS] = seq + count
             c[_W_TAIL] = tail + rec  # publishes the record
         except BaseException:
@@ -1194,7 +1199,7 @@ class Queue(Generic[T]):
         wi = i >> 3
         c = self._c
         c[_W_RING + wi] = w0
-        check = (((w0 ^ pos ^ salt) * _K) & _M64) >> 32
+        check = (w0 ^ pos ^ salt) & _M32
         c[_W_RING + (wi + 1) % self._rw] = check | crc << 32
 
     # ------------------------------------------------------------------ get
@@ -1249,7 +1254,7 @@ class Queue(Generic[T]):
                     rec = (n + 23) & -8
                     gets = c[_W_GETS]
                     if (
-                        c[wi + 1] == (((w0 ^ head ^ _SALT) * _K) & _M64) >> 32
+                        c[wi + 1] == (w0 ^ head ^ _SALT) & _M32
                         and w0 >> 32 == gets & _M32
                         and rec <= used
                         and i + n <= ring - _HDR
@@ -1373,14 +1378,14 @@ class Queue(Generic[T]):
                     break
                 check = c[w + 1]
                 if (
-                    check == (((w0 ^ pos ^ _SALT) * _K) & _M64) >> 32
+                    check == (w0 ^ pos ^ _SALT) & _M32
                     and w0 >> 32 == seq & _M32
                     and n < _CLAIM_MIN
                 ):
                     append(mm[p : p + n])
                     limit -= 1
                     seq += 1
-                elif check == (((w0 ^ pos ^ _SALT_BATCH) * _K) & _M64) >> 32:
+                elif check == (w0 ^ pos ^ _SALT_BATCH) & _M32:
                     skip = (seq - (w0 >> 32)) & _M32
                     split = None if skip and pos != head else _split_batch(mm, p, n, skip, limit)
                     if split is None:
