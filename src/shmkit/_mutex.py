@@ -75,10 +75,12 @@ if _platform.ROBUST_MUTEX:
     # Fast-path bindings for objects that drive the mutex memory themselves
     # (Queue, Latest): no argtypes, the mutex passed as its ctypes array (by
     # address), GIL kept (these never block): the cheapest call ctypes has,
-    # about a quarter less per lock/unlock pair than the methods below.
+    # about a quarter less per lock/unlock pair than the methods below. Unlock
+    # returns nothing to Python (restype None): turning its int result into
+    # a Python int costs as much again as the call itself here.
     _fast = ctypes.PYFUNCTYPE(ctypes.c_int)
     fast_trylock = _fast(("pthread_mutex_trylock", _libc))
-    fast_unlock = _fast(("pthread_mutex_unlock", _libc))
+    fast_unlock = ctypes.PYFUNCTYPE(None)(("pthread_mutex_unlock", _libc))
     fast_consistent = _fast(("pthread_mutex_consistent", _libc))
     _attr_init = _libc.pthread_mutexattr_init
     _attr_setpshared = _libc.pthread_mutexattr_setpshared

@@ -487,6 +487,7 @@ class Queue(Generic[T]):
         "_slot_clean",
         "_spin",
         "_spin_now",
+        "_tc",
         "_tl",
         "_two",
         "_ul",
@@ -527,6 +528,7 @@ class Queue(Generic[T]):
         )
         self._spin = spin
         self._spin_now = spin
+        self._tc = 0  # tail as this handle's get last read it (see get)
         self._last_reap = 0.0
         self._slot_clean = False
         slot: int = getattr(seg, "_slot", -1)  # Segment keeps its attach slot private
@@ -934,8 +936,10 @@ class Queue(Generic[T]):
                     done = True
                 else:
                     done = False
-            except BaseException:
+            except BaseException as exc:
                 self._repair_quietly(1)
+                if isinstance(exc, (ValueError, OverflowError)):
+                    raise self._overflow(exc) from exc
                 raise
             finally:
                 self._ul(mpp)
@@ -1037,8 +1041,10 @@ class Queue(Generic[T]):
             c[w + 1] = (w0 ^ tail ^ (_SALT if count == 1 else _SALT_BATCH)) & _M32
             c[_W_PUTS] = seq + count
             c[_W_TAIL] = tail + rec  # publishes the record
-        except BaseException:
+        except BaseException as exc:
             self._repair_quietly(1)
+            if isinstance(exc, (ValueError, OverflowError)):
+                raise self._overflow(exc) from exc
             raise
         finally:
             self._ul(mpp)
@@ -1222,7 +1228,8 @@ class Queue(Generic[T]):
         mp = self._mp
         spin_end = 0.0
         while True:
-            if c[_W_TAIL] == c[_W_HEAD]:
+            head = c[_W_HEAD]
+            if self._tc <= head and c[_W_TAIL] == head:
                 # Empty at a glance: poll without the lock (it stays free for
                 # the producers), then sleep; never lock just to find nothing.
                 if timeout == 0:
@@ -1231,8 +1238,7 @@ class Queue(Generic[T]):
                     start = _perf()
                     spin = self._spin_now
                 spin_end = start + (spin if timeout is None else min(spin, timeout))
-                head = c[_W_HEAD]  # only consumers move it: poll the producers' line alone
-                while c[_W_TAIL] == head:
+                while c[_W_TAIL] == head:  # poll the producers' line alone
                     if _perf() >= spin_end:
                         left = None if timeout is None else timeout - (_perf() - start)
                         return self._get_slow(left, 0.0)
@@ -1245,7 +1251,14 @@ class Queue(Generic[T]):
             try:
                 st = c[_W_STATE]
                 head = c[_W_HEAD]
-                used = c[_W_TAIL] - head
+                # The tail we saw last is still good while it is ahead of head:
+                # reading the producers' line only when we catch up keeps it
+                # in their cache (one producer, one consumer: no line moves).
+                used = self._tc - head
+                if not 0 < used <= ring:
+                    tc = c[_W_TAIL]
+                    self._tc = tc
+                    used = tc - head
                 i = head % ring
                 if 0 < used <= self._fast_ring and i <= ring - _HDR and not st & _REPAIR:
                     wi = _W_RING + (i >> 3)
@@ -2245,6 +2258,10 @@ class Queue(Generic[T]):
             pass  # closed by another thread meanwhile: closing the fd released it
 
     # ------------------------------------------------------------------ helpers
+
+    def _overflow(self, exc: Exception) -> LayoutError:
+        """A fast put's counter did not fit its word: corruption (nothing was published)."""
+        return LayoutError(f"queue {self._name!r}: corrupt counters ({exc}); nothing was put")
 
     def _check_open(self) -> None:
         if self._seg is None:
