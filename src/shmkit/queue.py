@@ -37,6 +37,7 @@ import ctypes
 import errno
 import math
 import mmap
+import operator
 import os
 import struct
 import time
@@ -134,7 +135,9 @@ _F_CRC: Final = 1
 #            in Python pays for every one, so no multiplicative hash.)
 #   payload  length bytes, then zero to 7 bytes of padding to the next multiple of 8
 #   A batch record (put_many of two or more) has SALT_BATCH in its hcheck and the
-#   payload: u32 count k, k u32 lengths, the k messages back to back. Its seq is
+#   payload: u32 count k, k u32 end offsets (cumulative: message j is bytes
+#   end[j-1] .. end[j] of what follows, so any one is found in O(1)), the k
+#   messages back to back. Its seq is
 #   that of its first message; it holds seqs seq .. seq+k-1, is taken in part
 #   (gets - seq of them are gone) and frees its space when head passes it.
 #
@@ -199,6 +202,7 @@ _W_RING: Final = _RING_OFF // 8
 _SALT: Final = 0x5155_4555_454B_4D53
 _SALT_BATCH: Final = 0x4241_5443_484B_4D53  # batch records: a check word of their own
 _U32: Final = struct.Struct("<I")
+_U32X2: Final = struct.Struct("<II")
 _M32: Final = 0xFFFF_FFFF
 _M31: Final = 0x7FFF_FFFF
 _M64: Final = 0xFFFF_FFFF_FFFF_FFFF
@@ -335,19 +339,36 @@ def _split_batch(
 ) -> tuple[list[bytes], int] | None:
     """Messages ``skip`` .. ``skip + limit`` of the batch payload ``buf[start : start + n]``.
 
-    Returns them and the batch's message count, or None if the payload is not
-    a well-formed batch (count, lengths and size must agree).
+    The payload is a u32 count k, k u32 end offsets (cumulative, from the
+    first message's first byte) and the messages. Reads only the offsets it
+    needs, so taking one message is O(1) however large the batch. Returns the
+    messages and k, or None if the payload is not a well-formed batch.
     """
     if n < 8:
         return None
     k = _U32.unpack_from(buf, start)[0]
     if not 0 < k <= (n - 4) >> 2 or skip >= k:
         return None
-    lens = struct.unpack_from(f"<{k}I", buf, start + 4)
-    if 4 + 4 * k + sum(lens) != n:
+    first = start + 4 + 4 * k
+    total = n - 4 - 4 * k
+    if _U32.unpack_from(buf, first - 4)[0] != total:  # the last end is the size
         return None
-    first = start + 4 + 4 * k + sum(lens[:skip])
-    offs = list(accumulate(lens[skip : skip + limit], initial=first))
+    m = min(limit, k - skip)
+    if m == 1:  # one message (get): two offsets, no lists
+        if skip:
+            b, e = _U32X2.unpack_from(buf, start + 4 * skip)
+        else:
+            b, e = 0, _U32.unpack_from(buf, start + 4)[0]
+        if not b <= e <= total:
+            return None
+        return [buf[first + b : first + e]], k
+    if skip:
+        ends: tuple[int, ...] = struct.unpack_from(f"<{m + 1}I", buf, start + 4 * skip)
+    else:
+        ends = (0, *struct.unpack_from(f"<{m}I", buf, start + 4))
+    if ends[-1] > total or not all(map(operator.le, ends, ends[1:])):
+        return None
+    offs = list(map(first.__add__, ends))
     return list(map(buf.__getitem__, map(slice, offs[:-1], offs[1:]))), k
 
 
@@ -997,7 +1018,7 @@ class Queue(Generic[T]):
         if count == 1:
             data = datas[0]
         else:
-            # One batch record: the message count, their lengths, their bytes.
+            # One batch record: the message count, their end offsets, their bytes.
             lens = list(map(len, datas))
             if max(lens) > self._cap:
                 index = next(i for i, n in enumerate(lens) if n > self._cap)
@@ -1005,7 +1026,8 @@ class Queue(Generic[T]):
                     f"queue {self._name!r}: message {index} of the batch is {lens[index]} "
                     f"bytes; the capacity is {self._cap}"
                 )
-            data = b"".join([struct.pack(f"<{count + 1}I", count, *lens), *datas])
+            ends = struct.pack(f"<{count + 1}I", count, *accumulate(lens))
+            data = b"".join([ends, *datas])
         n = len(data)
         fast = n <= self._fast_max or (count > 1 and self._fast_max >= 0)
         if fast and self._put_record_fast(data, n, count):
@@ -1277,6 +1299,19 @@ class Queue(Generic[T]):
                         data = self._mm[s : s + n]
                         c[_W_HEAD] = head + rec  # consumes the record
                         c[_W_GETS] = gets + 1
+                    elif (
+                        c[wi + 1] == (w0 ^ head ^ _SALT_BATCH) & _M32
+                        and rec <= used
+                        and i + n <= ring - _HDR
+                    ):
+                        # A batch record: its next message (the rest stays at head).
+                        skip = (gets - (w0 >> 32)) & _M32
+                        split = _split_batch(self._mm, self._base + i + _HDR, n, skip, 1)
+                        if split is not None:
+                            data = split[0][0]
+                            if skip + 1 == split[1]:
+                                c[_W_HEAD] = head + rec  # its last message: frees it
+                            c[_W_GETS] = gets + 1
             except BaseException:
                 self._repair_quietly(2)
                 raise
@@ -2051,7 +2086,11 @@ class Queue(Generic[T]):
             return False
         c = self._c
         if died or got or c[_W_STATE] & _REPAIR or c[_W_PDIED]:
-            self._recover()
+            try:
+                self._recover()
+            except BaseException:
+                self._unlock()
+                raise
         return True
 
     def _take(self, ptr: Any, mutex: _mutex.Mutex, end: float) -> bool | None:
@@ -2192,7 +2231,7 @@ class Queue(Generic[T]):
         hdr = self._peek(tail)
         if hdr is not None:
             lag = (puts - hdr[1]) & _M32
-            if 0 < lag <= self._ring // 4:
+            if 0 < lag <= min(self._ring // 4, puts):
                 c[_W_PUTS] = puts - lag
 
     def _repair_consumers(self) -> None:
@@ -2207,7 +2246,9 @@ class Queue(Generic[T]):
             d = (hdr[1] - gets) & _M32
             if d >= 1 << 31:
                 d -= 1 << 32
-            if (d > 0 or (hdr[2] and -d >= hdr[2])) and abs(d) <= self._ring // 4:
+            # (gets + d out of range: corrupt beyond repair, reported as such)
+            behind = d > 0 or (hdr[2] and -d >= hdr[2])
+            if behind and abs(d) <= self._ring // 4 and 0 <= gets + d <= _M64:
                 c[_W_GETS] = gets + d
 
     def _repair_quietly(self, side: int = 0) -> None:
