@@ -29,6 +29,9 @@ What other processes see and rely on:
   a dead peer is noticed within one slice. Semaphores are wake-up hints only.
 - Large messages (128 KiB and more) are copied in and out without holding the
   lock; prefer ``get_into(buffer)`` for them (one copy, no allocation).
+- Producers and consumers have a lock each (on x86-64 Linux), so a put and a
+  get run at the same time; ``put_many`` publishes its items as one batch
+  record, the fast way to move many small messages.
 """
 
 from __future__ import annotations
