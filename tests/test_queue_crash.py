@@ -469,3 +469,62 @@ def test_producer_killed_while_writing_a_large_message(name: str, point: str) ->
             _capacity_is_back(q)
         finally:
             kill(armed)
+
+
+# ------------------------------------------------------------------ one lock of two
+
+# A process killed inside a fast put (holding only the producers' lock P) or a
+# fast get (holding only the consumers' lock C), between the two stores of its
+# operation. The fast paths have no crash points (they stay lean), so the
+# child takes the lock and makes the stores itself, exactly as they do.
+ONE_LOCK = """
+import os, signal, sys
+from shmkit import queue as qmod
+from shmkit.queue import Queue
+name, side = sys.argv[1], sys.argv[2]
+q = Queue.open(name)
+c = q._c
+if side == "put":  # a record written and counted, tail not stored
+    assert q._tl(q._mpp) == 0
+    tail, puts = c[qmod._W_TAIL], c[qmod._W_PUTS]
+    q._write_record(tail, puts, b"never", 5)
+    c[qmod._W_PUTS] = puts + 1
+else:  # the first record consumed (head stored), gets not stored
+    assert q._tl(q._mp) == 0
+    head = c[qmod._W_HEAD]
+    n = q._peek(head)[0]
+    c[qmod._W_HEAD] = head + ((n + 23) & -8)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("side", ["put", "get"])
+@pytest.mark.parametrize("first", ["put", "get", "get_many"])
+def test_killed_holding_one_of_the_two_locks(queue: Queue[bytes], side: str, first: str) -> None:
+    """The next put or get, from either side, repairs; the count of recoveries is one."""
+    if not queue._two:
+        pytest.skip("one-lock mode (flock backend or a weakly ordered CPU)")
+    for i in range(3):
+        queue.put(b"m%d" % i)
+    child = spawn(ONE_LOCK, queue.name, side)
+    _, err = child.communicate(timeout=10)
+    assert child.returncode == -9, err
+    t0 = time.monotonic()
+    if first == "put":
+        queue.put(b"after", timeout=R)
+        got = queue.get_many(10, timeout=R)
+    elif first == "get":
+        got = [queue.get(timeout=R)]
+        queue.put(b"after", timeout=R)
+        got += queue.get_many(10, timeout=R)
+    else:
+        got = queue.get_many(10, timeout=R)
+        queue.put(b"after", timeout=R)
+        got += queue.get_many(10, timeout=R)
+    assert time.monotonic() - t0 < 2 * R
+    # A dead consumer took "m0" (lost, never repeated); a dead producer published nothing.
+    want = [b"m1", b"m2", b"after"] if side == "get" else [b"m0", b"m1", b"m2", b"after"]
+    assert got == want
+    stats = queue.statistics()
+    assert (stats.recoveries, stats.messages, stats.bytes_used) == (1, 0, 0)
+    assert stats.total_puts == stats.total_gets
