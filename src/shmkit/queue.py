@@ -249,6 +249,11 @@ _mono = time.monotonic
 _check_timeout = _wait.check_timeout
 
 
+#: _put_record_fast's answers besides 0 (published).
+_FULL: Final = 1
+_GENERAL: Final = 2
+
+
 class _Again:
     """Sentinel: the locked attempt could not proceed; wait and try again."""
 
@@ -926,59 +931,24 @@ class Queue(Generic[T]):
             self._put_slow(item, n, 1, timeout, self._spin_now)
             return
         # The fast path: one record that does not wrap around the ring's end,
-        # under P alone (see Two locks). Anything unusual (full, shut down,
-        # corrupt words) falls through to the general path, which validates
+        # under P alone (see Two locks). Anything unusual (shut down, corrupt
+        # words, wrapping) goes to the general path, which validates
         # everything and raises precise errors.
-        rec = (n + 23) & -8
-        ring = self._ring
-        c = self._c
-        mpp = self._mpp
         spin_end = 0.0
         while True:
-            rc = self._tl(mpp)
-            if rc:
-                rc = self._lock_retry(rc, mpp)
-                if rc == _EBUSY:
-                    break
-                if rc:
-                    self._fast_died(True)
-            try:
-                tail = c[_W_TAIL]
-                used = tail - c[_W_HEAD]
-                st = c[_W_STATE]
-                i = tail % ring
-                if 0 <= used <= ring - rec and i + n <= ring - _HDR and not (st & _BUSY or i & 7):
-                    seq = c[_W_PUTS]
-                    s = self._base + i + _HDR
-                    self._mm[s : s + n] = item
-                    w0 = n | (seq & _M32) << 32
-                    wi = _W_RING + (i >> 3)
-                    c[wi] = w0
-                    c[wi + 1] = (w0 ^ tail ^ _SALT) & _M32
-                    c[_W_PUTS] = seq + 1
-                    c[_W_TAIL] = tail + rec  # publishes the record
-                    done = True
-                else:
-                    done = False
-            except BaseException as exc:
-                self._repair_quietly(1)
-                if isinstance(exc, (ValueError, OverflowError)):
-                    raise self._overflow(exc) from exc
-                raise
-            finally:
-                self._ul(mpp)
-            if done:
-                if st & _GETW_MASK:
-                    self._wake(self._sem_get, (st >> _GW) & _GWM, 1)
+            r = self._put_record_fast(item, n, 1)
+            if not r:
                 return
-            if st & _BUSY or not 0 <= used <= ring or used + rec <= ring or timeout == 0:
-                break  # shut down, claimed, corrupt, wrapping, nowait: the general path
+            if r == _GENERAL or timeout == 0:
+                break
             # Full: poll the indices without the lock, then retry the fast path.
             if not spin_end:
                 start = _perf()
                 spin = self._spin_now
                 spin_end = start + (spin if timeout is None else min(spin, timeout))
-            while ring - (c[_W_TAIL] - c[_W_HEAD]) < rec:
+            c = self._c
+            room = self._ring - ((n + 23) & -8)
+            while c[_W_TAIL] - c[_W_HEAD] > room:
                 if _perf() >= spin_end:
                     left = None if timeout is None else timeout - (_perf() - start)
                     self._put_slow(item, n, 1, left, 0.0)
@@ -1033,30 +1003,33 @@ class Queue(Generic[T]):
             data = b"".join([ends, *datas])
         n = len(data)
         fast = n <= self._fast_max or (count > 1 and self._fast_max >= 0)
-        if fast and self._put_record_fast(data, n, count):
+        if fast and not self._put_record_fast(data, n, count):
             return
         self._put_slow(data, n, count, timeout, self._spin_now)
 
-    def _put_record_fast(self, data: Any, n: int, count: int) -> bool:
-        """Publish one record now if it fits without wrapping (P held); True if done."""
+    def _put_record_fast(self, data: Any, n: int, count: int) -> int:
+        """Publish one record now if it fits without wrapping, holding P alone.
+
+        Returns 0 when published, _FULL when there is no room yet (worth a
+        spin), _GENERAL for anything else (busy lock, wrapping, shut down,
+        claimed, corrupt words: the general path decides and reports).
+        """
         rec = (n + 23) & -8
         ring = self._ring
         c = self._c
         mpp = self._mpp
         rc = self._tl(mpp)
-        if rc:
-            rc = self._lock_retry(rc, mpp)
-            if rc == _EBUSY:
-                return False
-            if rc:
-                self._fast_died(True)
+        if rc and not self._contended(rc, mpp, True):
+            return _GENERAL
         try:
             tail = c[_W_TAIL]
             used = tail - c[_W_HEAD]
             st = c[_W_STATE]
             i = tail % ring
             if not (0 <= used <= ring - rec and i + rec <= ring) or st & _BUSY or i & 7:
-                return False  # full, wrapping, busy or corrupt: the general path decides
+                if st & _BUSY or i & 7 or not 0 <= used <= ring or used + rec <= ring:
+                    return _GENERAL
+                return _FULL
             seq = c[_W_PUTS]
             p = self._base + i + _HDR
             self._mm[p : p + n] = data
@@ -1075,7 +1048,7 @@ class Queue(Generic[T]):
             self._ul(mpp)
         if st & _GETW_MASK:
             self._wake(self._sem_get, (st >> _GW) & _GWM, count)
-        return True
+        return 0
 
     def _put_slow(
         self, data: Any, n: int, count: int, timeout: float | None, spin: float
@@ -1268,10 +1241,8 @@ class Queue(Generic[T]):
                         left = None if timeout is None else timeout - (_perf() - start)
                         return self._get_slow(left, 0.0)
             rc = self._tl(mp)
-            if rc:
-                rc = self._lock_retry(rc, mp)
-                if rc == _EBUSY or (rc and not self._fast_died(False)):
-                    break
+            if rc and not self._contended(rc, mp, False):
+                break
             data = None
             try:
                 st = c[_W_STATE]
@@ -1402,10 +1373,8 @@ class Queue(Generic[T]):
         c = self._c
         mp = self._mp
         rc = self._tl(mp)
-        if rc:
-            rc = self._lock_retry(rc, mp)
-            if rc == _EBUSY or (rc and not self._fast_died(False)):
-                return out, more
+        if rc and not self._contended(rc, mp, False):
+            return out, more
         try:
             st = c[_W_STATE]
             head = c[_W_HEAD]
@@ -2124,12 +2093,15 @@ class Queue(Generic[T]):
                 return True
             self._check_open()
 
-    def _lock_retry(self, rc: int, ptr: Any) -> int:
-        """A fast path's trylock of ``ptr`` said ``rc``: retry briefly.
+    def _contended(self, rc: int, ptr: Any, producer: bool) -> bool:
+        """A fast path's trylock of ``ptr`` (P or C) said ``rc``: True once we hold it.
 
-        Returns 0 once we hold it, EBUSY if it stayed busy (take the general
-        path), or EOWNERDEAD if we hold it and its previous holder died
-        (already made consistent; the caller repairs).
+        Retries a busy lock briefly; False if it stays busy, for the general
+        path. A dead holder's lock is ours at once, and repaired: in one-lock
+        mode here; a producer takes C too (``_dead_producer``); a consumer may
+        not wait for P (lock order), so it marks the repair due (a state bit
+        that sends every operation to the general path, whose lock_until
+        repairs), releases C and returns False.
         """
         tl = self._tl
         spins = _LOCK_SPINS
@@ -2137,24 +2109,8 @@ class Queue(Generic[T]):
             rc = tl(ptr)
             spins -= 1
         if rc in (0, _EBUSY):
-            return rc
+            return not rc
         self._consistent(rc, ptr)  # raises unless we now hold it
-        return errno.EOWNERDEAD
-
-    def _consistent(self, rc: int, ptr: Any) -> None:
-        """trylock said ``rc``: if it is EOWNERDEAD we hold the mutex of a dead holder."""
-        if self._pthread:
-            if rc != errno.EOWNERDEAD:  # not held: ENOTRECOVERABLE, EINVAL...
-                raise LayoutError(f"queue {self._name!r}: mutex error: {os.strerror(rc)}")
-            _p_consistent(ptr)  # usable again, as Mutex does
-
-    def _fast_died(self, producer: bool) -> bool:
-        """A fast path's trylock found its lock's holder dead; we hold that lock now.
-
-        Returns True if the fast path may go on (repaired, lock still held),
-        False if the lock was released and the general path must repair.
-        """
-        held = self._mpp if producer else self._mp
         try:
             if not self._two:
                 self._recover()  # the only lock: we hold everything
@@ -2162,22 +2118,19 @@ class Queue(Generic[T]):
             if producer:
                 self._dead_producer(_mono() + _wait.SLICE)
                 return True
-            self._dead_consumer()
+            self._c[_W_STATE] |= _REPAIR
         except BaseException:
-            self._ul(held)
+            self._ul(ptr)
             raise
-        self._ul(held)
+        self._ul(ptr)
         return False
 
-    def _dead_consumer(self) -> None:
-        """A fast get found C's holder dead (we hold only C): mark the repair due.
-
-        C's holder may have been anywhere (a fast get, or any operation under
-        both locks); P comes before C, so we may not wait for P here. The bit
-        sends every operation to the general path, whose lock_until repairs.
-        """
-        c = self._c
-        c[_W_STATE] |= _REPAIR
+    def _consistent(self, rc: int, ptr: Any) -> None:
+        """trylock said ``rc``: if it is EOWNERDEAD we hold the mutex of a dead holder."""
+        if self._pthread:
+            if rc != errno.EOWNERDEAD:  # not held: ENOTRECOVERABLE, EINVAL...
+                raise LayoutError(f"queue {self._name!r}: mutex error: {os.strerror(rc)}")
+            _p_consistent(ptr)  # usable again, as Mutex does
 
     def _dead_producer(self, end: float) -> None:
         """A fast put found P's holder dead (we hold only P): repair, taking C too if we can."""
