@@ -1599,7 +1599,7 @@ class Queue(Generic[T]):
             if (
                 (batch and check != _hcheck_batch(w0, pos))
                 or rec > tail - pos
-                or (skip if not batch else skip and pos != head)
+                or (skip and (not batch or pos != head))  # only a batch at head is taken in part
             ):
                 head, tail, gets, puts = self._resync(seq, pos, head, gets)
                 pos, seq = head, gets
@@ -1642,14 +1642,7 @@ class Queue(Generic[T]):
                     if into is not None:
                         m = len(msgs[0])
                         if m > len(into):
-                            if bad:
-                                c[_W_CORRUPT] += bad
-                            self._commit_take(seq, pos, head, gets)
-                            raise BufferTooSmall(
-                                f"queue {self._name!r}: the next message is {m} bytes; "
-                                f"the buffer holds {len(into)}",
-                                needed=m,
-                            )
+                            raise self._too_small(m, len(into), bad, seq, pos, head, gets)
                         into[:m] = msgs[0]
                         out.append(m)
                     else:
@@ -1660,14 +1653,7 @@ class Queue(Generic[T]):
                         pos += rec  # the whole batch record is taken
                     continue
             if into is not None and n > len(into):
-                if bad:
-                    c[_W_CORRUPT] += bad
-                self._commit_take(seq, pos, head, gets)
-                raise BufferTooSmall(
-                    f"queue {self._name!r}: the next message is {n} bytes; "
-                    f"the buffer holds {len(into)}",
-                    needed=n,
-                )
+                raise self._too_small(n, len(into), bad, seq, pos, head, gets)
             if n >= _CLAIM_MIN and not self._checksum and not c[_W_STATE] & _CLAIMED:
                 if got:
                     break  # return what we have; the next call claims this one
@@ -1713,6 +1699,18 @@ class Queue(Generic[T]):
         if not got and c[_W_STATE] & _SHUT and c[_W_HEAD] == c[_W_TAIL]:
             raise Closed(f"queue {self._name!r} is shut down and empty")
         return got
+
+    def _too_small(  # noqa: PLR0917
+        self, needed: int, size: int, bad: int, seq: int, pos: int, head: int, gets: int
+    ) -> BufferTooSmall:
+        """get_into's buffer is too small: commit what was taken (the message stays queued)."""
+        if bad:
+            self._c[_W_CORRUPT] += bad
+        self._commit_take(seq, pos, head, gets)
+        return BufferTooSmall(
+            f"queue {self._name!r}: the next message is {needed} bytes; the buffer holds {size}",
+            needed=needed,
+        )
 
     def _resync(self, seq: int, pos: int, head: int, gets: int) -> tuple[int, int, int, int]:
         """Commit what was taken, skip the bad record at ``pos``; the new head, tail, gets, puts."""
