@@ -145,16 +145,18 @@ _F_CRC: Final = 1
 #   (gets - seq of them are gone) and frees its space when head passes it.
 #
 # Ordering rule. Every store that hands ring space from one party to another
-# (publish, consume, reserve, claim, release) happens with the mutex held, and
-# so does every read that decides one; payload copies happen either under the
-# mutex or (large messages, below) on space the copier alone owns meanwhile.
-# A producer writes the payload and the record header, then stores puts, then
-# tail: that one aligned 8-byte store publishes the record. A consumer copies
-# the payload out, then stores gets, then head: that store consumes it. A
-# holder killed between two stores leaves the old state, or one that _repair
-# maps back to it: a valid record at tail whose seq lags puts means puts was
-# stored but tail was not; a valid record at head fixes gets. Lock-free reads
-# (spin polls, qsize) are hints that never decide what is read or written.
+# (publish, consume, reserve, claim, release) happens with its side's lock
+# held (P for producers, C for consumers, both for reserve/claim/release);
+# payload copies happen either under a lock or (large messages, below) on
+# space the copier alone owns meanwhile. A producer writes the payload and
+# the record header, then stores puts, then tail: that one aligned 8-byte
+# store publishes the record. A consumer copies the payload out, then stores
+# head (once the whole record is taken), then gets: a consumer killed between
+# the two has consumed, and never repeats. A holder killed between two
+# stores leaves the old state, or one that _repair maps back to it: a valid
+# record at tail whose seq lags puts means puts was stored but tail was not;
+# the record at head fixes gets. Lock-free reads (spin polls, qsize) are
+# hints that never decide what is read or written.
 #
 # Large messages (>= _CLAIM_MIN bytes) are copied without the lock, so that a
 # producer's copy-in and a consumer's copy-out overlap:
