@@ -176,7 +176,7 @@ def test_forked_child_does_not_keep_a_dead_parents_lock(name: str, backend: str)
     env = {"SHMKIT_MUTEX": backend}
     finish(spawn("import sys, shmkit; shmkit.Lock.create(sys.argv[1]).close()", name, env=env))
     with closing(Lock.open(name)) as lock:
-        assert lock._mutex.kind == backend  # the creator's choice, whatever our environment
+        assert lock.backend == backend  # the creator's choice, whatever our environment
         parent = spawn(
             """
             import os, sys, time
@@ -234,7 +234,7 @@ def test_flock_backend_also_recovers(name: str) -> None:
         """
         import sys, shmkit
         lock = shmkit.Lock.open(sys.argv[1])
-        print(lock._mutex.kind, lock.acquire(timeout=0.2), flush=True)
+        print(lock.backend, lock.acquire(timeout=0.2), flush=True)
         sys.stdin.readline()
         print(lock.acquire(timeout=5), lock.owner_died, flush=True)
         lock.mark_consistent(); lock.release(); lock.unlink(); lock.close()

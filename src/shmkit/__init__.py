@@ -8,6 +8,7 @@ if _sys.platform == "win32":  # pragma: no cover
         "Windows is not supported"
     )
 
+from . import _core as _core  # the C extension; fails with build instructions if missing
 from ._layout import Kind as Kind
 from .broadcast import Broadcast as Broadcast
 from .broadcast import Message as Message

@@ -1,50 +1,38 @@
 """A mutex in shared memory that the kernel releases when its holder dies.
 
-Linux: a process-shared, robust pthread mutex stored in the segment and driven
-through ctypes. When a holder exits for any reason the kernel marks it
-owner-dead and the next locker gets EOWNERDEAD; we make it consistent at once
-and report ``OWNER_DIED`` so the caller can repair what it protects. Waits are
-timed slices (``pthread_mutex_clocklock`` on CLOCK_MONOTONIC where glibc has it)
-so Ctrl-C and deadlines are noticed.
+Linux: a process-shared, robust pthread mutex stored in the segment, driven by
+the C core (``_core.Mutex``: every return code checked, waits on
+CLOCK_MONOTONIC with the GIL released, Ctrl-C noticed between 50 ms slices).
+When a holder exits for any reason the kernel marks it owner-dead and the next
+locker gets EOWNERDEAD; we make it consistent at once and report
+``OWNER_DIED`` so the caller can repair what it protects.
 
 Elsewhere (macOS): ``flock`` on a per-object lock file, which the kernel also
-drops on death; waits poll with a capped backoff. Set ``SHMKIT_MUTEX=flock`` to
-force this backend on Linux (tests do, so both stay honest).
+drops on death, plus a process-local mutex so threads sharing a handle
+exclude each other too. Set ``SHMKIT_MUTEX=flock`` to force this backend on
+Linux (tests do, so both stay honest).
 
-The non-blocking try uses a ctypes prototype that keeps the GIL (it never
-blocks, and skipping the GIL hand-off halves its cost); the timed lock
-releases the GIL while it waits.
+``release()`` by a thread that does not hold the mutex raises ``NotOwner``.
 """
 
 from __future__ import annotations
 
 import ctypes
-import errno
-import fcntl
 import mmap
 import os
-import tempfile
-import time
 import weakref
 from typing import Final
 
-from . import _platform
+from . import _core, _platform
 from .errors import Closed, LayoutError
 
-OK: Final = 0
+OK: Final = _core.OK
 #: The backend is recorded in the last bytes of the 64-byte mutex area, which no
-#: pthread_mutex_t uses (40 bytes on x86-64, 48 on aarch64).
+#: pthread_mutex_t uses (40 bytes on x86-64, 48 on aarch64; checked at compile time).
 _TAG_AT: Final = 56
 _TAGS: Final = {b"PTHR": "pthread", b"FLCK": "flock"}
-BUSY: Final = 1
-OWNER_DIED: Final = 2
-
-_CLOCK_MONOTONIC: Final = 1
-_CLOCK_REALTIME: Final = 0
-
-
-class _Timespec(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+BUSY: Final = _core.BUSY
+OWNER_DIED: Final = _core.OWNER_DIED
 
 
 def backend() -> str:
@@ -60,37 +48,20 @@ def backend() -> str:
 if _platform.ROBUST_MUTEX:
     _libc = _platform.LIBC
     assert _libc is not None
-    _proto = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
-    _proto_nogil = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
-    _trylock = _proto(("pthread_mutex_trylock", _libc))
-    _unlock = _proto(("pthread_mutex_unlock", _libc))
-    _consistent = _proto(("pthread_mutex_consistent", _libc))
-    if _platform.MUTEX_CLOCKLOCK:
-        _clocklock = ctypes.CFUNCTYPE(
-            ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(_Timespec)
-        )(("pthread_mutex_clocklock", _libc))
-    _timedlock = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(_Timespec))(
-        ("pthread_mutex_timedlock", _libc)
-    )
-    # Fast-path bindings for objects that drive the mutex memory themselves
-    # (Queue, Latest): no argtypes, the mutex passed as its ctypes array (by
-    # address), GIL kept (these never block): the cheapest call ctypes has,
-    # about a quarter less per lock/unlock pair than the methods below. Unlock
-    # returns nothing to Python (restype None): turning its int result into
-    # a Python int costs as much again as the call itself here.
+    # Fast-path bindings for objects that still drive the mutex memory through
+    # ctypes (Queue, Latest) until their hot paths move into the C core.
+    # The pthread mutex is the same either way, so these and _core.Mutex
+    # interoperate (a robust mutex checks its owner on unlock itself).
     _fast = ctypes.PYFUNCTYPE(ctypes.c_int)
     fast_trylock = _fast(("pthread_mutex_trylock", _libc))
     fast_unlock = ctypes.PYFUNCTYPE(None)(("pthread_mutex_unlock", _libc))
     fast_consistent = _fast(("pthread_mutex_consistent", _libc))
-    _attr_init = _libc.pthread_mutexattr_init
-    _attr_setpshared = _libc.pthread_mutexattr_setpshared
-    _attr_setrobust = _libc.pthread_mutexattr_setrobust
-    _mutex_init = _libc.pthread_mutex_init
-    del _proto_nogil
 
 
 def _lock_dir() -> str:
-    path = os.path.join(tempfile.gettempdir(), f"shmkit-locks-{os.geteuid()}")
+    # A fixed directory, never $TMPDIR: every process of the user must find
+    # the same lock file whatever its environment.
+    path = os.path.join("/tmp", f"shmkit-locks-{os.geteuid()}")
     os.makedirs(path, mode=0o700, exist_ok=True)
     return path
 
@@ -100,6 +71,22 @@ def flock_path(sysname: str, index: int) -> str:
     return os.path.join(_lock_dir(), sysname.lstrip("/") + f".m{index}")
 
 
+def kind_at(mm: mmap.mmap, offset: int) -> str:
+    """The backend recorded in the mutex area at ``offset``: ``"pthread"`` or ``"flock"``.
+
+    Every process uses the backend the creator chose, whatever its environment.
+    """
+    if offset % 64 or offset < 0 or offset + _platform.MUTEX_BYTES > len(mm):
+        raise LayoutError(f"mutex offset {offset} is out of bounds or unaligned")
+    tag = bytes(mm[offset + _TAG_AT : offset + _TAG_AT + 4])
+    if tag not in _TAGS:
+        raise LayoutError(f"mutex at {offset} has an unknown backend tag {tag!r}")
+    kind = _TAGS[tag]
+    if kind == "pthread" and not _platform.ROBUST_MUTEX:
+        raise LayoutError("object uses robust pthread mutexes, which this platform lacks")
+    return kind
+
+
 class Mutex:
     """One robust mutex at ``offset`` in a mapping; one instance per handle.
 
@@ -107,38 +94,19 @@ class Mutex:
     every handle constructs a ``Mutex`` over the same bytes.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_addr",
-        "_anchor",
-        "_fd",
-        "_flock_path",
-        "_held_flock",
-        "_ptr",
-        "kind",
-    )
+    __slots__ = ("__weakref__", "_core", "_fd", "_flock_path", "_region", "kind")
 
     def __init__(self, mm: mmap.mmap, offset: int, sysname: str, index: int) -> None:
-        if offset % 64 or offset < 0 or offset + _platform.MUTEX_BYTES > len(mm):
-            raise LayoutError(f"mutex offset {offset} is out of bounds or unaligned")
-        # Every process must use the backend the creator chose, whatever its environment.
-        tag = bytes(mm[offset + _TAG_AT : offset + _TAG_AT + 4])
-        if tag not in _TAGS:
-            raise LayoutError(f"mutex at {offset} has an unknown backend tag {tag!r}")
-        self.kind = _TAGS[tag]
-        if self.kind == "pthread" and not _platform.ROBUST_MUTEX:
-            raise LayoutError("object uses robust pthread mutexes, which this platform lacks")
-        self._fd = -1
-        self._held_flock = False
+        self.kind = kind_at(mm, offset)
+        self._region: _core.Region | None = _core.Region(mm)
         self._flock_path = ""
-        self._anchor: ctypes.Array[ctypes.c_char] | None = None
-        self._ptr: ctypes.c_void_p | None = None
+        self._fd = -1
         if self.kind == "pthread":
-            self._anchor = (ctypes.c_char * _platform.MUTEX_BYTES).from_buffer(mm, offset)
-            self._ptr = ctypes.c_void_p(ctypes.addressof(self._anchor))
+            self._core = _core.Mutex(self._region, offset)
         else:
             self._flock_path = flock_path(sysname, index)
             self._fd = os.open(self._flock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._core = _core.Mutex(self._region, offset, self._fd)
             _flock_mutexes.add(self)
 
     @staticmethod
@@ -149,101 +117,58 @@ class Mutex:
         mm[offset + _TAG_AT : offset + _TAG_AT + 4] = tag
         if kind != "pthread":
             return
-        anchor = (ctypes.c_char * _platform.MUTEX_BYTES).from_buffer(mm, offset)
-        attr = ctypes.create_string_buffer(64)
+        region = _core.Region(mm)
         try:
-            _attr_init(attr)
-            _attr_setpshared(attr, 1)  # PTHREAD_PROCESS_SHARED
-            _attr_setrobust(attr, 1)  # PTHREAD_MUTEX_ROBUST
-            rc = _mutex_init(ctypes.c_void_p(ctypes.addressof(anchor)), attr)
-            if rc:
-                raise OSError(rc, f"pthread_mutex_init: {os.strerror(rc)}")
+            _core.Mutex.init(region, offset)
         finally:
-            del anchor
+            region.close()
+
+    @property
+    def core(self) -> _core.Mutex:
+        """The C mutex (``with m.core:`` holds it for a block no signal can split)."""
+        return self._core
 
     def try_acquire(self) -> int:
         """OK, BUSY or OWNER_DIED (then held by us, already made consistent)."""
-        if self._ptr is not None:
-            rc = _trylock(self._ptr)
-            if rc == 0:
-                return OK
-            if rc == errno.EBUSY:
-                return BUSY
-            return self._after_error(rc)
-        if self._fd < 0:
+        if self._region is None:
             raise Closed("the mutex's handle is closed")
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return BUSY
-        self._held_flock = True
-        return OK
+        return self._core.try_acquire()
 
     def acquire_slice(self, seconds: float) -> int:
         """Wait up to ``seconds`` (a short slice) for the mutex. OK, BUSY or OWNER_DIED."""
-        ptr = self._ptr
-        if ptr is None:
-            end = time.monotonic() + seconds
-            pause = 50e-6
-            while True:
-                got = self.try_acquire()
-                if got != BUSY or time.monotonic() >= end:
-                    return got
-                time.sleep(pause)
-                pause = min(pause * 2, 0.005)
-        ts = _Timespec()
-        if _platform.MUTEX_CLOCKLOCK:
-            deadline = time.clock_gettime(time.CLOCK_MONOTONIC) + seconds
-            ts.tv_sec = int(deadline)
-            ts.tv_nsec = int((deadline - ts.tv_sec) * 1e9)
-            rc = _clocklock(ptr, _CLOCK_MONOTONIC, ctypes.byref(ts))
-        else:
-            deadline = time.time() + seconds
-            ts.tv_sec = int(deadline)
-            ts.tv_nsec = int((deadline - ts.tv_sec) * 1e9)
-            rc = _timedlock(ptr, ctypes.byref(ts))
-        if rc == 0:
-            return OK
-        if rc in (errno.ETIMEDOUT, errno.EINTR, errno.EAGAIN):
-            return BUSY
-        return self._after_error(rc)
-
-    def _after_error(self, rc: int) -> int:
-        assert self._ptr is not None
-        if rc == errno.EOWNERDEAD:
-            _consistent(self._ptr)
-            return OWNER_DIED
-        if rc == errno.ENOTRECOVERABLE:
-            raise LayoutError("shared mutex is not recoverable (corrupt segment)")
-        raise LayoutError(f"shared mutex error: {os.strerror(rc)}")
+        if self._region is None:
+            raise Closed("the mutex's handle is closed")
+        return self._core.acquire(max(0.0, seconds), spin=False)
 
     def release(self) -> None:
-        """Release the mutex (must be held by this thread/handle)."""
-        if self._ptr is not None:
-            _unlock(self._ptr)
+        """Release the mutex (NotOwner unless this thread holds it)."""
+        if self._region is None:
             return
-        if self._held_flock:
-            self._held_flock = False
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._core.release()
 
     def close(self) -> None:
         """Stop using the mutex (the shared mutex itself is untouched).
 
-        The buffer anchor is kept: another thread may still be blocked inside
-        ``acquire_slice`` on this memory, and the anchor keeps it mapped until
-        this object is garbage-collected.
+        The region stays pinned while another thread is still blocked in a
+        wait on this memory; the C core releases it when that wait returns.
         """
-        self._ptr = None
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        region, self._region = self._region, None
+        if region is not None:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            region.close()
 
     def after_fork_in_child(self) -> None:
         """A flock held by the parent must not outlive it through our copy of the fd."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = os.open(self._flock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._held_flock = False
+        if self._flock_path and self._region is not None:
+            old, self._fd = self._fd, os.open(
+                self._flock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+            self._core.set_fd(self._fd)
+            self._core.forget()
+            if old >= 0:
+                os.close(old)
 
 
 _flock_mutexes: weakref.WeakSet[Mutex] = weakref.WeakSet()

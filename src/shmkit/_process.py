@@ -12,6 +12,18 @@ from . import _platform
 _NO_BOOT: Final = b"\0" * 16
 
 
+def _pid_max() -> int:
+    try:
+        with open("/proc/sys/kernel/pid_max", "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 4_194_304  # Linux's upper bound (PID_MAX_LIMIT on 64-bit)
+
+
+#: The largest pid this system hands out; a pid word above it is corrupt.
+PID_MAX: Final = _pid_max()
+
+
 class Liveness(str, Enum):
     """What shmkit knows about a recorded process."""
 

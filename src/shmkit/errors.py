@@ -22,6 +22,7 @@ or ``except queue.Empty`` keeps working::
     ├── MessageTooLarge      (ValueError)
     ├── OwnerDied                             lock acquired; its last holder died holding it
     ├── LockNotRecoverable                    a dead holder's lock was released unrepaired
+    ├── NotOwner             (RuntimeError)   release() by a thread that does not hold it
     ├── PeerDied                              the writer of a Broadcast/Latest is gone
     ├── Empty                (queue.Empty)
     ├── Full                 (queue.Full)
@@ -59,6 +60,7 @@ __all__ = [
     "MessageTooLarge",
     "OwnerDied",
     "LockNotRecoverable",
+    "NotOwner",
     "PeerDied",
     "Empty",
     "Full",
@@ -161,6 +163,10 @@ class OwnerDied(ShmkitError):
 
 class LockNotRecoverable(ShmkitError):
     """A lock whose dead holder's state was never marked consistent."""
+
+
+class NotOwner(ShmkitError, RuntimeError):
+    """release() from a thread or process that does not hold the lock."""
 
 
 class PeerDied(ShmkitError):

@@ -25,9 +25,10 @@ A live holder is never robbed: a waiter that runs out of time gets
 
 from __future__ import annotations
 
-import mmap
+import os
 import struct
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -35,7 +36,7 @@ from typing import Any, ClassVar, Final
 
 import posix_ipc
 
-from . import _crash, _mutex, _names, _process, _wait
+from . import _core, _mutex, _names, _process, _wait
 from ._layout import Kind
 from .errors import (
     Closed,
@@ -256,22 +257,28 @@ class Semaphore(_Named):
 #     64    8 state        FREE / HELD / POISONED
 #     72    8 pid          holder pid
 #     80    8 start        holder start time (clock ticks since boot)
-#     88    8 since_ns     time.time_ns() when it was taken
+#     88    8 since_ns     wall-clock ns when it was taken
 #     96    8 owner_deaths how many holders died holding it
-# Holder: take the mutex, then store (HELD, pid, start, since) in one write;
-# on release store FREE (or POISONED), then unlock. A record still HELD when
-# the mutex is next taken means its holder died inside the critical section.
-# All of it is written only while holding the mutex, whose lock/unlock are
-# acquire/release barriers, so the rule holds on x86-64 and arm64 alike.
-_HOLD: Final = struct.Struct("<qqqq")
+#    104    8 tid          holder thread id
+# Acquire and release are each one C call (_core.LockCore): take the mutex,
+# store pid, start, since and tid, then HELD with a release store; on release
+# check that this thread holds it, store FREE (or POISONED) with a release
+# store, then unlock. A signal handler's exception can land only before or
+# after such a call, never between taking the mutex and recording it. A
+# record still HELD when the mutex is next taken means its holder died inside
+# the critical section. A reader that loads HELD (acquire) sees that holder's
+# fields or a later holder's, never zeroes: pid is never cleared.
 _REC_OFF: Final = 64
 _FREE: Final = 0
 _HELD: Final = 1
 _POISONED: Final = 2
 
 
-class Lock(_Named):
+class Lock(_core.LockCore, _Named):
     """A named mutex for unrelated processes that survives its holder's death.
+
+    Like ``threading.Lock``, it is held by the thread that acquired it:
+    ``release()`` from another thread raises ``NotOwner``.
 
     Attributes:
         owner_died: True while this handle holds a lock whose previous holder
@@ -285,14 +292,16 @@ class Lock(_Named):
     def __init__(self, name: str, seg: Segment) -> None:
         self._name = name
         self._seg = seg
-        self._mm: mmap.mmap = seg.mmap
         assert seg.header is not None
-        self._rec = seg.header.body_off + _REC_OFF
-        # state, pid, start, since, owner_deaths as int64 words
-        self._words = memoryview(self._mm)[self._rec : self._rec + 40].cast("q")
-        self._mutex = _mutex.Mutex(self._mm, seg.header.body_off, seg.sysname, 0)
-        self._try = self._mutex.try_acquire
-        self._held = False
+        body = seg.header.body_off
+        kind = self._backend = _mutex.kind_at(seg.mmap, body)
+        self._region: _core.Region | None = _core.Region(seg.mmap)
+        self._flock_fd = -1
+        if kind == "flock":
+            self._flock_path = _mutex.flock_path(seg.sysname, 0)
+            self._flock_fd = os.open(self._flock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            _flock_locks.add(self)
+        self._core_attach(self._region, body, body + _REC_OFF, self._flock_fd)
         self.owner_died = False
 
     @classmethod
@@ -319,66 +328,32 @@ class Lock(_Named):
             lambda: cls.create(name, mode=mode), lambda: cls.open(name), f"lock {name!r}"
         )
 
-    def acquire(self, timeout: float | None = None, *, spin: float = _wait.SPIN) -> bool:
+    def acquire(self, timeout: float | None = None, *, spin: bool = True) -> bool:
         """Take the lock within ``timeout`` seconds: True, or False on timeout (0 = try once).
 
         Like ``threading.Lock.acquire``. Sets ``owner_died`` if the previous
-        holder died holding it. Raises LockNotRecoverable for a poisoned lock
-        and Closed for a closed handle. ``hold()`` raises LockTimeout instead.
+        holder died holding it. Raises LockNotRecoverable for a poisoned lock,
+        Closed for a closed handle, ValueError/TypeError for a bad timeout
+        (checked before anything else). ``hold()`` raises LockTimeout instead.
         """
         if self._seg is None:
             raise Closed(f"lock {self._name!r} is closed")
-        if self._held:
-            raise RuntimeError(f"lock {self._name!r} is already held by this handle")
-        if self._try() == _mutex.BUSY and self._wait(timeout, spin) is None:
+        if self._core_held():
+            raise RuntimeError(f"lock {self._name!r} is already held by this thread")
+        got = self._core_acquire(timeout, spin)
+        if got == _core.BUSY:
             return False
-        if _crash.ARMED:
-            _crash.point("lock.acquire.locked")
-        words = self._words
-        state = words[0]
-        died = False
-        if state != _FREE:
-            died = self._after_death(state)
-        me = _process.current()
-        # One write: HELD goes in together with the holder's identity.
-        _HOLD.pack_into(self._mm, self._rec, _HELD, me.pid, me.start, time.time_ns())
-        self._held = True
-        self.owner_died = died
-        if _crash.ARMED:
-            _crash.point("lock.acquire.recorded")
-        return True
-
-    def _wait(self, timeout: float | None, spin: float) -> int | None:
-        """The contended path: spin, then block in slices until the deadline."""
-        timeout = _wait.check_timeout(timeout)
-        if timeout == 0:
-            return None
-        mutex = self._mutex
-
-        def attempt() -> int | None:
-            got = mutex.try_acquire()
-            return None if got == _mutex.BUSY else got
-
-        def block(seconds: float) -> int | None:
-            got = mutex.acquire_slice(seconds)
-            return None if got == _mutex.BUSY else got
-
-        return _wait.wait(attempt, block, timeout, spin=spin, on_slice=self._check_open)
-
-    def _after_death(self, state: int) -> bool:
-        """Holding the mutex, found a record not FREE: poisoned (raise) or owner died."""
-        if state == _POISONED:
-            self._mutex.release()
+        if got == _core.POISONED:
             raise LockNotRecoverable(
                 f"lock {self._name!r} is poisoned: a previous holder died and the next one "
                 "released it without mark_consistent(); remove and recreate it"
             )
-        self._words[4] += 1
+        self.owner_died = got == _core.OWNER_DIED
         return True
 
     def _holder_message(self, timeout: float | None) -> str:
-        state, pid, start, since = _HOLD.unpack_from(self._mm, self._rec)
-        if state == _HELD and pid:
+        state, pid, start, since, _deaths, _tid = self._core_record()
+        if state == _HELD and 0 < pid <= _process.PID_MAX:
             live = _process.liveness(pid, start)
             held = max(0.0, (time.time_ns() - since) / 1e9)
             return (
@@ -388,35 +363,41 @@ class Lock(_Named):
         return f"lock {self._name!r} not acquired within {timeout} s"
 
     def release(self) -> None:
-        """Release the lock. Poisons it if ``owner_died`` was never cleared."""
-        if not self._held:
-            raise RuntimeError(f"lock {self._name!r} is not held by this handle")
-        self._words[0] = _POISONED if self.owner_died else _FREE
-        self._held = False
+        """Release the lock. Poisons it if ``owner_died`` was never cleared.
+
+        Raises NotOwner (a RuntimeError) if this thread does not hold it.
+        """
+        if self._seg is None:
+            raise Closed(f"lock {self._name!r} is closed")
+        poison = self.owner_died
+        self._core_release(poison)
         self.owner_died = False
-        if _crash.ARMED:
-            _crash.point("lock.release.cleared")
-        self._mutex.release()
-        if _crash.ARMED:
-            _crash.point("lock.release.unlocked")
 
     def mark_consistent(self) -> None:
         """Declare the protected state repaired after ``owner_died``."""
-        if not self._held:
-            raise RuntimeError(f"lock {self._name!r} is not held by this handle")
+        if not self._core_held():
+            raise RuntimeError(f"lock {self._name!r} is not held by this thread")
         self.owner_died = False
+
+    @property
+    def backend(self) -> str:
+        """The mutex backend its creator chose: ``"pthread"`` or ``"flock"``."""
+        return self._backend
 
     @property
     def locked(self) -> bool:
         """True if some process holds the lock right now (a snapshot)."""
         self._segment()
-        return bool(self._words[0] == _HELD)
+        return self._core_record()[0] == _HELD
 
     def holder(self) -> tuple[int, _process.Liveness] | None:
         """(pid, liveness) of the recorded holder, or None if free."""
-        state, pid, start, _since = _HOLD.unpack_from(self._mm, self._rec)
+        self._segment()
+        state, pid, start, _since, _deaths, _tid = self._core_record()
         if state != _HELD:
             return None
+        if not 0 < pid <= _process.PID_MAX:
+            raise LayoutError(f"lock {self._name!r} records an impossible holder pid {pid}")
         return pid, _process.liveness(pid, start)
 
     @contextmanager
@@ -440,14 +421,38 @@ class Lock(_Named):
         self.release()
 
     def close(self) -> None:
-        """Detach this handle; releases the lock first if this handle holds it."""
+        """Detach this handle; releases the lock first if this thread holds it."""
         if self._seg is None:
             return
-        if self._held:
+        if self._core_held():
             self.release()
-        self._mutex.close()
-        self._words.release()
+        self._core_detach()
+        if self._flock_fd >= 0:
+            os.close(self._flock_fd)
+            self._flock_fd = -1
+        if self._region is not None:
+            self._region.close()
+            self._region = None
         super().close()
+
+    def _after_fork_in_child(self) -> None:
+        if self._flock_fd >= 0:
+            old = self._flock_fd
+            self._flock_fd = os.open(self._flock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.close(old)
+        self._core_after_fork(self._flock_fd)
+
+
+_flock_locks: weakref.WeakSet[Lock] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for lock in list(_flock_locks):
+        lock._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # ------------------------------------------------------------------------- Event
