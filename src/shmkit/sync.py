@@ -41,7 +41,6 @@ from ._layout import Kind
 from .errors import (
     Closed,
     LayoutError,
-    LockNotRecoverable,
     LockTimeout,
     Timeout,
     translate,
@@ -302,7 +301,6 @@ class Lock(_core.LockCore, _Named):
             self._flock_fd = os.open(self._flock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             _flock_locks.add(self)
         self._core_attach(self._region, body, body + _REC_OFF, self._flock_fd)
-        self.owner_died = False
 
     @classmethod
     def create(cls, name: str, *, mode: int = 0o600) -> Lock:
@@ -328,28 +326,13 @@ class Lock(_core.LockCore, _Named):
             lambda: cls.create(name, mode=mode), lambda: cls.open(name), f"lock {name!r}"
         )
 
-    def acquire(self, timeout: float | None = None, *, spin: bool = True) -> bool:
-        """Take the lock within ``timeout`` seconds: True, or False on timeout (0 = try once).
-
-        Like ``threading.Lock.acquire``. Sets ``owner_died`` if the previous
-        holder died holding it. Raises LockNotRecoverable for a poisoned lock,
-        Closed for a closed handle, ValueError/TypeError for a bad timeout
-        (checked before anything else). ``hold()`` raises LockTimeout instead.
-        """
-        if self._seg is None:
-            raise Closed(f"lock {self._name!r} is closed")
-        if self._core_held():
-            raise RuntimeError(f"lock {self._name!r} is already held by this thread")
-        got = self._core_acquire(timeout, spin)
-        if got == _core.BUSY:
-            return False
-        if got == _core.POISONED:
-            raise LockNotRecoverable(
-                f"lock {self._name!r} is poisoned: a previous holder died and the next one "
-                "released it without mark_consistent(); remove and recreate it"
-            )
-        self.owner_died = got == _core.OWNER_DIED
-        return True
+    # acquire(timeout=None, *, spin=True) -> bool, release(), ``with lock:`` and
+    # owner_died are the C base's (_core.LockCore): each is one C call, so a
+    # signal handler's exception can never land between taking the lock and
+    # the code that frees it. acquire raises ValueError/TypeError for a bad
+    # timeout (before anything else), Closed, RuntimeError if this thread
+    # already holds it through this handle, LockNotRecoverable if poisoned;
+    # release raises NotOwner (a RuntimeError) unless this thread holds it.
 
     def _holder_message(self, timeout: float | None) -> str:
         state, pid, start, since, _deaths, _tid = self._core_record()
@@ -361,17 +344,6 @@ class Lock(_core.LockCore, _Named):
                 f"({live.value}) for {held:.3f} s"
             )
         return f"lock {self._name!r} not acquired within {timeout} s"
-
-    def release(self) -> None:
-        """Release the lock. Poisons it if ``owner_died`` was never cleared.
-
-        Raises NotOwner (a RuntimeError) if this thread does not hold it.
-        """
-        if self._seg is None:
-            raise Closed(f"lock {self._name!r} is closed")
-        poison = self.owner_died
-        self._core_release(poison)
-        self.owner_died = False
 
     def mark_consistent(self) -> None:
         """Declare the protected state repaired after ``owner_died``."""
@@ -409,16 +381,6 @@ class Lock(_core.LockCore, _Named):
             yield self
         finally:
             self.release()
-
-    def __enter__(self) -> Lock:
-        """``with lock:`` holds the lock for the block (waits forever)."""
-        self.acquire()
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()
 
     def close(self) -> None:
         """Detach this handle; releases the lock first if this thread holds it."""

@@ -17,25 +17,55 @@
 #include "shm.h"
 
 #include <math.h>
+#include <structmember.h>
 #include <sys/file.h>
 
+/* This process's pid and this thread's id, cached: getpid() and gettid() are
+ * system calls, and the Lock's fast path needs both. A fork bumps the
+ * generation (pthread_atfork), so a child never uses its parent's ids. */
+static volatile long fork_gen = 1;
+static __thread long t_gen;
+static __thread long t_pid;
+static __thread long t_tid;
+
+static void
+after_fork_child(void)
+{
+    fork_gen++;
+}
+
+static inline void
+ids_refresh(void)
+{
+    if (__builtin_expect(t_gen != fork_gen, 0)) {
+        t_pid = (long)getpid();
 #if defined(__linux__)
-static inline long
-shm_gettid(void)
-{
-    return (long)syscall(SYS_gettid);
-}
+        t_tid = (long)syscall(SYS_gettid);
 #else
+        uint64_t tid = 0;
+        pthread_threadid_np(NULL, &tid);
+        t_tid = (long)tid;
+#endif
+        t_gen = fork_gen;
+    }
+}
+
 static inline long
 shm_gettid(void)
 {
-    uint64_t tid = 0;
-    pthread_threadid_np(NULL, &tid);
-    return (long)tid;
+    ids_refresh();
+    return t_tid;
 }
-#endif
+
+static inline long
+shm_getpid(void)
+{
+    ids_refresh();
+    return t_pid;
+}
 
 static shm_errors E;
+static PyObject *LockNotRecoverable;
 
 /* Default spin before sleeping: bounded pause-loops on trylock (a few µs). */
 #define SPIN_TRIES 64
@@ -467,7 +497,8 @@ typedef struct {
 static inline owner_t
 me_now(void)
 {
-    owner_t o = {(long)getpid(), shm_gettid()};
+    ids_refresh();
+    owner_t o = {t_pid, t_tid};
     return o;
 }
 
@@ -901,6 +932,7 @@ typedef struct {
     long long my_start;
     int detached;
     owner_t holder; /* the thread that took it through this handle; pid 0 = none */
+    char owner_died; /* Lock.owner_died */
 } LockCoreObject;
 
 static int
@@ -974,7 +1006,7 @@ lock_ready(LockCoreObject *self)
 static int
 lock_identity(LockCoreObject *self)
 {
-    long long pid = (long long)getpid();
+    long long pid = (long long)shm_getpid();
     if (self->my_pid == pid) {
         return 0;
     }
@@ -1001,40 +1033,38 @@ lock_identity(LockCoreObject *self)
     return 0;
 }
 
+/* When the lock was taken, for "held for N s" only: the coarse clock (a few
+ * ms resolution) costs a fraction of the precise one. */
 static inline int64_t
 wall_ns(void)
 {
     struct timespec ts;
+#ifdef CLOCK_REALTIME_COARSE
+    clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+#else
     clock_gettime(CLOCK_REALTIME, &ts);
+#endif
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* _core_acquire(timeout, spin) -> OK | BUSY (timed out) | OWNER_DIED | POISONED.
- * Takes the mutex and writes the owner record in one call: a signal handler's
- * exception can land only before (nothing held) or after (record written). */
-static PyObject *
-LockCore_acquire(LockCoreObject *self, PyObject *const *args, Py_ssize_t nargs)
+/* Take the lock: OK | BUSY (timed out) | OWNER_DIED | POISONED, or GOT_PYERR
+ * with an exception set. Takes the mutex and writes the owner record in one
+ * call: a signal handler's exception can land only before (nothing held) or
+ * after (record written). */
+static int
+lock_take(LockCoreObject *self, double timeout, int spin)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "_core_acquire(timeout, spin)");
-        return NULL;
-    }
-    double timeout;
-    int spin = PyObject_IsTrue(args[1]);
-    if (spin < 0 || parse_timeout(args[0], &timeout) || lock_ready(self) ||
-        lock_identity(self)) {
-        return NULL;
+    if (lock_ready(self) || lock_identity(self)) {
+        return GOT_PYERR;
     }
     RegionObject *r = (RegionObject *)self->core_region;
     int got = own_acquire(&self->own, &r->v, timeout, spin ? SPIN_TRIES : 0);
-    if (got == GOT_PYERR) {
-        return NULL;
+    if (got == GOT_PYERR || got == SHM_BUSY) {
+        return got;
     }
     if (got < 0) {
-        return shm_mutex_error(&E, got);
-    }
-    if (got == SHM_BUSY) {
-        return PyLong_FromLong(SHM_BUSY);
+        shm_mutex_error(&E, got);
+        return GOT_PYERR;
     }
     shm_crash("lock.acquire.locked");
     char *rec = self->rec;
@@ -1045,25 +1075,44 @@ LockCore_acquire(LockCoreObject *self, PyObject *const *args, Py_ssize_t nargs)
     int died = 0;
     if (state == ST_POISONED) {
         own_unlock(&self->own);
-        return PyLong_FromLong(LK_POISONED);
+        return LK_POISONED;
     }
     if (state != ST_FREE) {
         /* HELD under a mutex we now hold: its holder died inside (for the
          * flock backend this is the only sign of a death). */
         died = 1;
-    }
-    if (died) {
         shm_set_relaxed64(rec + REC_DEATHS, shm_relaxed64(rec + REC_DEATHS) + 1);
     }
-    shm_set_relaxed64(rec + REC_PID, (uint64_t)self->my_pid);
+    owner_t me = me_now();
+    shm_set_relaxed64(rec + REC_PID, (uint64_t)me.pid);
     shm_set_relaxed64(rec + REC_START, (uint64_t)self->my_start);
     shm_set_relaxed64(rec + REC_SINCE, (uint64_t)wall_ns());
-    shm_set_relaxed64(rec + REC_TID, (uint64_t)shm_gettid());
+    shm_set_relaxed64(rec + REC_TID, (uint64_t)me.tid);
     /* release: a reader that sees HELD sees this holder's fields */
     shm_store64(rec + REC_STATE, ST_HELD);
-    self->holder = me_now();
+    self->holder = me;
     shm_crash("lock.acquire.recorded");
-    return PyLong_FromLong(died ? SHM_OWNER_DIED : SHM_OK);
+    return died ? SHM_OWNER_DIED : SHM_OK;
+}
+
+/* _core_acquire(timeout, spin) -> OK | BUSY (timed out) | OWNER_DIED | POISONED. */
+static PyObject *
+LockCore_acquire(LockCoreObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_core_acquire(timeout, spin)");
+        return NULL;
+    }
+    double timeout;
+    int spin = PyObject_IsTrue(args[1]);
+    if (spin < 0 || parse_timeout(args[0], &timeout)) {
+        return NULL;
+    }
+    int got = lock_take(self, timeout, spin);
+    if (got == GOT_PYERR) {
+        return NULL;
+    }
+    return PyLong_FromLong(got);
 }
 
 /* _core_release(poison) — NotOwner unless this thread of this process holds it. */
@@ -1081,8 +1130,8 @@ LockCore_release(LockCoreObject *self, PyObject *arg)
     owner_t me = me_now();
     if (self->holder.pid != me.pid || self->holder.tid != me.tid ||
         shm_load64(rec + REC_STATE) != ST_HELD ||
-        shm_relaxed64(rec + REC_PID) != (uint64_t)getpid() ||
-        shm_relaxed64(rec + REC_TID) != (uint64_t)shm_gettid()) {
+        shm_relaxed64(rec + REC_PID) != (uint64_t)me.pid ||
+        shm_relaxed64(rec + REC_TID) != (uint64_t)me.tid) {
         PyErr_SetString(E.not_owner,
                         "release() from a thread that does not hold the lock (a Lock is "
                         "owned by the thread that acquired it)");
@@ -1131,8 +1180,8 @@ LockCore_held(LockCoreObject *self, PyObject *Py_UNUSED(ignored))
     owner_t me = me_now();
     int held = self->holder.pid == me.pid && self->holder.tid == me.tid &&
                shm_load64(rec + REC_STATE) == ST_HELD &&
-               shm_relaxed64(rec + REC_PID) == (uint64_t)getpid() &&
-               shm_relaxed64(rec + REC_TID) == (uint64_t)shm_gettid();
+               shm_relaxed64(rec + REC_PID) == (uint64_t)me.pid &&
+               shm_relaxed64(rec + REC_TID) == (uint64_t)me.tid;
     return PyBool_FromLong(held);
 }
 
@@ -1163,7 +1212,160 @@ LockCore_after_fork(LockCoreObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* The object's user name for messages (Lock sets self._name). */
+static PyObject *
+lock_name(LockCoreObject *self)
+{
+    PyObject *name = PyObject_GetAttrString((PyObject *)self, "_name");
+    if (name == NULL) {
+        PyErr_Clear();
+        name = PyUnicode_FromString("?");
+    }
+    return name;
+}
+
+static int
+lock_ready_named(LockCoreObject *self)
+{
+    RegionObject *r = (RegionObject *)self->core_region;
+    if (r == NULL || r->v.closed || self->detached) {
+        PyObject *name = lock_name(self);
+        PyErr_Format(E.closed, "lock %R is closed", name);
+        Py_XDECREF(name);
+        return -1;
+    }
+    return 0;
+}
+
+/* acquire(timeout=None, *, spin=True) -> bool, all of it in C: the timeout is
+ * checked first, then the mutex is taken and the record written in one call,
+ * and nothing after that can raise before returning True. */
+static PyObject *
+lock_acquire_impl(LockCoreObject *self, double timeout, int spin)
+{
+    if (lock_ready_named(self)) {
+        return NULL;
+    }
+    owner_t me = me_now();
+    if (self->holder.pid == me.pid && self->holder.tid == me.tid) {
+        PyObject *name = lock_name(self);
+        PyErr_Format(PyExc_RuntimeError, "lock %R is already held by this thread", name);
+        Py_XDECREF(name);
+        return NULL;
+    }
+    int got = lock_take(self, timeout, spin);
+    if (got == GOT_PYERR) {
+        return NULL;
+    }
+    if (got == SHM_BUSY) {
+        Py_RETURN_FALSE;
+    }
+    if (got == LK_POISONED) {
+        PyObject *name = lock_name(self);
+        PyErr_Format(LockNotRecoverable,
+                     "lock %R is poisoned: a previous holder died and the next one released "
+                     "it without mark_consistent(); remove and recreate it",
+                     name);
+        Py_XDECREF(name);
+        return NULL;
+    }
+    self->owner_died = got == SHM_OWNER_DIED;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+LockCore_py_acquire(LockCoreObject *self, PyObject *const *args, Py_ssize_t nargs,
+                    PyObject *kwnames)
+{
+    PyObject *tobj = nargs > 0 ? args[0] : Py_None;
+    int spin = 1;
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "acquire(timeout=None, *, spin=True)");
+        return NULL;
+    }
+    if (kwnames != NULL) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+            PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+            PyObject *val = args[nargs + i];
+            if (PyUnicode_CompareWithASCIIString(key, "timeout") == 0 && nargs == 0) {
+                tobj = val;
+            }
+            else if (PyUnicode_CompareWithASCIIString(key, "spin") == 0) {
+                spin = PyObject_IsTrue(val);
+                if (spin < 0) {
+                    return NULL;
+                }
+            }
+            else {
+                PyErr_Format(PyExc_TypeError, "acquire() got an unexpected keyword argument %R",
+                             key);
+                return NULL;
+            }
+        }
+    }
+    double timeout;
+    if (parse_timeout(tobj, &timeout)) {
+        return NULL;
+    }
+    return lock_acquire_impl(self, timeout, spin);
+}
+
+/* release(): poisons the lock if owner_died was never cleared; NotOwner
+ * unless this thread took it through this handle. */
+static PyObject *
+LockCore_py_release(LockCoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (lock_ready_named(self)) {
+        return NULL;
+    }
+    PyObject *res = LockCore_release(self, self->owner_died ? Py_True : Py_False);
+    if (res == NULL) {
+        return NULL;
+    }
+    self->owner_died = 0;
+    return res;
+}
+
+static PyObject *
+LockCore_enter(LockCoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *res = lock_acquire_impl(self, -1.0, 1);
+    if (res == NULL) {
+        return NULL;
+    }
+    Py_DECREF(res);
+    return Py_NewRef((PyObject *)self);
+}
+
+static PyObject *
+LockCore_exit(LockCoreObject *self, PyObject *const *Py_UNUSED(args),
+              Py_ssize_t Py_UNUSED(nargs))
+{
+    PyObject *res = LockCore_py_release(self, NULL);
+    if (res == NULL) {
+        return NULL;
+    }
+    Py_DECREF(res);
+    Py_RETURN_NONE;
+}
+
+static PyMemberDef LockCore_members[] = {
+    {"owner_died", T_BOOL, offsetof(LockCoreObject, owner_died), 0,
+     "True while this handle holds a lock whose previous holder died inside its critical "
+     "section; repair, then mark_consistent()"},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyMethodDef LockCore_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))LockCore_py_acquire, METH_FASTCALL | METH_KEYWORDS,
+     "acquire(timeout=None, *, spin=True) -> bool: take the lock within timeout seconds "
+     "(None waits forever, 0 tries once); sets owner_died if the last holder died holding it"},
+    {"release", (PyCFunction)LockCore_py_release, METH_NOARGS,
+     "release(): poisons the lock if owner_died was not cleared; NotOwner unless this "
+     "thread holds it"},
+    {"__enter__", (PyCFunction)LockCore_enter, METH_NOARGS,
+     "with lock: holds the lock for the block (waits forever)"},
+    {"__exit__", (PyCFunction)(void (*)(void))LockCore_exit, METH_FASTCALL, "release"},
     {"_core_attach", (PyCFunction)LockCore_attach, METH_VARARGS,
      "_core_attach(region, mutex_offset, record_offset, flock_fd=-1)"},
     {"_core_acquire", (PyCFunction)(void (*)(void))LockCore_acquire, METH_FASTCALL,
@@ -1187,6 +1389,7 @@ static PyTypeObject LockCoreType = {
     .tp_init = (initproc)LockCore_tp_init,
     .tp_dealloc = (destructor)LockCore_dealloc,
     .tp_methods = LockCore_methods,
+    .tp_members = LockCore_members,
 };
 
 /* ================================================================ module */
@@ -1241,7 +1444,20 @@ PyInit__native(void)
     if (shm_errors_load(&E)) {
         return NULL;
     }
+    PyObject *errors = PyImport_ImportModule("shmkit.errors");
+    if (errors == NULL) {
+        return NULL;
+    }
+    LockNotRecoverable = PyObject_GetAttrString(errors, "LockNotRecoverable");
+    Py_DECREF(errors);
+    if (LockNotRecoverable == NULL) {
+        return NULL;
+    }
     shm_crash_load();
+    if (pthread_atfork(NULL, NULL, after_fork_child) != 0) {
+        PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
+        return NULL;
+    }
     if (PyType_Ready(&RegionType) < 0 || PyType_Ready(&MutexType) < 0 ||
         PyType_Ready(&LockCoreType) < 0) {
         return NULL;
