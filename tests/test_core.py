@@ -388,3 +388,38 @@ def test_signal_storm_never_leaves_the_lock_held(name: str) -> None:
             kill(child)
         finally:
             lock.unlink()
+
+
+@pytest.mark.parametrize("backend", ["pthread", "flock"])
+def test_threads_sharing_one_lock_handle_exclude_each_other(
+    name: str, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """T35: threads on one handle are excluded on both backends (flock alone would not)."""
+    monkeypatch.setenv("SHMKIT_MUTEX", backend)
+    with closing(Lock.create(name)) as lock:
+        try:
+            assert lock.backend == backend
+            inside = [0]
+            worst = [0]
+            count = [0]
+
+            def worker() -> None:
+                for _ in range(2000):
+                    with lock:
+                        inside[0] += 1
+                        worst[0] = max(worst[0], inside[0])
+                        count[0] += 1
+                        if count[0] % 97 == 0:
+                            time.sleep(0)  # let another thread try meanwhile
+                        inside[0] -= 1
+
+            threads = [threading.Thread(target=worker) for _ in range(3)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert not any(t.is_alive() for t in threads)
+            assert worst[0] == 1
+            assert count[0] == 6000
+        finally:
+            lock.unlink()
