@@ -213,12 +213,14 @@ def test_ctrl_c_inside_a_critical_section_leaves_the_queue_usable(
             child.send_signal(signal.SIGCONT)
             assert read_line(child) in ("interrupted", "finished")
             t0 = time.monotonic()
+            counted = q.statistics().messages
             drained = []
             for _ in range(10):
                 try:
                     drained.append(q.get(timeout=0.5))
                 except Empty:
                     break
+            assert len(drained) == counted, "the counters disagree with the records"
             q.put(b"parent", timeout=2)
             assert q.get(timeout=2) == b"parent"
             assert time.monotonic() - t0 < 3.0
