@@ -14,6 +14,9 @@ Presets::
                                                     # messages, 5 ms timeouts firing
     python scripts/queue_stress.py --preset t25 --kill 2   # plus 2 producers killed -9
     python scripts/queue_stress.py --preset small   # what the default test suite runs
+    python scripts/queue_stress.py --preset large   # 4 x 4, 100,000 messages of 128-384 KiB:
+                                                    # copied outside the lock (reserve/claim)
+    python scripts/queue_stress.py --preset large-small   # its default-suite size
 
 Exit status 0 when every invariant holds. Everything it creates is removed.
 """
@@ -64,12 +67,17 @@ class Config:
     kill: int  # extra producers killed -9 at random instants (their messages are
     # checked for T05 only: a gap-free prefix, nothing torn)
     deadline: float  # seconds for the whole run
+    into: bool = False  # even-numbered consumers read with get_into (one copy, no allocation)
 
 
 PRESETS: dict[str, Config] = {
     "stress": Config(4, 4, 200_000, 1, 65536 - IDENT.size, 1 << 20, 0.05, 8, 0, 600),
     "t25": Config(8, 8, 1_000_000, 0, 200, 16 * 128, 0.005, 4, 0, 1200),
     "small": Config(4, 4, 20_000, 1, 65536 - IDENT.size, 1 << 20, 0.05, 8, 0, 120),
+    # Messages of 128 KiB and more are copied outside the lock (reserve / claim):
+    # a ring of a few messages, so copies in and out overlap all the time.
+    "large": Config(4, 4, 100_000, 128 << 10, 384 << 10, 1 << 20, 0.05, 1, 0, 900, True),
+    "large-small": Config(3, 3, 3000, 128 << 10, 384 << 10, 1 << 20, 0.05, 1, 0, 120, True),
 }
 
 
@@ -116,14 +124,16 @@ def consume(name: str, index: int, cfg: Config, log_path: str) -> dict[str, Any]
     log = array.array("I")
     torn = empty = 0
     batch = cfg.batch if index % 2 else 1
+    buf = bytearray(cfg.max_payload + IDENT.size) if cfg.into and index % 2 == 0 else None
     with Queue.open(name) as q:
         while True:
             try:
-                msgs = (
-                    q.get_many(batch, timeout=cfg.timeout)
-                    if batch > 1
-                    else [q.get(timeout=cfg.timeout)]
-                )
+                if buf is not None:
+                    msgs = [bytes(buf[: q.get_into(buf, timeout=cfg.timeout)])]
+                elif batch > 1:
+                    msgs = q.get_many(batch, timeout=cfg.timeout)
+                else:
+                    msgs = [q.get(timeout=cfg.timeout)]
             except Empty:
                 empty += 1
                 if _orphaned(parent):

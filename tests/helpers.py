@@ -103,3 +103,76 @@ def run_all(procs: Sequence[subprocess.Popen[str]], timeout: float = 60.0) -> li
         for proc in procs:
             kill(proc)
     return outs
+
+
+# ------------------------------------------------------------ the /dev/shm files
+
+#: Where POSIX shared memory and named semaphores are files (Linux).
+SHM_DIR = "/dev/shm"
+
+
+def shm_path(name: str) -> str:
+    """The /dev/shm file of the shmkit object ``name`` (the naming scheme in ``_names``)."""
+    from shmkit import _names
+
+    return os.path.join(SHM_DIR, _names.system_name(name).lstrip("/"))
+
+
+def sem_paths(name: str) -> list[str]:
+    """The /dev/shm files of the object's semaphores (``sem.<system name>.s0`` …)."""
+    from shmkit import _names
+
+    prefix = "sem." + _names.system_name(name).lstrip("/") + ".s"
+    return sorted(os.path.join(SHM_DIR, e) for e in os.listdir(SHM_DIR) if e.startswith(prefix))
+
+
+def peek(name: str, offset: int, size: int) -> bytes:
+    """Read ``size`` bytes at ``offset`` of the object's segment file."""
+    with open(shm_path(name), "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
+def poke(name: str, offset: int, data: bytes) -> None:
+    """Write ``data`` at ``offset`` of the object's segment file (what any same-uid process can)."""
+    with open(shm_path(name), "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def xor_byte(name: str, offset: int, mask: int) -> None:
+    """Flip bits of one byte of the segment file."""
+    poke(name, offset, bytes([peek(name, offset, 1)[0] ^ mask]))
+
+
+def header_field(name: str, offset: int, size: int) -> int:
+    """A little-endian field of the common header (offsets from ``_layout``'s comment)."""
+    return int.from_bytes(peek(name, offset, size), "little")
+
+
+def body_offset(name: str) -> int:
+    """Header word ``body_off`` (offset 48): where the object's body starts."""
+    return header_field(name, 48, 8)
+
+
+def attach_offset(name: str) -> int:
+    """Header word ``attach_off`` (offset 40): the end of the CRC-covered header."""
+    return header_field(name, 40, 8)
+
+
+def wait_stopped(proc: subprocess.Popen[str], timeout: float = 20.0) -> None:
+    """Wait until the child stopped itself (``SHMKIT_STOP_AT``): state ``T`` in /proc."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise AssertionError(f"child exited ({proc.returncode}): {stderr_of(proc)}")
+        try:
+            with open(f"/proc/{proc.pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            state = ""
+        if state in ("T", "t"):
+            return
+        time.sleep(0.002)
+    kill(proc)
+    raise AssertionError(f"child did not stop within {timeout} s: {stderr_of(proc)}")

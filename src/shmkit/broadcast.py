@@ -886,6 +886,8 @@ class Publisher(Broadcast):
         Returns the message number. Raises MessageTooLarge (nothing written)
         if ``data`` is larger than a slot, TypeError for a non-contiguous buffer.
         """
+        if timeout is not None and not (type(timeout) is float and timeout >= 0.0):
+            timeout = _wait.check_timeout(timeout)  # ints, NaN, negatives: the slow check
         if self._closed or self._loan is not None:
             self._check_publish()
         src = data if type(data) is bytes else _as_bytes(data)
@@ -1460,6 +1462,8 @@ class Subscriber(Broadcast):
                     if length >= _FENCED_COPY:
                         _fence_acquire()
                         _fence_release()
+                    if _ARMED:
+                        _crash.point("broadcast.recv.copied")
                     if q[base] == e:
                         self._next = n = n + 1
                         if not self._held:
@@ -1490,6 +1494,8 @@ class Subscriber(Broadcast):
                 if length <= self._slot_size:
                     off = base * 8 + SLOT_HEADER
                     view = self._mv[off : off + length].toreadonly()
+                    if _ARMED:
+                        _crash.point("broadcast.recv.copied")
                     if q[base] == e:
                         self._held.append(n)
                         self._next = n + 1

@@ -613,6 +613,8 @@ class Latest(Generic[T]):
         # The fast path: bytes values, writer entry claimed, pthread mutex, crash
         # points disarmed. It is _set minus its branches (keep the two in step);
         # every call here is measured (a 64-byte set+get under 2 us).
+        if timeout is not None and not (type(timeout) is float and timeout >= 0.0):
+            timeout = _wait.check_timeout(timeout)  # ints, NaN, negatives: the slow check
         if not self._fast_set:
             return self._set(data, timeout)
         ctl = self._ctl
@@ -822,6 +824,8 @@ class Latest(Generic[T]):
         retried; ``timeout`` bounds the retrying (ReadStarved, a Timeout, after
         it; None retries as long as it takes, backing off; 0 tries once).
         """
+        if timeout is not None and not (type(timeout) is float and timeout >= 0.0):
+            timeout = _wait.check_timeout(timeout)  # ints, NaN, negatives: the slow check
         ctl = self._ctl
         if ctl is None:
             raise Closed(f"latest {self._name!r} is closed")
@@ -838,6 +842,8 @@ class Latest(Generic[T]):
                 if n <= self._size:
                     off = self._doff[k]
                     data = self._mm[off : off + n]
+                    if _CRASH:
+                        _crash.point("latest.get.copied")
                     if ctl[w] == v:
                         return data  # type: ignore[return-value]
         elif self._fast_crc:
@@ -851,6 +857,8 @@ class Latest(Generic[T]):
                 if n <= self._size:
                     off = self._doff[k]
                     data = self._mm[off : off + n]
+                    if _CRASH:
+                        _crash.point("latest.get.copied")
                     crc = ctl[w + 2]
                     if ctl[w] == v and zlib.crc32(data, v & _CRC_MASK) == crc:
                         return data  # type: ignore[return-value]
@@ -925,6 +933,8 @@ class Latest(Generic[T]):
                     off = self._doff[k]
                     dst[:n] = self._src[k] if self._src else self._mmv[off : off + n]
                     value = n
+                if _CRASH:
+                    _crash.point("latest.get.copied")
                 crc = ctl[w + 2]
                 if ctl[w] == v and value is not None:
                     if not self._checksum:

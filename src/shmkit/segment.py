@@ -419,12 +419,7 @@ class Segment:
             for index, value in enumerate(sem_values):
                 with translate(f"{what} semaphore {index}"):
                     sems.append(
-                        posix_ipc.Semaphore(
-                            _names.semaphore_name(sysname, index),
-                            posix_ipc.O_CREX,
-                            mode=mode,
-                            initial_value=value,
-                        )
+                        create_semaphore(_names.semaphore_name(sysname, index), mode, value)
                     )
             mm[: len(image)] = image
             if init is not None:
@@ -621,6 +616,26 @@ class Segment:
         return cls(
             name=name, sysname=name, mm=mm, header=None, sems=[], lock_fd=None, readonly=readonly
         )
+
+
+def create_semaphore(sysname: str, mode: int, value: int) -> posix_ipc.Semaphore:
+    """Create the named semaphore ``sysname`` (O_EXCL) with exactly ``mode``, whatever the umask.
+
+    sem_open applies the umask, which can only narrow a mode (even the owner's
+    bits): create it 0600, then chmod its file (Linux: /dev/shm/sem.<name>) to
+    the exact mode, as segments are fchmod-ed. Where semaphores have no file
+    (macOS) the mode is what sem_open makes of it.
+    """
+    if _platform.SHM_DIR is None:
+        return posix_ipc.Semaphore(sysname, posix_ipc.O_CREX, mode=mode, initial_value=value)
+    sem = posix_ipc.Semaphore(sysname, posix_ipc.O_CREX, mode=0o600, initial_value=value)
+    try:
+        os.chmod(os.path.join(_platform.SHM_DIR, "sem." + sysname.lstrip("/")), mode)
+    except BaseException:
+        sem.close()
+        _unlink_sem(sysname)
+        raise
+    return sem
 
 
 def _head(mm: _mm.mmap) -> bytes:

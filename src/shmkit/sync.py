@@ -45,7 +45,7 @@ from .errors import (
     Timeout,
     translate,
 )
-from .segment import Segment, open_or_create
+from .segment import Segment, create_semaphore, open_or_create
 
 __all__ = ["Event", "Lock", "Semaphore"]
 
@@ -133,7 +133,7 @@ class Semaphore(_Named):
             raise ValueError(f"value must be between 0 and {posix_ipc.SEMAPHORE_VALUE_MAX}")
         if _names.is_verbatim(_names.validate(name)):
             with translate(f"semaphore {name!r}"):
-                sem = posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=mode, initial_value=value)
+                sem = create_semaphore(name, mode, value)
             return cls(name, None, sem)
         seg = Segment._create_object(
             name,
@@ -178,6 +178,7 @@ class Semaphore(_Named):
         Tries once, then re-tries for ``spin`` seconds (cheap when the other
         side answers within microseconds), then blocks in short slices.
         """
+        timeout = _wait.check_timeout(timeout)  # before any system call, free or busy
         sem = self._sem
         if sem is None:
             raise Closed(f"semaphore {self._name!r} is closed")
@@ -186,7 +187,6 @@ class Semaphore(_Named):
             return True
         except posix_ipc.BusyError:
             pass
-        timeout = _wait.check_timeout(timeout)
         if timeout == 0:
             return False
         if spin > 0:

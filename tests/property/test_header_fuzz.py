@@ -85,3 +85,27 @@ def test_huge_size_fields(offset: int, value: int) -> None:
 @given(st.binary(min_size=1, max_size=64), st.integers(min_value=0, max_value=len(VALID)))
 def test_truncated_and_extended(tail: bytes, cut: int) -> None:
     _parse(bytes(VALID_READY[:cut]) + tail, REAL_SIZE)
+
+
+def test_every_crc_covered_byte_mutation_is_rejected() -> None:
+    """Every change to any byte of [0, attach_off) but the state word raises LayoutError.
+
+    The fields no other check looks at (creator pid and start, created_ns,
+    boot id, uid, name bytes, params, padding) are caught by the header CRC
+    alone, so this fails if the CRC check is lost.
+    """
+    attach_off = _layout.offsets(6, 32, 64)[0]
+    state = range(_layout.STATE_OFFSET, _layout.STATE_OFFSET + 4)
+    accepted = []
+    for offset in range(attach_off):
+        if offset in state:
+            continue
+        for mask in range(1, 256):
+            image = bytearray(VALID_READY)
+            image[offset] ^= mask
+            try:
+                _layout.parse(bytes(image), REAL_SIZE, "fuzz")
+            except LayoutError:
+                continue
+            accepted.append((offset, mask))
+    assert not accepted, f"{len(accepted)} mutations accepted, e.g. {accepted[:5]}"

@@ -1,0 +1,533 @@
+"""Mutation check: plant plausible bugs in critical lines, one at a time; the tests must fail.
+
+    python scripts/mutation_check.py                 # the whole catalogue
+    python scripts/mutation_check.py --only header-crc,lock-contended-no-mutex
+    python scripts/mutation_check.py --list          # the catalogue (and whether it applies)
+
+For each entry of :data:`CATALOGUE` (a file, an exact piece of its text, the
+text that replaces it, and the tests that should notice) it copies the
+repository (working tree, built extensions included) to a scratch
+directory once, writes the mutated file there, rebuilds the native core if
+the mutated file is C, runs the entry's tests against the scratch copy
+(``PYTHONPATH=<scratch>/src``, a time limit per entry) and restores the file.
+A mutation is *killed* if its tests fail (or time out), *survived* if they
+pass. Before that, every distinct test selection is run once unmutated: it
+must pass, or a "kill" would mean nothing.
+
+The table at the end says which; the exit status is 1 if any mutation
+survived or could not be applied (its old text is gone or not unique: update
+the entry), else 0. Run it before changing validation, re-check, CRC, mode,
+repair, mutual-exclusion or timeout code, and add an entry for each new
+critical line. Entries for the C core (``src/shmkit/_core/*.c``) look the
+same; the script rebuilds the extension in the scratch copy for them (see
+:func:`rebuild`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NATIVE_SUFFIXES = (".c", ".h", ".pyx", ".pxd")
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """One planted bug: replace ``old`` (exactly once in ``file``) by ``new``, run ``tests``."""
+
+    id: str
+    what: str  # the plausible bug, in words
+    file: str  # relative to the repository root
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest arguments: paths, node ids, -k expressions
+
+    @property
+    def native(self) -> bool:
+        return self.file.endswith(NATIVE_SUFFIXES)
+
+
+Q = "src/shmkit/queue.py"
+B = "src/shmkit/broadcast.py"
+L = "src/shmkit/latest.py"
+S = "src/shmkit/sync.py"
+CORRUPTION = ("tests/test_queue_corruption.py",)
+MID_COPY_B = ("tests/test_overwritten_mid_copy.py", "-k", "broadcast")
+MID_COPY_L = ("tests/test_overwritten_mid_copy.py", "-k", "latest")
+MODES = ("tests/test_modes.py",)
+TIMEOUTS = ("tests/test_timeouts.py", "-k", "not lock_")  # Lock: see issue 14's report
+T02 = ("tests/test_lock_crash_windows.py",)
+CTRL_C = ("tests/test_queue_procs.py", "-k", "ctrl_c and not reserving and not claiming")
+LARGE = ("tests/test_queue_procs.py::test_large_messages_across_processes_reduced",)
+
+CATALOGUE: tuple[Mutation, ...] = (
+    # ------------------------------------------------------------ record validation (T22)
+    Mutation(
+        "queue-get-fast-check",
+        "Queue get() fast path takes any single record as valid (skips its check word)",
+        Q,
+        "                        c[wi + 1] == (w0 ^ head ^ _SALT) & _M32\n"
+        "                        and w0 >> 32 == gets & _M32",
+        "                        True\n                        and w0 >> 32 == gets & _M32",
+        CORRUPTION,
+    ),
+    Mutation(
+        "queue-get-fast-batch-check",
+        "Queue get() fast path takes any record as a batch record (skips its check word)",
+        Q,
+        "                        c[wi + 1] == (w0 ^ head ^ _SALT_BATCH) & _M32\n",
+        "                        True\n",
+        CORRUPTION,
+    ),
+    Mutation(
+        "queue-get-many-fast-check",
+        "Queue get_many() fast path skips the check word of single records",
+        Q,
+        "                    check == (w0 ^ pos ^ _SALT) & _M32\n"
+        "                    and w0 >> 32 == seq & _M32",
+        "                    True\n                    and w0 >> 32 == seq & _M32",
+        CORRUPTION,
+    ),
+    Mutation(
+        "queue-take-batch-check",
+        "Queue locked take path: the batch-record check never fails",
+        Q,
+        "(batch and check != _hcheck_batch(w0, pos))",
+        "(batch and False)",
+        CORRUPTION,
+    ),
+    Mutation(
+        "queue-take-seq-check",
+        "Queue locked take path ignores a record's sequence number",
+        Q,
+        "                or (skip and (not batch or pos != head))",
+        "                or False",
+        CORRUPTION,
+    ),
+    Mutation(
+        "queue-skip-uncounted",
+        "Queue skips a corrupt record without counting it",
+        Q,
+        "                    c[_W_CORRUPT] += ahead\n",
+        "                    pass\n",
+        CORRUPTION,
+    ),
+    # ------------------------------------------------------------ queue protocol
+    Mutation(
+        "queue-put-many-loop",
+        "put_many publishes its items one by one (another producer's message lands between)",
+        Q,
+        "        if not datas:\n            return\n        count = len(datas)\n",
+        "        if not datas:\n            return\n"
+        "        if len(datas) > 1:\n"
+        "            for d in datas:\n"
+        "                self.put(d, timeout)\n"
+        "            return\n"
+        "        count = len(datas)\n",
+        ("tests/test_queue_procs.py::"
+         "test_put_many_batches_arrive_contiguous_and_in_order_with_concurrent_producers",),
+    ),
+    Mutation(
+        "queue-reserve-unmarked",
+        "A large put's reservation is not marked: other producers write into its space",
+        Q,
+        "            c[_W_STATE] = st | _RESERVED\n",
+        "            c[_W_STATE] = st\n",
+        LARGE,
+    ),
+    Mutation(
+        "queue-claim-unmarked",
+        "A large get's claim is not marked: producers overwrite what is being copied out",
+        Q,
+        "                c[_W_STATE] |= _CLAIMED\n",
+        "                pass\n",
+        LARGE,
+    ),
+    # ------------------------------------------------------------ owner-died repair
+    Mutation(
+        "queue-recover-no-repair",
+        "The next holder after a dead one does not repair the queue's counters",
+        Q,
+        "        self._repair()\n        self._reclaim_dead(count=False)",
+        "        self._reclaim_dead(count=False)",
+        ("tests/test_queue_crash.py", "-k", "producer_killed_mid_put"),
+    ),
+    Mutation(
+        "queue-ctrl-c-no-repair",
+        "An exception (Ctrl-C) inside the queue's critical section is not repaired",
+        Q,
+        "            if side == 0 or not self._two:\n                self._repair()",
+        "            if side == 0 or not self._two:\n                pass",
+        CTRL_C,
+    ),
+    Mutation(
+        "lock-owner-died-lost",
+        "Lock.acquire does not report owner_died after a holder died inside",
+        S,
+        "            died = self._after_death(state)",
+        "            died = False",
+        T02,
+    ),
+    Mutation(
+        "lock-no-poison",
+        "Releasing after owner_died without mark_consistent() does not poison the lock",
+        S,
+        "_POISONED if self.owner_died else _FREE",
+        "_FREE",
+        ("tests/test_sync.py::test_release_without_repair_poisons_the_lock",),
+    ),
+    # ------------------------------------------------------------ mutual exclusion
+    Mutation(
+        "lock-contended-no-mutex",
+        "A contended Lock.acquire proceeds without the mutex",
+        S,
+        "if self._try() == _mutex.BUSY and self._wait(timeout, spin) is None:",
+        "if self._try() == _mutex.BUSY and False:",
+        T02,
+    ),
+    # ------------------------------------------------------------ seqlock re-checks
+    Mutation(
+        "broadcast-read-recheck",
+        "Broadcast slow path (recv/recv_into/recv_view): the re-check after the copy passes",
+        B,
+        "        if q[base] != e:\n            return self._lapped(n, latest)\n"
+        "        if self._crc and mode != _VIEW:",
+        "        if False:\n            return self._lapped(n, latest)\n"
+        "        if self._crc and mode != _VIEW:",
+        MID_COPY_B,
+    ),
+    Mutation(
+        "broadcast-recv-fast-recheck",
+        "Broadcast recv() fast path: the re-check after the copy passes",
+        B,
+        '                        _crash.point("broadcast.recv.copied")\n'
+        "                    if q[base] == e:\n"
+        "                        self._next = n = n + 1\n"
+        "                        if not self._held:\n"
+        "                            q[self._cursor_ix] = n\n"
+        "                        if self._bp:\n"
+        "                            self._progress()\n"
+        "                        return data\n",
+        '                        _crash.point("broadcast.recv.copied")\n'
+        "                    if True:\n"
+        "                        self._next = n = n + 1\n"
+        "                        if not self._held:\n"
+        "                            q[self._cursor_ix] = n\n"
+        "                        if self._bp:\n"
+        "                            self._progress()\n"
+        "                        return data\n",
+        MID_COPY_B,
+    ),
+    Mutation(
+        "broadcast-recv-into-fast-recheck",
+        "Broadcast recv_into() fast path: the re-check after the copy passes",
+        B,
+        "                    if q[base] == e:\n"
+        "                        self._next = n = n + 1\n"
+        "                        if not self._held:\n"
+        "                            q[self._cursor_ix] = n\n"
+        "                        if self._bp:\n"
+        "                            self._progress()\n"
+        "                        return int(length)\n",
+        "                    if True:\n"
+        "                        self._next = n = n + 1\n"
+        "                        if not self._held:\n"
+        "                            q[self._cursor_ix] = n\n"
+        "                        if self._bp:\n"
+        "                            self._progress()\n"
+        "                        return int(length)\n",
+        MID_COPY_B,
+    ),
+    Mutation(
+        "broadcast-view-validate",
+        "A zero-copy view is never found overwritten when it is validated",
+        B,
+        "        if sub._q[self._base] != 2 * self.seq + 2:\n            return False",
+        "        if False:\n            return False",
+        ("tests/test_broadcast.py", "-k", "view_valid_then_overwritten"),
+    ),
+    Mutation(
+        "latest-get-fast-recheck",
+        "Latest get() fast path: the tag re-check after the copy passes",
+        L,
+        '                        _crash.point("latest.get.copied")\n'
+        "                    if ctl[w] == v:\n",
+        '                        _crash.point("latest.get.copied")\n                    if True:\n',
+        MID_COPY_L,
+    ),
+    Mutation(
+        "latest-read-recheck",
+        "Latest general read (get_versioned, get_into, arrays): the tag re-check passes",
+        L,
+        "                if ctl[w] == v and value is not None:",
+        "                if value is not None:",
+        MID_COPY_L,
+    ),
+    # ------------------------------------------------------------ header CRC
+    Mutation(
+        "header-crc",
+        "The header CRC check is removed",
+        "src/shmkit/_layout.py",
+        "    if _crc(buf[:attach_off]) != crc:",
+        "    if False:",
+        (
+            "tests/property/test_header_crc_live.py",
+            "tests/property/test_header_fuzz.py::test_every_crc_covered_byte_mutation_is_rejected",
+        ),
+    ),
+    # ------------------------------------------------------------ modes
+    Mutation(
+        "sem-world-writable",
+        "Semaphores are created world-writable (0666)",
+        "src/shmkit/segment.py",
+        '"sem." + sysname.lstrip("/")), mode)',
+        '"sem." + sysname.lstrip("/")), 0o666)',
+        MODES,
+    ),
+    Mutation(
+        "sem-mode-umask",
+        "Semaphore modes are left to sem_open and the umask (the Event 0660 -> 0640 defect)",
+        "src/shmkit/segment.py",
+        '        os.chmod(os.path.join(_platform.SHM_DIR, "sem." + sysname.lstrip("/")), mode)\n',
+        "        pass\n",
+        MODES,
+    ),
+    Mutation(
+        "segment-mode-umask",
+        "The segment file keeps the mode sem_open/shm_open made of it (no fchmod)",
+        "src/shmkit/segment.py",
+        "            os.fchmod(fd, mode)  # exact mode: umask can only narrow, never widen\n",
+        "            pass\n",
+        MODES,
+    ),
+    # ------------------------------------------------------------ timeout validation
+    Mutation(
+        "timeout-semaphore-late",
+        "Semaphore.acquire validates its timeout only after the fast path (the -1 -> True defect)",
+        S,
+        "        timeout = _wait.check_timeout(timeout)  # before any system call, free or busy\n",
+        "",
+        TIMEOUTS,
+    ),
+    Mutation(
+        "timeout-nan",
+        "NaN is accepted as a timeout",
+        "src/shmkit/_wait.py",
+        "    if math.isnan(value) or value < 0:",
+        "    if value < 0:",
+        TIMEOUTS,
+    ),
+    Mutation(
+        "timeout-bool",
+        "True is accepted as a timeout (a bool is an int)",
+        "src/shmkit/_wait.py",
+        "    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):",
+        "    if not isinstance(timeout, (int, float)):",
+        TIMEOUTS,
+    ),
+    Mutation(
+        "timeout-queue-get",
+        "Queue.get validates its timeout only when it has to wait",
+        Q,
+        "        if timeout is not None:\n            timeout = _check_timeout(timeout)\n"
+        "        # The fast path: one valid record",
+        "        # The fast path: one valid record",
+        TIMEOUTS,
+    ),
+    Mutation(
+        "timeout-broadcast-publish",
+        "Broadcast.publish validates its timeout only when back-pressure makes it wait",
+        B,
+        "            timeout = _wait.check_timeout(timeout)  # ints, NaN, negatives: the slow check\n"
+        "        if self._closed or self._loan is not None:",
+        "            pass\n        if self._closed or self._loan is not None:",
+        TIMEOUTS,
+    ),
+    Mutation(
+        "timeout-latest-get",
+        "Latest.get validates its timeout only when it has to retry",
+        L,
+        "            timeout = _wait.check_timeout(timeout)  # ints, NaN, negatives: the slow check\n"
+        "        ctl = self._ctl\n        if ctl is None:\n"
+        '            raise Closed(f"latest {self._name!r} is closed")\n        if self._fast:',
+        "            pass\n        ctl = self._ctl\n        if ctl is None:\n"
+        '            raise Closed(f"latest {self._name!r} is closed")\n        if self._fast:',
+        TIMEOUTS,
+    ),
+)
+
+
+# ------------------------------------------------------------------------------- running
+
+
+def _ignore(directory: str, names: list[str]) -> set[str]:
+    skip = {".git", ".venv", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
+    return {n for n in names if n in skip or n == ".hypothesis"}
+
+
+def scratch_copy() -> str:
+    """Copy the working tree (built extensions included) to a fresh temporary directory."""
+    dest = os.path.join(tempfile.mkdtemp(prefix="shmkit-mutants-"), "repo")
+    shutil.copytree(ROOT, dest, ignore=_ignore, symlinks=True)
+    return dest
+
+
+def rebuild(scratch: str) -> tuple[bool, str]:
+    """Rebuild the native core in place in ``scratch`` (after a C file changed).
+
+    In place, because the tests import ``shmkit`` from ``<scratch>/src``: a
+    ``pip install -e`` there would re-point the shared environment instead.
+    """
+    if os.path.exists(os.path.join(scratch, "setup.py")):
+        cmd = [sys.executable, "setup.py", "build_ext", "--inplace", "--force"]
+    else:
+        return False, "no setup.py: add the native core's in-place build command to rebuild()"
+    proc = subprocess.run(cmd, cwd=scratch, capture_output=True, text=True, check=False)
+    return proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+
+
+def run_tests(scratch: str, tests: tuple[str, ...], timeout: float) -> tuple[str, float, str]:
+    """Run pytest on ``tests`` in ``scratch``: ("passed" | "failed" | "timeout" | "error", s, tail)."""
+    env = dict(os.environ, PYTHONPATH=os.path.join(scratch, "src"))
+    env.pop("SHMKIT_CRASH_AT", None)
+    env.pop("SHMKIT_STOP_AT", None)
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "--no-header", "-p", "no:cacheprovider"]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [*cmd, *tests],
+        cwd=scratch,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # a timeout takes the test's children with it
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        return "timeout", time.monotonic() - t0, out[-1500:]
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    seconds = time.monotonic() - t0
+    status = {0: "passed", 1: "failed"}.get(proc.returncode, "error")
+    return status, seconds, out[-1500:]
+
+
+def check_applicable(m: Mutation) -> str | None:
+    """None if ``m.old`` occurs exactly once in its file, else why not."""
+    path = os.path.join(ROOT, m.file)
+    if not os.path.exists(path):
+        return f"{m.file} does not exist"
+    with open(path) as f:
+        count = f.read().count(m.old)
+    return None if count == 1 else f"old text found {count} times in {m.file}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", help="comma-separated mutation ids")
+    parser.add_argument("--list", action="store_true", help="list the catalogue and stop")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per test run")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated runs")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch copy")
+    parser.add_argument("--verbose", action="store_true", help="print each run's output tail")
+    args = parser.parse_args(argv)
+    console = Console()
+    catalogue = list(CATALOGUE)
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - {m.id for m in catalogue}
+        if unknown:
+            parser.error(f"unknown mutation ids: {sorted(unknown)}")
+        catalogue = [m for m in catalogue if m.id in wanted]
+    if args.list:
+        table = Table(title="mutation catalogue")
+        for col in ("id", "bug", "file", "applies"):
+            table.add_column(col)
+        for m in catalogue:
+            table.add_row(m.id, m.what, m.file, check_applicable(m) or "yes")
+        console.print(table)
+        return 0
+
+    scratch = scratch_copy()
+    console.print(f"scratch copy: {scratch}")
+    results: list[tuple[Mutation, str, float, str]] = []
+    try:
+        if not args.no_baseline:
+            for tests in dict.fromkeys(m.tests for m in catalogue):
+                status, seconds, tail = run_tests(scratch, tests, args.timeout)
+                console.print(f"baseline {' '.join(tests)}: {status} ({seconds:.1f} s)")
+                if status != "passed":
+                    console.print(tail)
+                    console.print("[red]the unmutated tests must pass first[/red]")
+                    return 1
+        for m in catalogue:
+            why = check_applicable(m)
+            if why is not None:
+                results.append((m, "error", 0.0, why))
+                continue
+            path = os.path.join(scratch, m.file)
+            with open(path) as f:
+                original = f.read()
+            try:
+                with open(path, "w") as f:
+                    f.write(original.replace(m.old, m.new, 1))
+                if m.native:
+                    ok, log = rebuild(scratch)
+                    if not ok:
+                        results.append((m, "error", 0.0, "rebuild failed: " + log))
+                        continue
+                status, seconds, tail = run_tests(scratch, m.tests, args.timeout)
+            finally:
+                with open(path, "w") as f:
+                    f.write(original)
+                if m.native:
+                    rebuild(scratch)
+            verdict = {"failed": "killed", "timeout": "killed (timeout)", "passed": "survived"}
+            results.append((m, verdict.get(status, "error"), seconds, tail))
+            colour = "green" if status in ("failed", "timeout") else "red"
+            console.print(f"[{colour}]{m.id}: {verdict.get(status, 'error')}[/{colour}]")
+            if args.verbose or status not in ("failed", "timeout", "passed"):
+                console.print(tail)
+    finally:
+        if not args.keep:
+            shutil.rmtree(os.path.dirname(scratch), ignore_errors=True)
+
+    table = Table(title="mutation check")
+    for col in ("mutation", "planted bug", "file", "tests", "result", "s"):
+        table.add_column(col)
+    for m, verdict, seconds, _ in results:
+        colour = "green" if verdict.startswith("killed") else "red"
+        table.add_row(
+            m.id,
+            m.what,
+            m.file.removeprefix("src/shmkit/"),
+            " ".join(m.tests).replace("tests/", ""),
+            f"[{colour}]{verdict}[/{colour}]",
+            f"{seconds:.0f}",
+        )
+    console.print(table)
+    bad = [m.id for m, verdict, _, _ in results if not verdict.startswith("killed")]
+    killed = len(results) - len(bad)
+    console.print(f"{killed} of {len(results)} killed" + (f"; not killed: {bad}" if bad else ""))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
