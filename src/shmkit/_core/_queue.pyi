@@ -26,8 +26,8 @@ class Ring:
         ring: int,
         capacity: int,
         flags: int,
-        cmutex: Mutex,
-        pmutex: Mutex,
+        cmutex: Mutex | None,
+        pmutex: Mutex | None,
     ) -> None: ...
     @property
     def closed(self) -> bool: ...
