@@ -12,18 +12,19 @@ if os.environ.get("SHMKIT_WERROR") == "1":
 if os.environ.get("SHMKIT_SANITIZE") == "1":
     _FLAGS += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
 
-setup(
-    ext_modules=[
-        Extension(
-            "shmkit._core._native",
-            sources=["src/shmkit/_core/_native.c"],
-            depends=["src/shmkit/_core/shm.h"],
-            extra_compile_args=_FLAGS,
-            # glibc < 2.34 keeps the robust-mutex functions in libpthread.
-            libraries=["pthread"],
-            extra_link_args=(
-                ["-fsanitize=address,undefined"] if os.environ.get("SHMKIT_SANITIZE") == "1" else []
-            ),
-        ),
-    ],
-)
+_LINK = ["-fsanitize=address,undefined"] if os.environ.get("SHMKIT_SANITIZE") == "1" else []
+
+
+def _extension(name: str) -> Extension:
+    return Extension(
+        f"shmkit._core.{name}",
+        sources=[f"src/shmkit/_core/{name}.c"],
+        depends=["src/shmkit/_core/shm.h"],
+        extra_compile_args=_FLAGS,
+        # glibc < 2.34 keeps the robust-mutex functions in libpthread.
+        libraries=["pthread"],
+        extra_link_args=_LINK,
+    )
+
+
+setup(ext_modules=[_extension("_native"), _extension("_queue")])

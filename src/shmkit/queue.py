@@ -24,9 +24,11 @@ What other processes see and rely on:
   (``statistics().recoveries``). See docs/guarantees.md.
 - Waiting: an empty (or full) queue is first polled without the lock for
   ``spin`` seconds (default 50 µs, adapting up to 1 ms while the peer answers
-  just after that; see :attr:`Queue.spin`), then the caller sleeps on a
-  semaphore in slices of at most 50 ms, so a deadline, Ctrl-C, a shutdown or
-  a dead peer is noticed within one slice. Semaphores are wake-up hints only.
+  just after that, and none at all for a while once the spinner finds itself
+  descheduled: a loaded machine; see :attr:`Queue.spin`), then the caller
+  sleeps on a futex word in the segment in slices of at most 50 ms, so a
+  deadline, Ctrl-C, a shutdown or a dead peer is noticed within one slice.
+  Wake-ups are hints only; one ``/dev/shm`` entry per queue.
 - Large messages (128 KiB and more) are copied in and out without holding the
   lock; prefer ``get_into(buffer)`` for them (one copy, no allocation).
 - Producers and consumers have a lock each (on x86-64 Linux), so a put and a
@@ -36,12 +38,9 @@ What other processes see and rely on:
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import math
 import mmap
 import operator
-import os
 import struct
 import time
 import zlib
@@ -51,10 +50,9 @@ from itertools import accumulate
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar, overload
 
-import posix_ipc
-
-from . import _codec, _crash, _mutex, _platform, _process, _wait
+from . import _codec, _crash, _mutex, _process, _wait
 from ._codec import Codec
+from ._core import _queue
 from ._layout import Kind, align
 from .errors import Closed, Empty, Full, LayoutError, MessageTooLarge
 from .segment import Segment, open_or_create
@@ -80,13 +78,13 @@ T = TypeVar("T")
 
 # Queue parameters, stored once in the segment header's params (never change):
 # offset size field
-#      0    4 magic     b"QUE2" (the digit is the body layout version)
+#      0    4 magic     b"QUE3" (the digit is the body layout version)
 #      4    4 flags     bit 0: every record carries a CRC32 of its payload
 #      8    8 ring      ring bytes = capacity + 16 (one record header)
 #     16    8 capacity  largest message in bytes (a multiple of 8)
 #     24   16 codec     the creator's codec name, ASCII, NUL-padded (informational)
 _PARAMS: Final = struct.Struct("<4sIQQ16s")
-_MAGIC: Final = b"QUE2"
+_MAGIC: Final = b"QUE3"
 _F_CRC: Final = 1
 
 # Body, from body_off (64-aligned); control words are little-endian u64:
@@ -110,6 +108,8 @@ _F_CRC: Final = 1
 #    304    8 claim_ticks  process is dead is released by whoever notices
 #    312    8 res_pid      the reserving producer (pid, start time): likewise
 #    320    8 res_ticks
+#    328    4 gwake     futex word consumers sleep on (u32; bumped to wake them)
+#    332    4 pwake     futex word producers sleep on
 #    384  520 waiters   65 words, one per attach slot + 1 shared: getters | putters << 32
 #    960 ring ring      the byte ring; a stream position p lives at ring index p % ring
 # Each side's words have a cache line of their own, and so does each mutex: a
@@ -229,31 +229,26 @@ MAX_CAPACITY: Final = (1 << 32) - 64
 DEFAULT_SPIN: Final = _wait.SPIN
 #: The adaptive spin never exceeds this (unless the base ``spin`` is larger).
 _SPIN_MAX: Final = 1e-3
-#: Attempts at a busy lock between clock checks, and how long to keep trying
-#: before sleeping on it (see _lock_until).
-_LOCK_SPINS: Final = 32
-_LOCK_SPIN: Final = 200e-6
-#: Most semaphore posts one operation makes to wake sleepers.
-_MAX_POSTS: Final = 64
+#: After a spin found this handle descheduled (a loaded machine), sleep at
+#: once for this long (seconds) instead of spinning.
+_CALM: Final = 0.05
 #: Waiting handles re-check who is alive at most this often (seconds).
 _REAP_EVERY: Final = 1.0
 
 _ARMED: Final = _crash.ARMED
+#: Crash points share one counter with the C fast paths' (SHMKIT_CRASH_AFTER).
+_qcrash = _queue.crash_point
 
-if _platform.ROBUST_MUTEX:
-    # The mutex's pthread calls, bound once in _mutex for the fast paths.
-    _p_trylock = _mutex.fast_trylock
-    _p_unlock = _mutex.fast_unlock
-    _p_consistent = _mutex.fast_consistent
-_EBUSY: Final = errno.EBUSY
 _perf = time.perf_counter
 _mono = time.monotonic
 _check_timeout = _wait.check_timeout
 
-
-#: _put_record_fast's answers besides 0 (published).
-_FULL: Final = 1
-_GENERAL: Final = 2
+#: The C fast paths' answers (see _core/_queue.c).
+_FULL: Final = _queue.FULL
+_EMPTY: Final = _queue.EMPTY
+_GENERAL: Final = _queue.GENERAL
+#: Exceptions a critical section raises on purpose, leaving the queue consistent.
+_CLEAN_EXIT: Final = (Closed, LayoutError, MessageTooLarge)
 
 
 class _Again:
@@ -261,6 +256,14 @@ class _Again:
 
 
 _AGAIN: Final = _Again()
+
+
+class _NoLock:
+    """Sentinel: the locks stayed busy until the deadline."""
+
+
+_NOLOCK: Final = _NoLock()
+T2 = TypeVar("T2")
 
 
 class _Reservation:
@@ -397,8 +400,8 @@ def _parse_params(seg: Segment) -> tuple[int, int, int, str]:
         raise LayoutError(f"{what}: invalid capacity {cap} / ring {ring}")
     if hdr.body_size < _RING_OFF + ring:
         raise LayoutError(f"{what}: body of {hdr.body_size} bytes cannot hold a {ring}-byte ring")
-    if hdr.nsems != 2:
-        raise LayoutError(f"{what}: has {hdr.nsems} semaphores, a queue has 2")
+    if hdr.nsems != 0:
+        raise LayoutError(f"{what}: has {hdr.nsems} semaphores, a queue has none")
     name = codec.rstrip(b"\0").decode("ascii", "replace")
     return flags, ring, cap, name
 
@@ -491,37 +494,30 @@ class Queue(Generic[T]):
         "__weakref__",
         "_base",
         "_c",
+        "_calm_until",
         "_cap",
         "_checksum",
         "_codec",
         "_decode",
         "_encode",
         "_encoded",
-        "_fast_max",
-        "_fast_ring",
         "_flags",
         "_last_reap",
         "_mm",
-        "_mp",
-        "_mpp",
         "_mutex",
         "_name",
         "_pmutex",
         "_pthread",
+        "_q",
         "_raw",
         "_ring",
         "_rv",
         "_rw",
         "_seg",
-        "_sem_get",
-        "_sem_put",
         "_slot_clean",
         "_spin",
         "_spin_now",
-        "_tc",
-        "_tl",
         "_two",
-        "_ul",
         "_wslot",
     )
 
@@ -537,19 +533,10 @@ class Queue(Generic[T]):
         self._rw = ring // 8
         self._cap = cap
         self._checksum = bool(flags & _F_CRC)
-        # Checksum queues take the general path for every message, and so does
-        # everything in crash-test runs: its crash points sit between the same
-        # stores, in the same order, as the fast paths' (which have none, to
-        # stay lean).
-        general = self._checksum or _ARMED
-        self._fast_max = -1 if general else min(cap, _CLAIM_MIN - 1)  # large: reserve
-        self._fast_ring = 0 if general else ring
         self._mm = seg.mmap
         self._rv = memoryview(self._mm)
         self._c = self._rv[hdr.body_off : hdr.body_off + _RING_OFF + ring].cast("Q")
         self._base = hdr.body_off + _RING_OFF
-        self._sem_get = seg.semaphore(0)
-        self._sem_put = seg.semaphore(1)
         self._codec = codec
         self._raw = isinstance(codec, _codec.RawCodec)
         self._encoded = not self._raw  # even bytes items go through the codec
@@ -559,36 +546,28 @@ class Queue(Generic[T]):
         )
         self._spin = spin
         self._spin_now = spin
-        self._tc = 0  # tail as this handle's get last read it (see get)
+        self._calm_until = 0.0
         self._last_reap = 0.0
         self._slot_clean = False
         slot: int = getattr(seg, "_slot", -1)  # Segment keeps its attach slot private
         self._wslot = slot if 0 <= slot < _SLOTS else _SLOTS
         self._mutex = _mutex.Mutex(self._mm, hdr.body_off, seg.sysname, 0)
         self._pthread = self._mutex.kind == "pthread"
-        # Two locks need robust mutexes and a TSO CPU (see Two locks above);
-        # every process on one machine decides alike (the backend is recorded).
-        self._two = self._pthread and _platform.TSO
+        # Two locks need robust mutexes (see Two locks above); every process on
+        # one machine decides alike (the backend is recorded in the segment).
+        self._two = self._pthread
         self._pmutex = self._mutex
-        self._tl: Callable[[Any], int]
-        self._ul: Callable[[Any], Any]
-        if self._pthread:
-            # Never released: a thread may still be inside a pthread call on this
-            # memory when another closes the handle; it goes with this object.
-            self._mp: Any = (ctypes.c_char * _platform.MUTEX_BYTES).from_buffer(
-                self._mm, hdr.body_off
-            )
-            self._tl = _p_trylock
-            self._ul = _p_unlock
-        else:
-            self._mp = None
-            self._tl = self._flock_try
-            self._ul = self._flock_release
-        self._mpp: Any = self._mp
         if self._two:
-            off = hdr.body_off + _P_MUTEX
-            self._pmutex = _mutex.Mutex(self._mm, off, seg.sysname, 1)
-            self._mpp = (ctypes.c_char * _platform.MUTEX_BYTES).from_buffer(self._mm, off)
+            self._pmutex = _mutex.Mutex(self._mm, hdr.body_off + _P_MUTEX, seg.sysname, 1)
+        rflags = _queue.F_TWO if self._two else 0
+        if not self._pthread:
+            rflags |= _queue.F_FLOCK
+        elif not self._checksum:
+            rflags |= _queue.F_FAST  # checksum queues take the general path
+        # The hot paths, each one C call (see _core/_queue.c).
+        self._q = _queue.Ring(
+            self._mm, hdr.body_off, ring, cap, rflags, self._mutex.core, self._pmutex.core
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -680,7 +659,7 @@ class Queue(Generic[T]):
             Kind.QUEUE,
             body_size=_RING_OFF + ring,
             params=params,
-            sem_values=(0, 0),
+            sem_values=(),
             mode=mode,
             init=_init_body,
             unlink_on_exit=unlink_on_exit,
@@ -798,13 +777,14 @@ class Queue(Generic[T]):
         if seg is None:
             return
         self._seg = None
-        # From here every operation raises Closed at its first step (the lock).
-        # The views and the mutex memory stay mapped until this object is
-        # collected: a thread still inside an operation finishes it and unlocks.
-        self._tl = self._raise_closed
-        self._mutex.close()
-        if self._pmutex is not self._mutex:
-            self._pmutex.close()
+        # From here every operation raises Closed at its first step (a C call
+        # on the ring). The mapping and the pthread mutexes stay until this
+        # object is collected: a thread still inside an operation finishes it
+        # and unlocks. (A flock mutex's lock file is closed now; closing it
+        # releases the lock.)
+        self._q.close()
+        if not self._pthread:
+            self._mutex.close()
         seg.close()
 
     def unlink(self) -> None:
@@ -823,19 +803,21 @@ class Queue(Generic[T]):
                 ``Closed`` at once).
         """
         self._check_open()
-        self._lock_until(math.inf)
-        try:
+
+        def close_it() -> int:
             c = self._c
-            st = c[_W_STATE] | _SHUT
+            st: int = c[_W_STATE] | _SHUT
             c[_W_STATE] = st
             if immediate:
                 # Same order as a skip: head first, then gets (_repair copes with a death between).
                 c[_W_HEAD] = c[_W_TAIL]
                 c[_W_GETS] = c[_W_PUTS]
-        finally:
-            self._unlock()
-        self._wake(self._sem_get, (st >> _GW) & _GWM, _M31)
-        self._wake(self._sem_put, (st >> 32) & _M31, _M31)
+            return st
+
+        st = self._run_locked(math.inf, close_it)
+        assert not isinstance(st, _NoLock)
+        self._wake(False, (st >> _GW) & _GWM, _M31)
+        self._wake(True, (st >> 32) & _M31, _M31)
 
     @property
     def is_shutdown(self) -> bool:
@@ -927,35 +909,25 @@ class Queue(Generic[T]):
             item = self._encode(item)  # raises TypeError before anything is touched
         if timeout is not None:
             timeout = _check_timeout(timeout)
-        n = len(item)
-        if n > self._fast_max:
-            # Too large (raises), checksum queues, crash-test runs: the general path.
-            self._put_slow(item, n, 1, timeout, self._spin_now)
+        # The fast path: one C call takes P, checks, copies, publishes and
+        # unlocks. Anything unusual (shut down, a large message, corrupt words,
+        # wrapping) goes to the general path, which validates everything and
+        # raises precise errors.
+        r = self._q.put(item, 1)
+        if not r:
             return
-        # The fast path: one record that does not wrap around the ring's end,
-        # under P alone (see Two locks). Anything unusual (shut down, corrupt
-        # words, wrapping) goes to the general path, which validates
-        # everything and raises precise errors.
-        spin_end = 0.0
-        while True:
-            r = self._put_record_fast(item, n, 1)
-            if not r:
-                return
-            if r == _GENERAL or timeout == 0:
-                break
-            # Full: poll the indices without the lock, then retry the fast path.
-            if not spin_end:
-                start = _perf()
-                spin = self._spin_now
-                spin_end = start + (spin if timeout is None else min(spin, timeout))
-            c = self._c
-            room = self._ring - ((n + 23) & -8)
-            while c[_W_TAIL] - c[_W_HEAD] > room:
-                if _perf() >= spin_end:
-                    left = None if timeout is None else timeout - (_perf() - start)
-                    self._put_slow(item, n, 1, left, 0.0)
+        spin = self._spin_now
+        if r == _FULL and timeout != 0 and spin:
+            start = _perf()
+            need = (len(item) + 23) & -8
+            if self._poll(True, need, spin if timeout is None else min(spin, timeout)):
+                r = self._q.put(item, 1)
+                if not r:
                     return
-        self._put_slow(item, n, 1, timeout, self._spin_now)
+            if timeout is not None:
+                timeout = max(0.0, timeout - (_perf() - start))
+            spin = 0.0
+        self._put_slow(item, len(item), 1, timeout, spin)
 
     def put_nowait(self, item: Any) -> None:
         """``put(item, timeout=0)``: raise Full at once if there is no room."""
@@ -1003,58 +975,26 @@ class Queue(Generic[T]):
                 )
             ends = struct.pack(f"<{count + 1}I", count, *accumulate(lens))
             data = b"".join([ends, *datas])
-        n = len(data)
-        fast = n <= self._fast_max or (count > 1 and self._fast_max >= 0)
-        if fast and not self._put_record_fast(data, n, count):
+        if not self._q.put(data, count):
             return
-        self._put_slow(data, n, count, timeout, self._spin_now)
+        self._put_slow(data, len(data), count, timeout, self._spin_now)
 
-    def _put_record_fast(self, data: Any, n: int, count: int) -> int:
-        """Publish one record now if it fits without wrapping, holding P alone.
+    def _poll(self, putter: bool, need: int, seconds: float) -> bool:
+        """Spin (in C, no lock) up to ``seconds`` until a put or get may succeed.
 
-        Returns 0 when published, _FULL when there is no room yet (worth a
-        spin), _GENERAL for anything else (busy lock, wrapping, shut down,
-        claimed, corrupt words: the general path decides and reports).
+        A spinner that finds itself descheduled stops at once and spins no
+        more for a while: on a loaded machine spinning takes the core the peer
+        needs to answer.
         """
-        rec = (n + 23) & -8
-        ring = self._ring
-        c = self._c
-        mpp = self._mpp
-        rc = self._tl(mpp)
-        if rc and not self._contended(rc, mpp, True):
-            return _GENERAL
-        try:
-            tail = c[_W_TAIL]
-            used = tail - c[_W_HEAD]
-            st = c[_W_STATE]
-            i = tail % ring
-            if not (0 <= used <= ring - rec and i + rec <= ring) or st & _BUSY or i & 7:
-                if st & _BUSY or i & 7 or not 0 <= used <= ring or used + rec <= ring:
-                    return _GENERAL
-                return _FULL
-            seq = c[_W_PUTS]
-            p = self._base + i + _HDR
-            self._mm[p : p + n] = data
-            w0 = n | (seq & _M32) << 32
-            w = _W_RING + (i >> 3)
-            c[w] = w0
-            c[w + 1] = (w0 ^ tail ^ (_SALT if count == 1 else _SALT_BATCH)) & _M32
-            c[_W_PUTS] = seq + count
-            c[_W_TAIL] = tail + rec  # publishes the record
-        except BaseException as exc:
-            self._repair_quietly(1)
-            if isinstance(exc, (ValueError, OverflowError)):
-                raise self._overflow(exc) from exc
-            raise
-        finally:
-            self._ul(mpp)
-        if st & _GETW_MASK:
-            self._wake(self._sem_get, (st >> _GW) & _GWM, count)
-        return 0
+        if _mono() < self._calm_until:
+            return False
+        r = self._q.poll(putter, need, seconds)
+        if r < 0:
+            self._calm_until = _mono() + _CALM
+            self._spin_now = self._spin
+        return r > 0
 
-    def _put_slow(
-        self, data: Any, n: int, count: int, timeout: float | None, spin: float
-    ) -> None:
+    def _put_slow(self, data: Any, n: int, count: int, timeout: float | None, spin: float) -> None:
         """Publish one record (a message, or a batch of ``count``), waiting for room."""
         if count == 1 and n > self._cap:
             raise MessageTooLarge(
@@ -1087,41 +1027,39 @@ class Queue(Generic[T]):
         published = False
         try:
             if _ARMED:
-                _crash.point("queue.put.res_copying")
+                _qcrash("queue.put.res_copying")
             self._write_record(res.pos, res.seq, data, res.n)
             if _ARMED:
-                _crash.point("queue.put.res_copied")
+                _qcrash("queue.put.res_copied")
             published = True
         finally:
             self._finish_reservation(res, published)
 
     def _finish_reservation(self, res: _Reservation, publish: bool) -> None:
         """Publish (or drop) our reserved record and clear the reservation, under the lock."""
-        locked, interrupted = self._lock_for_cleanup()
-        if interrupted is not None:
-            publish = False
-        st = 0
-        if locked:
-            try:
-                c = self._c
-                st = c[_W_STATE]
-                me = _process.current()
-                if st & _RESERVED and c[_W_RES_PID] == me.pid:
-                    if publish and (c[_W_TAIL], c[_W_PUTS]) == (res.pos, res.seq):
-                        c[_W_PUTS] = res.seq + 1
-                        if _ARMED:
-                            _crash.point("queue.put.counted")
-                        c[_W_TAIL] = res.pos + ((res.n + 23) & -8)
-                        if _ARMED:
-                            _crash.point("queue.put.published")
-                    st &= ~_RESERVED
-                    c[_W_STATE] = st
-            finally:
-                self._unlock()
+
+        def finish() -> int:
+            c = self._c
+            st: int = c[_W_STATE]
+            me = _process.current()
+            if st & _RESERVED and c[_W_RES_PID] == me.pid:
+                if publish and (c[_W_TAIL], c[_W_PUTS]) == (res.pos, res.seq):
+                    c[_W_PUTS] = res.seq + 1
+                    if _ARMED:
+                        _qcrash("queue.put.counted")
+                    c[_W_TAIL] = res.pos + ((res.n + 23) & -8)
+                    if _ARMED:
+                        _qcrash("queue.put.published")
+                st &= ~_RESERVED
+                c[_W_STATE] = st
+            return st
+
+        got, interrupted = self._locked_cleanup(finish)
+        st = 0 if isinstance(got, _NoLock) else got
         if st & _GETW_MASK:
-            self._wake(self._sem_get, (st >> _GW) & _GWM, 1)
+            self._wake(False, (st >> _GW) & _GWM, 1)
         if st >= _PUTW_ONE:  # producers that waited for the reservation to end
-            self._wake(self._sem_put, (st >> 32) & _M31, _M31)
+            self._wake(True, (st >> 32) & _M31, _M31)
         if interrupted is not None:
             raise interrupted
 
@@ -1155,7 +1093,7 @@ class Queue(Generic[T]):
         if ring - (tail - free_from) < total:
             return _AGAIN
         if _ARMED:
-            _crash.point("queue.put.reserved")
+            _qcrash("queue.put.reserved")
         if count == 1 and n >= _CLAIM_MIN and not self._checksum:
             # Large: reserve the space now, write it after unlocking (see above).
             me = _process.current()
@@ -1163,21 +1101,21 @@ class Queue(Generic[T]):
             c[_W_RES_TICKS] = me.start
             c[_W_STATE] = st | _RESERVED
             if _ARMED:
-                _crash.point("queue.put.reserving")
+                _qcrash("queue.put.reserving")
             return _Reservation(tail, puts, n)
         self._write_record(tail, puts, data, n, _SALT if count == 1 else _SALT_BATCH)
         seq = puts + count
         pos = tail + total
         if _ARMED:
-            _crash.point("queue.put.copied")
+            _qcrash("queue.put.copied")
         c[_W_PUTS] = seq
         if _ARMED:
-            _crash.point("queue.put.counted")
+            _qcrash("queue.put.counted")
         c[_W_TAIL] = pos
         if _ARMED:
-            _crash.point("queue.put.published")
+            _qcrash("queue.put.published")
         if st & _GETW_MASK:
-            self._wake(self._sem_get, (st >> _GW) & _GWM, count)
+            self._wake(False, (st >> _GW) & _GWM, count)
         return True
 
     def _write_record(self, pos: int, seq: int, data: Any, n: int, salt: int = _SALT) -> None:
@@ -1191,14 +1129,14 @@ class Queue(Generic[T]):
         if s + n <= ring:
             if _ARMED and n > 1:
                 mm[base + s : base + s + n // 2] = memoryview(data)[: n // 2]
-                _crash.point("queue.put.copying")
+                _qcrash("queue.put.copying")
             mm[base + s : base + s + n] = data
         else:
             k = ring - s
             view = memoryview(data)
             mm[base + s : base + ring] = view[:k]
             if _ARMED:
-                _crash.point("queue.put.copying")
+                _qcrash("queue.put.copying")
             mm[base : base + n - k] = view[k:]
         crc = zlib.crc32(data) if self._checksum else 0
         w0 = n | (seq & _M32) << 32
@@ -1220,88 +1158,24 @@ class Queue(Generic[T]):
         """
         if timeout is not None:
             timeout = _check_timeout(timeout)
-        # The fast path: one valid record that does not wrap, under C alone
-        # (see Two locks). Anything else (wrapped, corrupt, checksum, large,
-        # shut down and empty, a repair due) goes to the general path.
-        ring = self._ring
-        c = self._c
-        mp = self._mp
-        spin_end = 0.0
-        while True:
-            head = c[_W_HEAD]
-            if self._tc <= head and c[_W_TAIL] == head:
-                # Empty at a glance: poll without the lock (it stays free for
-                # the producers), then sleep; never lock just to find nothing.
-                if timeout == 0:
-                    break
-                if not spin_end:
-                    start = _perf()
-                    spin = self._spin_now
-                spin_end = start + (spin if timeout is None else min(spin, timeout))
-                while c[_W_TAIL] == head:  # poll the producers' line alone
-                    if _perf() >= spin_end:
-                        left = None if timeout is None else timeout - (_perf() - start)
-                        return self._get_slow(left, 0.0)
-            rc = self._tl(mp)
-            if rc and not self._contended(rc, mp, False):
-                break
-            data = None
-            try:
-                st = c[_W_STATE]
-                head = c[_W_HEAD]
-                # The tail we saw last is still good while it is ahead of head:
-                # reading the producers' line only when we catch up keeps it
-                # in their cache (one producer, one consumer: no line moves).
-                used = self._tc - head
-                if not 0 < used <= ring:
-                    tc = c[_W_TAIL]
-                    self._tc = tc
-                    used = tc - head
-                i = head % ring
-                if 0 < used <= self._fast_ring and i <= ring - _HDR and not st & _REPAIR:
-                    wi = _W_RING + (i >> 3)
-                    w0 = c[wi]
-                    n = w0 & _M32
-                    rec = (n + 23) & -8
-                    gets = c[_W_GETS]
-                    if (
-                        c[wi + 1] == (w0 ^ head ^ _SALT) & _M32
-                        and w0 >> 32 == gets & _M32
-                        and rec <= used
-                        and i + n <= ring - _HDR
-                        and n < _CLAIM_MIN
-                    ):
-                        s = self._base + i + _HDR
-                        data = self._mm[s : s + n]
-                        c[_W_HEAD] = head + rec  # consumes the record
-                        c[_W_GETS] = gets + 1
-                    elif (
-                        c[wi + 1] == (w0 ^ head ^ _SALT_BATCH) & _M32
-                        and rec <= used
-                        and i + n <= ring - _HDR
-                    ):
-                        # A batch record: its next message (the rest stays at head).
-                        skip = (gets - (w0 >> 32)) & _M32
-                        split = _split_batch(self._mm, self._base + i + _HDR, n, skip, 1)
-                        if split is not None:
-                            data = split[0][0]
-                            if skip + 1 == split[1]:
-                                c[_W_HEAD] = head + rec  # its last message: frees it
-                            c[_W_GETS] = gets + 1
-            except BaseException:
-                self._repair_quietly(2)
-                raise
-            finally:
-                self._ul(mp)
-            if data is not None:
-                if st >= _PUTW_ONE:
-                    self._wake(self._sem_put, (st >> 32) & _M31, _M31)
-                if self._decode is None:
-                    return data  # type: ignore[return-value]
-                return self._decode(data)  # type: ignore[no-any-return]
-            if used:
-                break  # wrapped or bad record, checksum, corrupt words: the general path
-        return self._get_slow(timeout, self._spin_now)
+        # The fast path: one C call takes C, validates the record at head,
+        # copies it out, consumes it and unlocks. Anything else (wrapped,
+        # corrupt, checksum, large, shut down, a repair due) goes to the
+        # general path, which skips and counts bad records.
+        r = self._q.get()
+        if type(r) is not bytes:
+            spin = self._spin_now
+            if r == _EMPTY and timeout != 0 and spin:
+                start = _perf()
+                if self._poll(False, 0, spin if timeout is None else min(spin, timeout)):
+                    r = self._q.get()
+                if timeout is not None:
+                    timeout = max(0.0, timeout - (_perf() - start))
+                spin = 0.0
+            if type(r) is not bytes:
+                return self._get_slow(timeout, spin)
+        dec = self._decode
+        return r if dec is None else dec(r)  # type: ignore[return-value]
 
     def get_nowait(self) -> T:
         """``get(timeout=0)``: raise Empty at once if nothing is queued."""
@@ -1337,22 +1211,15 @@ class Queue(Generic[T]):
         if timeout is not None:
             timeout = _check_timeout(timeout)
         dec = self._decode
-        c = self._c
-        if self._fast_ring and c[_W_TAIL] != c[_W_HEAD]:
-            out, more = self._get_many_fast(max_items)
-            if out:
-                if more and self._lock_until(_mono() + _wait.SLICE):
-                    # It stopped at a record that wraps, is large or is corrupt:
-                    # the general path takes the rest (and skips bad records).
-                    try:
-                        self._take_locked(max_items - len(out), out, None)
-                    except (LayoutError, Closed):
-                        pass  # reported by the next call; these are already taken
-                    finally:
-                        self._unlock()
-                    if type(out[-1]) is _Claim:
-                        out[-1] = self._claimed(out[-1], None)
-                return out if dec is None else [dec(d) for d in out]
+        r = self._q.get_many(max_items)
+        out: list[Any]
+        if type(r) is tuple:
+            out, more = r
+            if more:
+                # It stopped at a record that wraps, is large or is corrupt:
+                # the general path takes the rest now (and skips bad records).
+                self._take_more(max_items - len(out), out)
+            return out if dec is None else [dec(d) for d in out]  # type: ignore[return-value]
         out = []
 
         def attempt() -> object:
@@ -1363,82 +1230,14 @@ class Queue(Generic[T]):
             out[0] = self._claimed(out[0], None)
         return out if dec is None else [dec(d) for d in out]
 
-    def _get_many_fast(self, limit: int) -> tuple[list[Any], bool]:
-        """get_many's fast path (C held): valid records before the ring's end, at most ``limit``.
-
-        Stops at the first record that wraps, is large or fails a check; the
-        general path deals with it. Returns the messages taken (none: []) and
-        whether it stopped at such a record with ``limit`` not reached.
-        """
-        out: list[Any] = []
-        more = False
-        c = self._c
-        mp = self._mp
-        rc = self._tl(mp)
-        if rc and not self._contended(rc, mp, False):
-            return out, more
+    def _take_more(self, limit: int, out: list[Any]) -> None:
+        """get_many after its fast path: up to ``limit`` more under both locks, if free soon."""
         try:
-            st = c[_W_STATE]
-            head = c[_W_HEAD]
-            tail = c[_W_TAIL]
-            ring = self._ring
-            if st & _REPAIR or not 0 < tail - head <= ring or (head | tail) & 7:
-                return out, more
-            i = head % ring
-            end = min(tail, head + ring - i)  # stream position of the ring's end
-            mm = self._mm
-            append = out.append
-            pos = head
-            seq = c[_W_GETS]
-            p = self._base + i + _HDR
-            w = _W_RING + (i >> 3)
-            while pos + _HDR <= end and limit:
-                w0 = c[w]
-                n = w0 & _M32
-                r = (n + 23) & -8
-                if pos + r > end:
-                    break
-                check = c[w + 1]
-                if (
-                    check == (w0 ^ pos ^ _SALT) & _M32
-                    and w0 >> 32 == seq & _M32
-                    and n < _CLAIM_MIN
-                ):
-                    append(mm[p : p + n])
-                    limit -= 1
-                    seq += 1
-                elif check == (w0 ^ pos ^ _SALT_BATCH) & _M32:
-                    skip = (seq - (w0 >> 32)) & _M32
-                    split = None if skip and pos != head else _split_batch(mm, p, n, skip, limit)
-                    if split is None:
-                        break
-                    msgs, k = split
-                    out.extend(msgs)
-                    limit -= len(msgs)
-                    seq += len(msgs)
-                    if skip + len(msgs) < k:
-                        break  # the rest of this batch stays at head
-                else:
-                    break
-                p += r
-                w += r >> 3
-                pos += r
-            if out:
-                c[_W_HEAD] = pos  # consumes them (a death between: lost, never repeated)
-                c[_W_GETS] = seq
-            # Stopped early, and not at a large record (get_many returns
-            # what it has before one; the next call claims it)?
-            more = pos < tail and limit > 0
-            if more and pos + _HDR <= end and c[w] & _M32 >= _CLAIM_MIN:
-                more = False
-        except BaseException:
-            self._repair_quietly(2)
-            raise
-        finally:
-            self._ul(mp)
-        if out and st >= _PUTW_ONE:
-            self._wake(self._sem_put, (st >> 32) & _M31, _M31)
-        return out, more
+            self._run_locked(_mono() + _wait.SLICE, lambda: self._take_locked(limit, out, None))
+        except (LayoutError, Closed):
+            pass  # reported by the next call; these are already taken
+        if out and type(out[-1]) is _Claim:
+            out[-1] = self._claimed(out[-1], None)
 
     def get_into(self, buffer: BytesLike, timeout: float | None = None) -> int:
         """Copy the oldest message into ``buffer`` and return its size in bytes.
@@ -1464,6 +1263,9 @@ class Queue(Generic[T]):
         if timeout is not None:
             timeout = _check_timeout(timeout)
         view = view.cast("B")
+        n = self._q.get_into(view)
+        if n >= 0:
+            return int(n)
         out: list[Any] = []
 
         def attempt() -> object:
@@ -1478,7 +1280,7 @@ class Queue(Generic[T]):
         """Copy a claimed record's payload out (no lock held), then release the claim."""
         try:
             if _ARMED:
-                _crash.point("queue.get.claim_copying")
+                _qcrash("queue.get.claim_copying")
             ring = self._ring
             base = self._base
             s, n = claim.start, claim.n
@@ -1494,31 +1296,31 @@ class Queue(Generic[T]):
                 rv = self._rv
                 data = b"".join((rv[base + s : base + ring], rv[base : base + n - k]))
             if _ARMED:
-                _crash.point("queue.get.claim_copied")
+                _qcrash("queue.get.claim_copied")
         finally:
             self._finish_claim(claim)
         return data
 
     def _finish_claim(self, claim: _Claim) -> None:
         """Clear our claim (one store under the lock): the ring space is free again."""
-        locked, interrupted = self._lock_for_cleanup()
-        if locked:
-            try:
-                c = self._c
-                st = c[_W_STATE]
-                me = _process.current()
-                if st & _CLAIMED and (c[_W_CLAIM], c[_W_CLAIM_PID]) == (claim.pos, me.pid):
-                    st &= ~_CLAIMED
-                    c[_W_STATE] = st
-            finally:
-                self._unlock()
-            if st >= _PUTW_ONE:
-                self._wake(self._sem_put, (st >> 32) & _M31, _M31)
+
+        def finish() -> int:
+            c = self._c
+            st: int = c[_W_STATE]
+            me = _process.current()
+            if st & _CLAIMED and (c[_W_CLAIM], c[_W_CLAIM_PID]) == (claim.pos, me.pid):
+                st &= ~_CLAIMED
+                c[_W_STATE] = st
+            return st
+
+        st, interrupted = self._locked_cleanup(finish)
+        if not isinstance(st, _NoLock) and st >= _PUTW_ONE:
+            self._wake(True, (st >> 32) & _M31, _M31)
         if interrupted is not None:
             raise interrupted
 
-    def _lock_for_cleanup(self) -> tuple[bool, BaseException | None]:
-        """Take the lock to end our reservation or claim, even through a Ctrl-C.
+    def _locked_cleanup(self, fn: Callable[[], T2]) -> tuple[T2 | _NoLock, BaseException | None]:
+        """Run ``fn`` under the lock to end our reservation or claim, even through a Ctrl-C.
 
         A Ctrl-C while waiting gives the lock one more second, then gives up:
         the reservation or claim then stays until this process exits, when
@@ -1528,10 +1330,10 @@ class Queue(Generic[T]):
         interrupted: BaseException | None = None
         while True:
             try:
-                return self._lock_until(end), interrupted
+                return self._run_locked(end, fn), interrupted
             except KeyboardInterrupt as exc:
                 if interrupted is not None:
-                    return False, interrupted
+                    return _NOLOCK, interrupted
                 interrupted = exc
                 end = _mono() + 1.0
 
@@ -1560,11 +1362,8 @@ class Queue(Generic[T]):
 
     def _check_claim(self) -> None:
         """A waiter: is a claim or reservation in the way held by a dead process?"""
-        if self._c[_W_STATE] & (_CLAIMED | _RESERVED) and self._lock_until(_mono() + 0.001):
-            try:
-                self._reclaim_dead()
-            finally:
-                self._unlock()
+        if self._c[_W_STATE] & (_CLAIMED | _RESERVED):
+            self._run_locked(_mono() + 0.001, self._reclaim_dead)
 
     def _can_get(self) -> bool:
         c = self._c
@@ -1610,7 +1409,7 @@ class Queue(Generic[T]):
             if s >= ring:
                 s -= ring
             if _ARMED:
-                _crash.point("queue.get.locked")
+                _qcrash("queue.get.locked")
             if self._checksum or batch:
                 k = min(n, ring - s)  # the payload may wrap around the ring's end
                 if self._checksum:
@@ -1667,7 +1466,7 @@ class Queue(Generic[T]):
                 c[_W_CLAIM_TICKS] = me.start
                 c[_W_STATE] |= _CLAIMED
                 if _ARMED:
-                    _crash.point("queue.get.claiming")
+                    _qcrash("queue.get.claiming")
                 out.append(_Claim(head, s, n))
                 got = 1
                 pos += rec
@@ -1693,11 +1492,11 @@ class Queue(Generic[T]):
             c[_W_CORRUPT] += bad
         if seq != gets:
             if _ARMED:
-                _crash.point("queue.get.copied")
+                _qcrash("queue.get.copied")
             self._commit_take(seq, pos, head, gets)
             st = c[_W_STATE]
             if st >= _PUTW_ONE:
-                self._wake(self._sem_put, (st >> 32) & _M31, _M31)
+                self._wake(True, (st >> 32) & _M31, _M31)
         if not got and c[_W_STATE] & _SHUT and c[_W_HEAD] == c[_W_TAIL]:
             raise Closed(f"queue {self._name!r} is shut down and empty")
         return got
@@ -1727,11 +1526,11 @@ class Queue(Generic[T]):
         if pos != head:
             c[_W_HEAD] = pos
             if _ARMED:
-                _crash.point("queue.get.advanced")
+                _qcrash("queue.get.advanced")
         if seq != gets:
             c[_W_GETS] = seq
             if _ARMED:
-                _crash.point("queue.get.counted")
+                _qcrash("queue.get.counted")
 
     def _skip_corrupt(self) -> None:
         """The record at head failed validation (lock held): skip to the next valid one.
@@ -1811,21 +1610,15 @@ class Queue(Generic[T]):
     def statistics(self) -> QueueStatistics:
         """A snapshot of the queue's counters (taken under its lock when it is free)."""
         self._check_open()
-        locked = self._lock_until(_mono() + _wait.SLICE)
-        try:
-            if locked:
-                self._reap_waiters()
-            return _snapshot(
-                self._c,
-                self._name,
-                ring=self._ring,
-                cap=self._cap,
-                flags=self._flags,
-                codec=self._codec_name(),
-            )
-        finally:
-            if locked:
-                self._unlock()
+        self._run_locked(_mono() + _wait.SLICE, self._reap_waiters)
+        return _snapshot(
+            self._c,
+            self._name,
+            ring=self._ring,
+            cap=self._cap,
+            flags=self._flags,
+            codec=self._codec_name(),
+        )
 
     def _codec_name(self) -> str:
         seg = self._seg
@@ -1856,84 +1649,97 @@ class Queue(Generic[T]):
         # A busy lock is waited for at least one slice even by *_nowait calls:
         # its holder normally releases it within microseconds.
         lock_end = max(end, start + _wait.SLICE)
-        spin_end = _perf() + (spin if timeout is None else min(spin, timeout))
-        while True:
-            if ready():
-                if not self._lock_until(lock_end):
-                    raise self._timeout_error(putter, timeout, need, busy=True)
-                try:
-                    r = attempt()
-                except BaseException:
-                    self._repair_quietly()
-                    raise
-                finally:
-                    self._unlock()
-                if r is not _AGAIN:
-                    return r
-            if _perf() >= spin_end:
-                break
+        if ready():
+            r = self._run_locked(lock_end, attempt)
+            if r is _NOLOCK:
+                raise self._timeout_error(putter, timeout, need, busy=True)
+            if r is not _AGAIN:
+                return r
+        if spin and timeout != 0 and self._poll(putter, need, min(spin, end - start)):
+            r = self._run_locked(lock_end, attempt)
+            if r is _NOLOCK:
+                raise self._timeout_error(putter, timeout, need, busy=True)
+            if r is not _AGAIN:
+                return r
         if timeout == 0 or _mono() >= end:
             raise self._timeout_error(putter, timeout, need)
-        if not self._lock_until(lock_end):
-            raise self._timeout_error(putter, timeout, need, busy=True)
-        try:
+        # The last attempt and the registration as a waiter share one critical
+        # section, and so does the read of the futex word we then sleep on: a
+        # waker that changes the queue after us sees us counted and bumps it.
+        wake_value = 0
+
+        def attempt_or_register() -> object:
+            nonlocal wake_value
             r = attempt()
             if r is _AGAIN:
                 self._register(putter, 1)
-        except BaseException:
-            self._repair_quietly()
-            raise
-        finally:
-            self._unlock()
+                wake_value = self._q.wake_value(putter)
+            return r
+
+        r = self._run_locked(lock_end, attempt_or_register)
+        if r is _NOLOCK:
+            raise self._timeout_error(putter, timeout, need, busy=True)
         if r is not _AGAIN:
             return r
         registered = True
         slept = _mono()
-        sem = self._sem_put if putter else self._sem_get
+
+        def attempt_and_leave() -> object:
+            nonlocal registered, wake_value
+            r = attempt()
+            if r is _AGAIN:
+                wake_value = self._q.wake_value(putter)
+            else:
+                self._register(putter, -1)
+                registered = False
+            return r
+
         try:
             while True:
                 remaining = end - _mono()
                 if remaining <= 0:
                     break
-                seg = self._seg
-                if seg is None:
-                    break
-                try:
-                    # sleeping(): a concurrent close() leaves this semaphore open for us.
-                    with seg.sleeping():
-                        woken = _wait.sem_block(sem, min(remaining, _wait.SLICE))
-                except posix_ipc.SignalError:
-                    woken = None  # EINTR; posix_ipc still raises KeyboardInterrupt itself
+                woken = self._q.sleep(putter, wake_value, min(remaining, _wait.SLICE))
                 self._check_open()
                 if not ready():
                     if not woken:
                         self._check_claim()
                         if _mono() - self._last_reap > _REAP_EVERY:
                             self._reap_soon()
+                    else:
+                        wake_value = self._q.wake_value(putter)
                     continue
-                if not self._lock_until(max(end, _mono() + _wait.SLICE)):
-                    continue
-                try:
-                    r = attempt()
-                    if r is not _AGAIN:
-                        self._register(putter, -1)
-                        registered = False
-                except BaseException:
-                    self._repair_quietly()
-                    raise
-                finally:
-                    self._unlock()
-                if r is not _AGAIN:
+                r = self._run_locked(max(end, _mono() + _wait.SLICE), attempt_and_leave)
+                if r is not _AGAIN and r is not _NOLOCK:
                     self._adapt_spin(_mono() - slept)
                     return r
         finally:
-            if registered and self._seg is not None and self._lock_until(_mono() + 1.0):
-                try:
-                    self._register(putter, -1)
-                finally:
-                    self._unlock()
+            if registered and self._seg is not None:
+                self._run_locked(_mono() + 1.0, lambda: self._register(putter, -1))
         self._adapt_spin(math.inf)
         raise self._timeout_error(putter, timeout, need)
+
+    def _run_locked(self, end: float, fn: Callable[[], T2]) -> T2 | _NoLock:
+        """``fn()`` holding both locks (taken by ``end``), or _NOLOCK if they stayed busy.
+
+        The locks are released in a ``finally`` by one C call. An exception
+        other than a deliberate one (Closed, LayoutError, MessageTooLarge: the
+        queue is left consistent) marks the repair due, as a death does: it may
+        have split the critical section.
+        """
+        bad = True
+        try:
+            if not self._lock_until(end):
+                bad = False
+                return _NOLOCK
+            r = fn()
+            bad = False
+            return r
+        except _CLEAN_EXIT:
+            bad = False
+            raise
+        finally:
+            self._q.unlock(bad)
 
     def _adapt_spin(self, waited: float) -> None:
         """After sleeping ``waited`` seconds: spin longer if the peer was just slow to answer.
@@ -2016,139 +1822,51 @@ class Queue(Generic[T]):
         self._sum_waiters()
 
     def _reap_soon(self) -> None:
-        if self._lock_until(_mono() + 0.001):
-            try:
-                self._reap_waiters()
-            finally:
-                self._unlock()
+        self._run_locked(_mono() + 0.001, self._reap_waiters)
 
-    def _wake(self, sem: posix_ipc.Semaphore, waiters: int, most: int) -> None:
-        """Post ``sem`` so that up to ``min(most, waiters)`` sleepers wake (a hint)."""
-        # Capped: the counts are hints in shared memory, and a corrupt one must
-        # not turn into billions of posts (sleepers beyond it wake within a slice).
-        n = min(most, waiters - sem.value if _platform.SEM_GETVALUE else waiters, _MAX_POSTS)
-        for _ in range(n):
-            sem.release()
+    def _wake(self, putter: bool, waiters: int, most: int) -> None:
+        """Wake up to ``min(most, waiters)`` sleepers of one side (a hint)."""
+        self._q.wake(putter, min(most, waiters))
 
     # ------------------------------------------------------------------ lock & repair
 
-    def _unlock(self) -> None:
-        """Release both locks (C, then P)."""
-        self._ul(self._mp)
-        if self._two:
-            self._ul(self._mpp)
-
     def _lock_until(self, end: float) -> bool:
-        """Take both locks (P, then C) by ``end`` (monotonic); repair first if a holder died."""
-        died = False
-        if self._two:
-            got = self._take(self._mpp, self._pmutex, end)
-            if got is None:
-                return False
-            died = got
+        """Take both locks (P, then C) by ``end`` (monotonic); repair first if a holder died.
+
+        Every caller releases with ``self._q.unlock(bad)`` in a ``finally``
+        (one C call: C then P, whichever this thread holds), ``bad`` unless the
+        critical section ended normally or by a deliberate error: an exception
+        that split it (a signal handler's) marks the repair due.
+        """
         try:
-            got = self._take(self._mp, self._mutex, end)
-        except BaseException:
-            if self._two:
-                self._ul(self._mpp)
-            raise
-        if got is None:
-            if self._two:
-                self._ul(self._mpp)
-            return False
-        c = self._c
-        if died or got or c[_W_STATE] & _REPAIR or c[_W_PDIED]:
-            try:
+            if self._two and not self._take(True, end):
+                return False
+            if not self._take(False, end):
+                self._q.unlock(False)
+                return False
+            c = self._c
+            # A dead holder was recorded (pdied, repair due) by the C lock() itself.
+            if c[_W_STATE] & _REPAIR or c[_W_PDIED]:
                 self._recover()
-            except BaseException:
-                self._unlock()
-                raise
+        except BaseException:
+            self._q.unlock(True)  # nothing held on the way out; a repair left due
+            raise
         return True
 
-    def _take(self, ptr: Any, mutex: _mutex.Mutex, end: float) -> bool | None:
-        """Take one mutex by ``end``: False, True if its holder had died, None on timeout."""
-        tl = self._tl
-        # Holders keep the lock for microseconds, or for the copy of one large
-        # message (~50 us per MiB): retrying that long is cheaper than sleeping
-        # in the kernel, whose wake-up alone takes tens of microseconds.
-        spin_end = _perf() + _LOCK_SPIN
+    def _unlock(self) -> None:
+        """Release both locks (C, then P) after a clean critical section: one C call."""
+        self._q.unlock(False)
+
+    def _take(self, producer: bool, end: float) -> bool:
+        """Take P (``producer``) or C by ``end``; False on timeout."""
         while True:
-            for _ in range(_LOCK_SPINS):
-                rc = tl(ptr)
-                if rc == 0:
-                    return False
-                if rc != _EBUSY:
-                    self._consistent(rc, ptr)
-                    return True
-            if _perf() >= spin_end or _mono() >= end:
-                break
-        while True:
-            remaining = end - _mono()
-            if remaining <= 0:
-                return None
-            got = mutex.acquire_slice(min(remaining, _wait.SLICE))
-            if got == _mutex.OK:
-                return not self._pthread and self._flock_mark()
-            if got == _mutex.OWNER_DIED:
+            left = end - _mono()
+            if left <= 0:
+                return False
+            got = self._q.lock(producer, None if left == math.inf else min(left, _wait.SLICE))
+            if got != _mutex.BUSY:
                 return True
             self._check_open()
-
-    def _contended(self, rc: int, ptr: Any, producer: bool) -> bool:
-        """A fast path's trylock of ``ptr`` (P or C) said ``rc``: True once we hold it.
-
-        Retries a busy lock briefly; False if it stays busy, for the general
-        path. A dead holder's lock is ours at once, and repaired: in one-lock
-        mode here; a producer takes C too (``_dead_producer``); a consumer may
-        not wait for P (lock order), so it marks the repair due (a state bit
-        that sends every operation to the general path, whose lock_until
-        repairs), releases C and returns False.
-        """
-        tl = self._tl
-        spins = _LOCK_SPINS
-        while rc == _EBUSY and spins:
-            rc = tl(ptr)
-            spins -= 1
-        if rc in (0, _EBUSY):
-            return not rc
-        self._consistent(rc, ptr)  # raises unless we now hold it
-        try:
-            if not self._two:
-                self._recover()  # the only lock: we hold everything
-                return True
-            if producer:
-                self._dead_producer(_mono() + _wait.SLICE)
-                return True
-            self._c[_W_STATE] |= _REPAIR
-        except BaseException:
-            self._ul(ptr)
-            raise
-        self._ul(ptr)
-        return False
-
-    def _consistent(self, rc: int, ptr: Any) -> None:
-        """trylock said ``rc``: if it is EOWNERDEAD we hold the mutex of a dead holder."""
-        if self._pthread:
-            if rc != errno.EOWNERDEAD:  # not held: ENOTRECOVERABLE, EINVAL...
-                raise LayoutError(f"queue {self._name!r}: mutex error: {os.strerror(rc)}")
-            _p_consistent(ptr)  # usable again, as Mutex does
-
-    def _dead_producer(self, end: float) -> None:
-        """A fast put found P's holder dead (we hold only P): repair, taking C too if we can."""
-        try:
-            got = self._take(self._mp, self._mutex, end)
-        except BaseException:
-            self._repair_producers()
-            self._c[_W_PDIED] = 1
-            raise
-        if got is None:
-            # C stays busy (a stopped consumer?): our side now, the rest later.
-            self._repair_producers()
-            self._c[_W_PDIED] = 1
-            return
-        try:
-            self._recover()
-        finally:
-            self._ul(self._mp)
 
     def _recover(self) -> None:
         """Repair after a dead holder (both locks held): counters, claims, waiters."""
@@ -2207,18 +1925,6 @@ class Queue(Generic[T]):
             if behind and abs(d) <= self._ring // 4 and 0 <= gets + d <= _M64:
                 c[_W_GETS] = gets + d
 
-    def _repair_quietly(self, side: int = 0) -> None:
-        """Repair after an exception inside an operation: ``side`` 0 both, 1 P, 2 C held."""
-        try:
-            if side == 0 or not self._two:
-                self._repair()
-            elif side == 1:
-                self._repair_producers()
-            else:
-                self._repair_consumers()
-        except Exception:
-            pass  # never hide the exception that got us here
-
     def _check_indices(self, head: int, tail: int, gets: int, puts: int) -> None:
         used = tail - head
         msgs = puts - gets
@@ -2233,27 +1939,6 @@ class Queue(Generic[T]):
                 "nothing was changed"
             )
 
-    # flock backend (macOS, SHMKIT_MUTEX=flock): a dirty word stands in for EOWNERDEAD.
-
-    def _flock_try(self, _ptr: object) -> int:
-        if self._mutex.try_acquire() != _mutex.OK:
-            return _EBUSY
-        return errno.EOWNERDEAD if self._flock_mark() else 0
-
-    def _flock_mark(self) -> bool:
-        """Mark the lock held; True if the previous holder never unmarked it (it died)."""
-        c = self._c
-        dirty = c[_W_DIRTY]
-        c[_W_DIRTY] = 1
-        return bool(dirty)
-
-    def _flock_release(self, _ptr: object) -> None:
-        self._c[_W_DIRTY] = 0
-        try:
-            self._mutex.release()
-        except OSError:
-            pass  # closed by another thread meanwhile: closing the fd released it
-
     # ------------------------------------------------------------------ helpers
 
     def _overflow(self, exc: Exception) -> LayoutError:
@@ -2263,9 +1948,6 @@ class Queue(Generic[T]):
     def _check_open(self) -> None:
         if self._seg is None:
             raise Closed(f"queue {self._name!r}: this handle is closed")
-
-    def _raise_closed(self, _ptr: object) -> int:
-        raise Closed(f"queue {self._name!r}: this handle is closed")
 
     def _encode_with_codec(self, item: Any) -> bytes | bytearray | memoryview:
         return _codec.as_bytes(self._codec.encode(item))

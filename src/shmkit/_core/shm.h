@@ -1,7 +1,7 @@
 /* shm.h — the pieces every shmkit C module shares.
  *
  * Static inline helpers only (each extension module includes this header and
- * gets its own copy): a pinned view of a shared mapping with bounds checks,
+ * gets its own copy of what it uses): a pinned view of a shared mapping with bounds checks,
  * acquire/release atomics on its words, the robust process-shared mutex,
  * futex wait/wake, a bounded spin, test crash points and the copy routine.
  *
@@ -86,7 +86,7 @@ typedef struct {
     PyObject *closed;
 } shm_errors;
 
-static int
+static inline int
 shm_errors_load(shm_errors *e)
 {
     PyObject *mod = PyImport_ImportModule("shmkit.errors");
@@ -119,7 +119,7 @@ typedef struct {
     int inflight;
 } shm_view;
 
-static int
+static inline int
 shm_view_init(shm_view *v, PyObject *obj)
 {
     memset(v, 0, sizeof(*v));
@@ -133,7 +133,7 @@ shm_view_init(shm_view *v, PyObject *obj)
 }
 
 /* Mark closed; release the buffer now unless a wait is still using it. */
-static void
+static inline void
 shm_view_close(shm_view *v)
 {
     v->closed = 1;
@@ -146,7 +146,7 @@ shm_view_close(shm_view *v)
 }
 
 /* Called (GIL held) after a wait that used the memory without the GIL. */
-static void
+static inline void
 shm_view_leave(shm_view *v)
 {
     v->inflight--;
@@ -159,7 +159,7 @@ shm_view_leave(shm_view *v)
 }
 
 /* Check that [off, off + n) lies in the view and off is `align`-aligned. */
-static int
+static inline int
 shm_check(const shm_errors *e, const shm_view *v, long long off, long long n, int align)
 {
     if (v->closed || v->base == NULL) {
@@ -241,7 +241,7 @@ shm_timespec_at(struct timespec *ts, clockid_t clock, double seconds_from_now)
 /* Sleep while the 32-bit word at p equals `expected`, at most `seconds`
  * (monotonic clock). Called without the GIL. Returns 0 when woken, changed or
  * interrupted (the caller re-checks its condition either way), 1 on timeout. */
-static int
+static inline int
 shm_futex_wait(uint32_t *p, uint32_t expected, double seconds)
 {
 #if SHM_HAVE_FUTEX
@@ -285,7 +285,7 @@ shm_futex_wake(uint32_t *p, int n)
 
 /* Initialise a robust process-shared mutex at m (creator only, before READY).
  * Returns 0 or an errno value; every call's result is checked. */
-static int
+static inline int
 shm_mutex_init(pthread_mutex_t *m)
 {
 #if SHM_HAVE_ROBUST
@@ -310,7 +310,7 @@ shm_mutex_init(pthread_mutex_t *m)
 }
 
 /* After EOWNERDEAD: make the mutex consistent (we hold it) and say so. */
-static int
+static inline int
 shm_mutex_after(pthread_mutex_t *m, int rc)
 {
     if (rc == 0) {
@@ -344,7 +344,7 @@ shm_mutex_trylock(pthread_mutex_t *m)
 }
 
 /* Block up to `seconds` (monotonic where glibc allows). Call without the GIL. */
-static int
+static inline int
 shm_mutex_timedlock(pthread_mutex_t *m, double seconds)
 {
     struct timespec ts;
@@ -359,7 +359,7 @@ shm_mutex_timedlock(pthread_mutex_t *m, double seconds)
 }
 
 /* Spin on trylock for up to `spins` pause-loops; OK/OWNER_DIED/BUSY/-errno. */
-static int
+static inline int
 shm_mutex_spin(pthread_mutex_t *m, int spins)
 {
     for (int i = 0; i < spins; i++) {
@@ -375,7 +375,7 @@ shm_mutex_spin(pthread_mutex_t *m, int spins)
 }
 
 /* Raise the Python error for a negative mutex result. Returns NULL. */
-static PyObject *
+static inline PyObject *
 shm_mutex_error(const shm_errors *e, int got)
 {
     int rc = -got;
@@ -397,7 +397,7 @@ shm_mutex_error(const shm_errors *e, int got)
 static const char *shm_crash_at = NULL;
 static long shm_crash_after = 0;
 
-static void
+static inline void
 shm_crash_load(void)
 {
     const char *at = getenv("SHMKIT_CRASH_AT");
@@ -428,7 +428,7 @@ shm_crash(const char *name)
 
 /* Copy n bytes to shared memory. Any non-temporal stores are fenced (sfence)
  * before returning, so a release store that follows publishes them. */
-static void
+static inline void
 shm_copy(void *dst, const void *src, size_t n)
 {
 #if defined(__x86_64__) && defined(__SSE2__)
