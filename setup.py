@@ -12,6 +12,8 @@ if os.environ.get("SHMKIT_WERROR") == "1":
 if os.environ.get("SHMKIT_SANITIZE") == "1":
     _FLAGS += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
 
+_LINK = ["-fsanitize=address,undefined"] if os.environ.get("SHMKIT_SANITIZE") == "1" else []
+
 setup(
     ext_modules=[
         Extension(
@@ -21,9 +23,16 @@ setup(
             extra_compile_args=_FLAGS,
             # glibc < 2.34 keeps the robust-mutex functions in libpthread.
             libraries=["pthread"],
-            extra_link_args=(
-                ["-fsanitize=address,undefined"] if os.environ.get("SHMKIT_SANITIZE") == "1" else []
-            ),
+            extra_link_args=_LINK,
+        ),
+        # The seqlock Latest and Broadcast share (zlib for the opt-in CRC).
+        Extension(
+            "shmkit._core._seqlock",
+            sources=["src/shmkit/_core/_seqlock.c"],
+            depends=["src/shmkit/_core/shm.h"],
+            extra_compile_args=_FLAGS,
+            libraries=["pthread", "z"],
+            extra_link_args=_LINK,
         ),
     ],
 )

@@ -285,7 +285,7 @@ shm_futex_wake(uint32_t *p, int n)
 
 /* Initialise a robust process-shared mutex at m (creator only, before READY).
  * Returns 0 or an errno value; every call's result is checked. */
-static int
+static inline int
 shm_mutex_init(pthread_mutex_t *m)
 {
 #if SHM_HAVE_ROBUST
@@ -344,7 +344,7 @@ shm_mutex_trylock(pthread_mutex_t *m)
 }
 
 /* Block up to `seconds` (monotonic where glibc allows). Call without the GIL. */
-static int
+static inline int
 shm_mutex_timedlock(pthread_mutex_t *m, double seconds)
 {
     struct timespec ts;
