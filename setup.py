@@ -14,17 +14,23 @@ if os.environ.get("SHMKIT_SANITIZE") == "1":
 
 _LINK = ["-fsanitize=address,undefined"] if os.environ.get("SHMKIT_SANITIZE") == "1" else []
 
-
-def _extension(name: str) -> Extension:
+def _extension(name: str, libraries: tuple[str, ...] = ()) -> Extension:
     return Extension(
         f"shmkit._core.{name}",
         sources=[f"src/shmkit/_core/{name}.c"],
         depends=["src/shmkit/_core/shm.h"],
         extra_compile_args=_FLAGS,
         # glibc < 2.34 keeps the robust-mutex functions in libpthread.
-        libraries=["pthread"],
+        libraries=["pthread", *libraries],
         extra_link_args=_LINK,
     )
 
 
-setup(ext_modules=[_extension("_native"), _extension("_queue")])
+setup(
+    ext_modules=[
+        _extension("_native"),
+        _extension("_queue"),
+        # The seqlock Latest and Broadcast share (zlib for the opt-in CRC).
+        _extension("_seqlock", ("z",)),
+    ]
+)

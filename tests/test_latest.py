@@ -19,7 +19,7 @@ import pytest
 import shmkit
 from shmkit import _layout
 from shmkit._layout import Kind
-from shmkit.latest import WRITERS, Latest, ReadStarved, describe
+from shmkit.latest import PARAMS_VERSION, WRITERS, Latest, ReadStarved, describe
 from shmkit.ndarray import SharedArray
 from shmkit.segment import Segment
 from shmkit.sync import Event, Lock
@@ -613,7 +613,9 @@ def test_other_kinds_are_layout_errors(name: str) -> None:
             obj.close()
 
 
-def _params(version: int = 1, flags: int = 0, slots: int = 3, writers: int = WRITERS) -> bytes:
+def _params(
+    version: int = PARAMS_VERSION, flags: int = 0, slots: int = 3, writers: int = WRITERS
+) -> bytes:
     return (
         np.array([version, flags, slots, writers], "<u4").tobytes()
         + np.array([64], "<u8").tobytes()
@@ -626,16 +628,16 @@ BODY = _layout.align(128 + 16 * WRITERS) + 3 * (64 + 64)
 @pytest.mark.parametrize(
     ("params", "body", "nsems", "match"),
     [
-        (_params(version=2), BODY, 2, "version"),
-        (_params(flags=8), BODY, 2, "flags"),
-        (_params(slots=1), BODY, 2, "slots"),
-        (_params(slots=99), BODY, 2, "slots"),
-        (_params(writers=3), BODY, 2, "writers"),
-        (_params(), BODY + 64, 2, "body"),
-        (_params() + b"junk", BODY, 2, "stray"),
-        (_params()[:10], BODY, 2, "truncated"),
-        (_params(), BODY, 0, "semaphores"),
-        (_params(flags=2), BODY, 2, "truncated"),  # array flag without an array description
+        (_params(version=1), BODY, 0, "version"),  # the layout before the C seqlock
+        (_params(flags=8), BODY, 0, "flags"),
+        (_params(slots=1), BODY, 0, "slots"),
+        (_params(slots=99), BODY, 0, "slots"),
+        (_params(writers=3), BODY, 0, "writers"),
+        (_params(), BODY + 64, 0, "body"),
+        (_params() + b"junk", BODY, 0, "stray"),
+        (_params()[:10], BODY, 0, "truncated"),
+        (_params(), BODY, 2, "semaphores"),
+        (_params(flags=2), BODY, 0, "truncated"),  # array flag without an array description
     ],
 )
 def test_forged_params_are_layout_errors(
@@ -658,7 +660,7 @@ def test_an_object_dtype_in_an_array_latest_is_refused_at_open(name: str) -> Non
         + np.array([8, 64, 8], "<u8").tobytes()
         + text
     )
-    forge(name, Kind.LATEST, _params(flags=2) + meta, BODY, nsems=2)
+    forge(name, Kind.LATEST, _params(flags=2) + meta, BODY, nsems=0)
     try:
         with pytest.raises(shmkit.LayoutError, match="supported dtype"):
             Latest.open(name)

@@ -19,6 +19,7 @@ from hypothesis.extra import numpy as hnp
 
 from shmkit import _dtype, _layout, latest, ndarray
 from shmkit._layout import Kind
+from shmkit._shm import latest_slot
 from shmkit.errors import LayoutError
 
 FAST = settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
@@ -128,8 +129,8 @@ def test_the_valid_params_parse() -> None:
     for params in VALID_ARRAY:
         ndarray.parse_params(params, _array_body(params), "valid")
     for params in VALID_LATEST:
-        parsed = latest.parse_params(params, latest._body_size(params), "valid")
-        assert parsed.body_size == latest._body_size(params)
+        parsed = latest.parse_params(params, latest_slot.body_size(params), "valid")
+        assert parsed.body_size == latest_slot.body_size(params)
 
 
 # ------------------------------------------------------------------ random and mutated bytes
@@ -182,7 +183,7 @@ def test_mutated_array_params(params: bytes, ops: list[tuple[str, int, int]], sa
 @settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(st.sampled_from(VALID_LATEST), _mutations())
 def test_mutated_latest_params(params: bytes, ops: list[tuple[str, int, int]]) -> None:
-    _check_latest(_mutate(params, ops), latest._body_size(params))
+    _check_latest(_mutate(params, ops), latest_slot.body_size(params))
 
 
 # ------------------------------------------------------------------ hostile dtype descriptions
@@ -284,7 +285,7 @@ def _image(kind: Kind, params: bytes, body_size: int) -> tuple[bytes, int]:
             name="img",
             params=params,
             body_size=body_size,
-            nsems=2 if kind is Kind.LATEST else 0,
+            nsems=0,
             attach_slots=8,
             creator_pid=1,
             creator_start=1,
@@ -300,7 +301,7 @@ def _image(kind: Kind, params: bytes, body_size: int) -> tuple[bytes, int]:
 
 
 IMAGES = [_image(Kind.ARRAY, p, _array_body(p)) for p in VALID_ARRAY] + [
-    _image(Kind.LATEST, p, latest._body_size(p)) for p in VALID_LATEST
+    _image(Kind.LATEST, p, latest_slot.body_size(p)) for p in VALID_LATEST
 ]
 
 
