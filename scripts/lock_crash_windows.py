@@ -1,4 +1,4 @@
-"""T02 LOCK-CRASH-WINDOWS: Lock users killed at every step while others contend; check the invariants.
+"""T02 LOCK-CRASH-WINDOWS: Lock users killed at every step while others contend; check invariants.
 
     python scripts/lock_crash_windows.py [--kills 1000] [--workers 4] [--iterations 30] [--seed N]
 

@@ -135,8 +135,10 @@ CATALOGUE: tuple[Mutation, ...] = (
         "                self.put(d, timeout)\n"
         "            return\n"
         "        count = len(datas)\n",
-        ("tests/test_queue_procs.py::"
-         "test_put_many_batches_arrive_contiguous_and_in_order_with_concurrent_producers",),
+        (
+            "tests/test_queue_procs.py::"
+            "test_put_many_batches_arrive_contiguous_and_in_order_with_concurrent_producers",
+        ),
     ),
     Mutation(
         "queue-reserve-unmarked",
@@ -349,7 +351,8 @@ CATALOGUE: tuple[Mutation, ...] = (
         "timeout-broadcast-publish",
         "Broadcast.publish validates its timeout only when back-pressure makes it wait",
         B,
-        "            timeout = _wait.check_timeout(timeout)  # ints, NaN, negatives: the slow check\n"
+        "            timeout = _wait.check_timeout(timeout)"
+        "  # ints, NaN, negatives: the slow check\n"
         "        if self._closed or self._loan is not None:",
         "            pass\n        if self._closed or self._loan is not None:",
         TIMEOUTS,
@@ -358,7 +361,8 @@ CATALOGUE: tuple[Mutation, ...] = (
         "timeout-latest-get",
         "Latest.get validates its timeout only when it has to retry",
         L,
-        "            timeout = _wait.check_timeout(timeout)  # ints, NaN, negatives: the slow check\n"
+        "            timeout = _wait.check_timeout(timeout)"
+        "  # ints, NaN, negatives: the slow check\n"
         "        ctl = self._ctl\n        if ctl is None:\n"
         '            raise Closed(f"latest {self._name!r} is closed")\n        if self._fast:',
         "            pass\n        ctl = self._ctl\n        if ctl is None:\n"
@@ -398,7 +402,7 @@ def rebuild(scratch: str) -> tuple[bool, str]:
 
 
 def run_tests(scratch: str, tests: tuple[str, ...], timeout: float) -> tuple[str, float, str]:
-    """Run pytest on ``tests`` in ``scratch``: ("passed" | "failed" | "timeout" | "error", s, tail)."""
+    """Run pytest on ``tests`` in ``scratch``: (passed|failed|timeout|error, seconds, tail)."""
     env = dict(os.environ, PYTHONPATH=os.path.join(scratch, "src"))
     env.pop("SHMKIT_CRASH_AT", None)
     env.pop("SHMKIT_STOP_AT", None)

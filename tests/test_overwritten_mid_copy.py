@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import Any
 
 import pytest
 
@@ -161,7 +162,7 @@ def test_latest_reader_retries_when_its_slot_is_overwritten_during_its_copy(
     if api == "array":
         import numpy as np
 
-        lt: Latest[object] = Latest.create(name, shape=(4,), dtype="<i8", slots=nslots)
+        lt: Latest[Any] = Latest.create(name, shape=(4,), dtype="<i8", slots=nslots)
 
         def value(i: int) -> bytes:
             return np.full(4, i + 1, "<i8").tobytes()

@@ -160,7 +160,9 @@ def test_a_lying_batch_count_is_never_trusted(q: Queue[bytes], name: str, api: s
 
 
 @pytest.mark.parametrize("api", APIS)
-def test_a_record_moved_from_an_earlier_lap_is_refused(q: Queue[bytes], name: str, api: str) -> None:
+def test_a_record_moved_from_an_earlier_lap_is_refused(
+    q: Queue[bytes], name: str, api: str
+) -> None:
     """A whole valid record copied to another position (a stale lap): its check word names
     the position it was written at, so it fails at the new one."""
     q.put(b"x" * 40)  # record 0: 64 bytes at position 0

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sys
 import time
@@ -72,16 +73,13 @@ def test_put_many_batches_arrive_contiguous_and_in_order_with_concurrent_produce
                 p.stdin.write("go\n")
                 p.stdin.flush()
             expected = 0
-            import random
-
             for t in range(producers):
                 rng = random.Random(t)
                 for _ in range(batches):
                     k = rng.randint(2, 6)
                     expected += k
-                    rng.randint(0, 40)  # keep the generator in step with the producer
-                    for _ in range(k - 1):
-                        rng.randint(0, 40)
+                    for _ in range(k):
+                        rng.randint(0, 40)  # keep the generator in step with the producer
             got = _read_all(q, expected)
             run_all(procs, timeout=30)
         finally:
@@ -93,15 +91,15 @@ def test_put_many_batches_arrive_contiguous_and_in_order_with_concurrent_produce
     i = 0
     seen = set()
     while i < len(items):
-        tag, batch, index, k = items[i]
+        tag, batch, index, size = items[i]
         assert index == "0", f"message {i} starts in the middle of a batch: {items[i]}"
-        run = items[i : i + int(k)]
-        assert run == [[tag, batch, str(j), k] for j in range(int(k))], (
+        run = items[i : i + int(size)]
+        assert run == [[tag, batch, str(j), size] for j in range(int(size))], (
             f"batch {tag}:{batch} is not contiguous: {run}"
         )
         assert (tag, batch) not in seen
         seen.add((tag, batch))
-        i += int(k)
+        i += int(size)
     assert len(seen) == producers * batches
 
 

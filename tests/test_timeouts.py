@@ -411,4 +411,3 @@ def test_the_cases_cover_every_public_blocking_call() -> None:
             if "timeout" in params and f"{prefix}_{attr}" not in have:
                 missing.append(f"{cls.__name__}.{attr}")
     assert not missing, f"no invalid-timeout case for {missing}"
-

@@ -17,8 +17,8 @@ import pytest
 from shmkit import (
     Broadcast,
     Event,
-    LayoutError,
     Latest,
+    LayoutError,
     Lock,
     Queue,
     Segment,
