@@ -251,7 +251,7 @@ def test_t31_a_raising_signal_handler_never_leaves_anything_held(name: str) -> N
         t0 = time.monotonic()
         assert lt.set(b"other process", timeout=2.0) > 0
         assert lt.get() == b"other process"
-        seen = []
+        seen: list[bytes] = []
         while True:
             data = probe.recv_latest(timeout=2.0) if not seen else probe.recv(timeout=2.0)
             seen.append(data)
