@@ -62,7 +62,7 @@ static PyObject *MessageTooLarge;
 /* ================================================================ test hooks */
 
 /* SHMKIT_HOOK_AT=name pauses a reader in the middle of its copy (tests only):
- * it writes one byte to fd SHMKIT_HOOK_FD (if set), then reads one byte from
+ * it writes the line "hook" to fd SHMKIT_HOOK_FD (if set), then reads one byte from
  * fd SHMKIT_HOOK_WAIT_FD (if set) or sleeps SHMKIT_HOOK_MS milliseconds. A
  * test overwrites the slot meanwhile and checks the reader never returns it. */
 static const char *hook_at = NULL;
@@ -94,7 +94,7 @@ hook_pause(void)
 {
     Py_BEGIN_ALLOW_THREADS
     if (hook_fd >= 0) {
-        ssize_t w = write(hook_fd, "h", 1);
+        ssize_t w = write(hook_fd, "hook\n", 5);
         (void)w;
     }
     if (hook_wait_fd >= 0) {
@@ -1238,12 +1238,12 @@ rg_recv(RingObject *self, int mode, char *dst, Py_ssize_t dstlen)
     uint64_t n = self->next;
     /* acquire: pairs with the release store of published in rg_seal() */
     uint64_t published = shm_load64(RG_AT(self, RG_PUBLISHED));
+    if (published >= SL_MAX_SEQ) {
+        PyErr_Format(E.layout_error, "broadcast %R: published count %llu is corrupt", self->name,
+                     (unsigned long long)published);
+        return NULL;
+    }
     if (n >= published) {
-        if (published >= SL_MAX_SEQ) {
-            PyErr_Format(E.layout_error, "broadcast %R: published count %llu is corrupt",
-                         self->name, (unsigned long long)published);
-            return NULL;
-        }
         return PyLong_FromLong(RV_EMPTY);
     }
     char *slot = rg_slot(self, n);
