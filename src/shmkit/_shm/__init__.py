@@ -1,0 +1,1 @@
+"""Each object's shared-memory format and protocol (below the public classes)."""
