@@ -39,7 +39,7 @@ _F_CRC: Final = 1
 # Body, from body_off (64-aligned); control words are little-endian u64:
 # offset size field
 #      0   64 mutex C   consumers' robust process-shared pthread mutex (the only
-#                       lock in one-lock mode: flock backend, weakly ordered CPUs)
+#                       lock in one-lock mode: the flock backend)
 #     64   64 mutex P   producers' robust mutex (two-lock mode only)
 #    128    8 head      stream position of the oldest record                (consumers)
 #    136    8 gets      records removed so far                              (consumers)
@@ -65,14 +65,15 @@ _F_CRC: Final = 1
 # producer and a consumer working at once touch each other's line only to
 # read where the other one is.
 #
-# Two locks (x86-64 with robust mutexes, the fast configuration). A put of a
-# small message holds only P, a get only C, so one producer and one consumer
-# never wait for each other. Everything else (batches that wrap, large
-# messages, waiting, shutdown, statistics, repair) holds both, taken P then
-# C, so it sees and changes the queue exactly as under one lock. What a
-# P-holder and a C-holder share is safe on a TSO CPU: the producer writes the
-# record, then puts, then tail; the consumer reads tail, then the record,
-# then stores gets and head; each reads the other's index only to learn where
+# Two locks (robust mutexes, on every CPU). A put of a small message holds
+# only P, a get only C (each in one C call: shmkit._core._queue.Ring), so one
+# producer and one consumer never wait for each other. Everything else
+# (batches that wrap, large messages, waiting, shutdown, statistics, repair)
+# holds both, taken P then C, so it sees and changes the queue exactly as
+# under one lock. What a P-holder and a C-holder share is ordered in C: the
+# producer writes the record, then puts, then tail (release); the consumer
+# loads tail (acquire), reads the record, then stores head (release) and
+# gets; the producer loads head (acquire). Each reads the other's index only to learn where
 # it may work (a stale value just means less room or fewer messages), and a
 # single aligned 8-byte store publishes or consumes. State bits and waiter
 # counts change only under both locks (bit "repair due" under C alone, which
@@ -121,9 +122,22 @@ _F_CRC: Final = 1
 # (every waiter checks once per slice); a live one is never taken.
 #
 # Memory model: pthread_mutex_lock/unlock (and flock) are acquire/release
-# barriers. On weakly ordered CPUs such as arm64 the queue runs in one-lock
-# mode (P is C), where every hand-over is under the same mutex; there a
-# lock-free poll may see a value late, which only costs another poll.
+# barriers; between a P-holder and a C-holder the C fast paths pair release
+# stores of tail/head with acquire loads (above), so the protocol is the same
+# on x86-64 and arm64. A lock-free poll may see a value late, which only
+# costs another poll. The flock backend (macOS) runs in one-lock mode (P is C)
+# without fast paths.
+#
+# Waking. Sleepers wait on gwake (consumers) or pwake (producers), u32 futex
+# words. A waiter registers (state counts, its slot word) and reads the word
+# in the same critical section as its last attempt; a waker that finds
+# waiters counted increments the word (release) after its change and wakes.
+#
+# Interrupted critical sections. The general path releases its locks in a
+# finally through one C call (Ring.unlock); if an exception left the section
+# (a signal handler's), that call first sets "repair due", and the next holder
+# of both locks repairs exactly as after a death. A fast path holding P that
+# finds P's holder dead repairs the producers' words itself and sets pdied.
 #
 # Deaths. A holder killed between two stores leaves the old state or one that
 # _repair maps back to it. Whoever next takes a lock whose holder died
