@@ -22,6 +22,7 @@ import pytest
 import shmkit
 from shmkit import _codec, _process
 from shmkit import queue as qmod
+from shmkit._shm import queue_ring as ring
 from shmkit.errors import (
     Closed,
     Empty,
@@ -352,11 +353,11 @@ def test_corrupt_control_words_raise_and_lose_nothing(q: Queue[bytes]) -> None:
     q.put(b"one")
     q.put(b"two")
     c = _ring_words(q)
-    head, tail = c[qmod._W_HEAD], c[qmod._W_TAIL]
+    head, tail = c[ring._W_HEAD], c[ring._W_TAIL]
     for word, value in (
-        (qmod._W_HEAD, tail + 8),  # head past tail
-        (qmod._W_TAIL, head + 10**9),  # tail far beyond the ring
-        (qmod._W_TAIL, tail + 3),  # misaligned
+        (ring._W_HEAD, tail + 8),  # head past tail
+        (ring._W_TAIL, head + 10**9),  # tail far beyond the ring
+        (ring._W_TAIL, tail + 3),  # misaligned
     ):
         old = c[word]
         c[word] = value
@@ -368,11 +369,11 @@ def test_corrupt_control_words_raise_and_lose_nothing(q: Queue[bytes]) -> None:
         with pytest.raises(LayoutError, match="corrupt ring indices"):
             q.put(b"x" * 4000)
         c[word] = old
-    old = c[qmod._W_GETS]
-    c[qmod._W_GETS] = old + 5
+    old = c[ring._W_GETS]
+    c[ring._W_GETS] = old + 5
     with pytest.raises(LayoutError, match="corrupt counters"):
         q.get_many(4)
-    c[qmod._W_GETS] = old
+    c[ring._W_GETS] = old
     assert q.get_many(4) == [b"one", b"two"]  # nothing was lost
 
 
@@ -388,11 +389,11 @@ def test_a_corrupt_segment_header_is_refused_on_open(name: str) -> None:
 def _record_offsets(q: Queue[Any]) -> list[int]:
     """Byte offsets (in the mapping) of the queued records, oldest first."""
     c = q._c
-    pos, tail, out = c[qmod._W_HEAD], c[qmod._W_TAIL], []
+    pos, tail, out = c[ring._W_HEAD], c[ring._W_TAIL], []
     while pos < tail:
         i = pos % q._ring
         out.append(q._base + i)
-        n = c[qmod._W_RING + (i >> 3)] & 0xFFFFFFFF
+        n = c[ring._W_RING + (i >> 3)] & 0xFFFFFFFF
         pos += (n + 23) & -8
     return out
 
@@ -470,8 +471,8 @@ def test_checksum_queue_roundtrips_wrapping_messages(name: str) -> None:
 
 
 def test_large_messages_are_copied_out_after_unlocking(name: str) -> None:
-    big = [bytes([i]) * (qmod._CLAIM_MIN + 1000 * i) for i in range(4)]
-    with Queue.create(name, 3 * qmod._CLAIM_MIN, unlink_on_exit=True) as q:
+    big = [bytes([i]) * (ring._CLAIM_MIN + 1000 * i) for i in range(4)]
+    with Queue.create(name, 3 * ring._CLAIM_MIN, unlink_on_exit=True) as q:
         for rnd in range(6):  # several laps: claimed payloads wrap around the ring too
             q.put(big[rnd % 4])
             q.put(b"small")
@@ -498,24 +499,24 @@ def test_large_messages_are_copied_out_after_unlocking(name: str) -> None:
 
 def test_a_claim_is_released_only_when_its_process_is_dead(name: str) -> None:
     """The space of a large message being copied out stays reserved while its taker lives."""
-    with Queue.create(name, 4 * qmod._CLAIM_MIN, unlink_on_exit=True) as q:
+    with Queue.create(name, 4 * ring._CLAIM_MIN, unlink_on_exit=True) as q:
         c = q._c
         q.put(b"a" * 100)
         q.put(b"b" * 100)
-        h0 = c[qmod._W_HEAD]
+        h0 = c[ring._W_HEAD]
         assert q.get() == b"a" * 100
         me = _process.current()
         for pid, ticks, released in ((me.pid, me.start, False), (2**22 + 12345, 1, True)):
             assert q._lock_until(time.monotonic() + 1)
             try:
-                c[qmod._W_CLAIM] = h0  # as if message "a" were still being copied out
-                c[qmod._W_CLAIM_PID], c[qmod._W_CLAIM_TICKS] = pid, ticks
-                c[qmod._W_STATE] |= qmod._CLAIMED
+                c[ring._W_CLAIM] = h0  # as if message "a" were still being copied out
+                c[ring._W_CLAIM_PID], c[ring._W_CLAIM_TICKS] = pid, ticks
+                c[ring._W_STATE] |= ring._CLAIMED
                 assert q._reclaim_dead() is released
             finally:
                 q._unlock()
             assert q.statistics().bytes_used == (120 if released else 240)
-            c[qmod._W_STATE] &= ~qmod._CLAIMED
+            c[ring._W_STATE] &= ~ring._CLAIMED
         assert q.statistics().recoveries == 1
         assert q.get() == b"b" * 100
 

@@ -162,8 +162,9 @@ class Mutex:
     def after_fork_in_child(self) -> None:
         """A flock held by the parent must not outlive it through our copy of the fd."""
         if self._flock_path and self._region is not None:
-            old, self._fd = self._fd, os.open(
-                self._flock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            old, self._fd = (
+                self._fd,
+                os.open(self._flock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600),
             )
             self._core.set_fd(self._fd)
             self._core.forget()

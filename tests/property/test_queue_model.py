@@ -28,8 +28,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from shmkit import queue as qmod
 from shmkit._mutex import OK
+from shmkit._shm import queue_ring as ring
 from shmkit.errors import (
     Closed,
     Empty,
@@ -192,11 +192,11 @@ class QueueModel(RuleBasedStateMachine):
         if len(data) > self.cap or self.used + record_size(data) > self.ring:
             return
         c = q._c
-        tail, puts = c[qmod._W_TAIL], c[qmod._W_PUTS]
+        tail, puts = c[ring._W_TAIL], c[ring._W_PUTS]
         q._write_record(tail, puts, data, len(data))
-        c[qmod._W_PUTS] = puts + 1
+        c[ring._W_PUTS] = puts + 1
         q._repair()
-        assert (c[qmod._W_TAIL], c[qmod._W_PUTS]) == (tail, puts)
+        assert (c[ring._W_TAIL], c[ring._W_PUTS]) == (tail, puts)
 
     @precondition(lambda self: bool(self.model))
     @rule()
@@ -204,13 +204,13 @@ class QueueModel(RuleBasedStateMachine):
         """A consumer stops after storing ``head`` but before ``gets``: what it took is lost."""
         q = self.handle(False)
         c = q._c
-        head = c[qmod._W_HEAD]
+        head = c[ring._W_HEAD]
         hdr = q._peek(head)
         assert hdr is not None
-        c[qmod._W_HEAD] = head + ((hdr[0] + 23) & -8)  # past the front record
+        c[ring._W_HEAD] = head + ((hdr[0] + 23) & -8)  # past the front record
         q._repair()
         self.take(self.records[0][1])  # the rest of the front record is gone
-        assert c[qmod._W_PUTS] - c[qmod._W_GETS] == len(self.model)
+        assert c[ring._W_PUTS] - c[ring._W_GETS] == len(self.model)
 
     @precondition(lambda self: not self.shut)
     @rule()
@@ -243,13 +243,13 @@ TestQueueModel = QueueModel.TestCase
 # ------------------------------------------------------------------ fuzzed control words
 
 WORDS = [
-    qmod._W_HEAD,
-    qmod._W_GETS,
-    qmod._W_TAIL,
-    qmod._W_PUTS,
-    qmod._W_STATE,
-    qmod._W_WAITERS,
-    qmod._W_WAITERS + 64,
+    ring._W_HEAD,
+    ring._W_GETS,
+    ring._W_TAIL,
+    ring._W_PUTS,
+    ring._W_STATE,
+    ring._W_WAITERS,
+    ring._W_WAITERS + 64,
 ]
 
 
@@ -302,7 +302,7 @@ def test_a_fuzz_pass_leaves_no_lock_held() -> None:
     """After a LayoutError the mutex is free again (operations release it on every path)."""
     name = unique_name("ql")
     with Queue.create(name, 64) as q:
-        q._c[qmod._W_TAIL] = 3
+        q._c[ring._W_TAIL] = 3
         for _ in range(3):
             with pytest.raises(LayoutError):
                 q.put_many([b"x"], timeout=0)
