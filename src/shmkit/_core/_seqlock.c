@@ -632,6 +632,7 @@ lt_read_once(LatestObject *self, char *dst, Py_ssize_t dstlen, PyObject **out, u
     }
     uint64_t crc = shm_relaxed64(slot + SL_CRC);
     sl_copy_out(target, slot + SL_HEAD, (size_t)n, "latest.get.copying");
+    shm_crash("latest.get.copied");
     if (!sl_still(slot, want, (size_t)n)) {
         Py_XDECREF(bytes);
         return RD_RETRY;
@@ -1265,6 +1266,12 @@ rg_recv(RingObject *self, int mode, char *dst, Py_ssize_t dstlen)
         return NULL;
     }
     if (mode == 2) {
+        /* a view copies nothing; still re-check before handing it out, so a
+         * slot overwritten since the first load is never returned */
+        shm_crash("broadcast.recv.copied");
+        if (!sl_still(slot, want, 0)) {
+            return PyLong_FromLong(RV_LAPPED);
+        }
         self->last_len = len;
         self->next = n + 1; /* the cursor moves when the view is released */
         return PyLong_FromUnsignedLongLong(len);

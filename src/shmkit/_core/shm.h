@@ -393,9 +393,12 @@ shm_mutex_error(const shm_errors *e, int got)
 /* ------------------------------------------------------------------ crash points */
 
 /* SHMKIT_CRASH_AT=name makes the process SIGKILL itself at that point, after
- * SHMKIT_CRASH_AFTER passes (tests only). One branch on a static when unarmed. */
+ * SHMKIT_CRASH_AFTER passes; SHMKIT_STOP_AT=name makes it SIGSTOP itself there
+ * the first time (a test then acts while it is stopped, and SIGCONTs it).
+ * Tests only: one branch on a static when unarmed. */
 static const char *shm_crash_at = NULL;
 static long shm_crash_after = 0;
+static const char *shm_stop_at = NULL;
 
 static inline void
 shm_crash_load(void)
@@ -404,11 +407,17 @@ shm_crash_load(void)
     shm_crash_at = (at && *at) ? at : NULL;
     const char *after = getenv("SHMKIT_CRASH_AFTER");
     shm_crash_after = after ? strtol(after, NULL, 10) : 0;
+    const char *stop = getenv("SHMKIT_STOP_AT");
+    shm_stop_at = (stop && *stop) ? stop : NULL;
 }
 
 static inline void
 shm_crash(const char *name)
 {
+    if (__builtin_expect(shm_stop_at != NULL, 0) && strcmp(name, shm_stop_at) == 0) {
+        shm_stop_at = NULL;
+        raise(SIGSTOP);
+    }
     if (__builtin_expect(shm_crash_at != NULL, 0) && strcmp(name, shm_crash_at) == 0) {
         if (shm_crash_after > 0) {
             shm_crash_after--;
