@@ -33,9 +33,10 @@ KINDS: dict[str, tuple[Callable[[str, int], Any], int]] = {
     "lock": (lambda n, m: Lock.create(n, mode=m), 0),
     "semaphore": (lambda n, m: Semaphore.create(n, 1, mode=m), 1),
     "event": (lambda n, m: Event.create(n, mode=m), 1),
-    "queue": (lambda n, m: Queue.create(n, 4096, mode=m), 2),
-    "broadcast": (lambda n, m: Broadcast.create(n, slot_size=64, slots=4, mode=m), 1),
-    "latest": (lambda n, m: Latest.create(n, size=64, mode=m), 2),
+    # Queue, Broadcast and Latest wait on futex words in their segment: one part each.
+    "queue": (lambda n, m: Queue.create(n, 4096, mode=m), 0),
+    "broadcast": (lambda n, m: Broadcast.create(n, slot_size=64, slots=4, mode=m), 0),
+    "latest": (lambda n, m: Latest.create(n, size=64, mode=m), 0),
     "array": (lambda n, m: SharedArray.create(n, (4, 4), "f8", mode=m), 0),
 }
 

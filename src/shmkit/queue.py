@@ -670,10 +670,14 @@ class Queue(LockAndWait, Generic[T]):
         def attempt() -> object:
             return True if self._take_locked(1, out, None) else _AGAIN
 
-        self._wait(attempt, self._can_get, timeout, putter=False, spin=spin, need=0)
-        data = out[0]
-        if type(data) is _Claim:
-            data = self._claimed(data, None)
+        try:
+            self._wait(attempt, self._can_get, timeout, putter=False, spin=spin, need=0)
+            data = out[0]
+            if type(data) is _Claim:
+                data = self._claimed(data, None)
+        except BaseException:
+            self._abandon_pending()
+            raise
         dec = self._decode
         return data if dec is None else dec(data)  # type: ignore[no-any-return]
 
@@ -708,9 +712,13 @@ class Queue(LockAndWait, Generic[T]):
         def attempt() -> object:
             return True if self._take_locked(max_items, out, None) else _AGAIN
 
-        self._wait(attempt, self._can_get, timeout, putter=False, spin=self._spin_now, need=0)
-        if type(out[0]) is _Claim:
-            out[0] = self._claimed(out[0], None)
+        try:
+            self._wait(attempt, self._can_get, timeout, putter=False, spin=self._spin_now, need=0)
+            if type(out[0]) is _Claim:
+                out[0] = self._claimed(out[0], None)
+        except BaseException:
+            self._abandon_pending()
+            raise
         return out if dec is None else [dec(d) for d in out]
 
     def get_into(self, buffer: BytesLike, timeout: float | None = None) -> int:
@@ -745,9 +753,13 @@ class Queue(LockAndWait, Generic[T]):
         def attempt() -> object:
             return True if self._take_locked(1, out, view) else _AGAIN
 
-        self._wait(attempt, self._can_get, timeout, putter=False, spin=self._spin_now, need=0)
-        if type(out[0]) is _Claim:
-            return int(self._claimed(out[0], view))
+        try:
+            self._wait(attempt, self._can_get, timeout, putter=False, spin=self._spin_now, need=0)
+            if type(out[0]) is _Claim:
+                return int(self._claimed(out[0], view))
+        except BaseException:
+            self._abandon_pending()
+            raise
         return int(out[0])
 
     # ------------------------------------------------------------------ inspection

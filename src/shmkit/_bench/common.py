@@ -7,10 +7,11 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from rich.console import Console
@@ -141,3 +142,29 @@ def remove_paths(paths: set[str]) -> None:
         else:
             with contextlib.suppress(OSError):
                 os.unlink(p)
+
+
+@contextlib.contextmanager
+def cpu_load(workers: int) -> Iterator[None]:
+    """Run ``workers`` CPU-bound processes (one per core by default) for the block.
+
+    Measures what a user's busy machine does to a wait policy: a spin that
+    only wins on idle cores loses here. The burners are killed on exit.
+    """
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", "while True: pass"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(workers)
+    ]
+    try:
+        time.sleep(0.2)  # let them reach the scheduler
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait(10)

@@ -57,6 +57,7 @@ from ..queue import Queue
 from ..segment import Segment
 from .common import (
     Result,
+    cpu_load,
     header,
     iox2_files,
     memcpy_bandwidth,
@@ -688,6 +689,15 @@ def main(argv: list[str]) -> int:
         default="pingpong,stream,batched,large",
         help="workloads: pingpong, stream, batched, large (comma-separated)",
     )
+    parser.add_argument(
+        "--load",
+        type=int,
+        nargs="?",
+        const=os.cpu_count() or 1,
+        default=0,
+        metavar="N",
+        help="run N CPU-bound processes beside the benchmark (default: one per core)",
+    )
     opts = parser.parse_args(argv)
     plan = QUICK if opts.quick else FULL
     work = [w for w in opts.only.split(",") if w]
@@ -697,6 +707,8 @@ def main(argv: list[str]) -> int:
     wanted = [p.strip().lower() for p in opts.peers.split(",") if p.strip()]
     console = Console()
     header(console)
+    if opts.load:
+        console.print(f"under load: {opts.load} CPU-bound processes beside the benchmark")
     peers = []
     for peer in all_peers():
         ours = isinstance(peer, ShmkitPeer)
@@ -710,20 +722,22 @@ def main(argv: list[str]) -> int:
     tables = Tables()
     iox_before = iox2_files()
     interrupted = False
+    load = cpu_load(opts.load) if opts.load else contextlib.nullcontext()
     try:
-        for table in work:
-            for index, peer in enumerate(peers):
-                if table not in peer.tables:
-                    continue
-                tag = f"{os.getpid()}-{table[:2]}{index}"
-                try:
-                    with _watchdog(30 if opts.quick else 120):
-                        _run_peer(peer, tag, table, plan, tables)
-                except Unsupported as exc:
-                    console.print(f"{peer.name} / {table}: not run: {exc}", highlight=False)
-                except (Exception, Stalled) as exc:  # one broken peer must not end the run
-                    console.print(f"{peer.name} / {table}: failed: {exc!r}", highlight=False)
-            _print(table, tables, plan, console)
+        with load:
+            for table in work:
+                for index, peer in enumerate(peers):
+                    if table not in peer.tables:
+                        continue
+                    tag = f"{os.getpid()}-{table[:2]}{index}"
+                    try:
+                        with _watchdog(30 if opts.quick else 120):
+                            _run_peer(peer, tag, table, plan, tables)
+                    except Unsupported as exc:
+                        console.print(f"{peer.name} / {table}: not run: {exc}", highlight=False)
+                    except (Exception, Stalled) as exc:  # one broken peer must not end the run
+                        console.print(f"{peer.name} / {table}: failed: {exc!r}", highlight=False)
+                _print(table, tables, plan, console)
     except KeyboardInterrupt:
         interrupted = True
         console.print("interrupted; cleaning up", highlight=False)

@@ -241,7 +241,7 @@ ring_put(RingObject *self, const char *data, uint64_t n, uint64_t count)
         else {
             char *r = self->ring + i;
             shm_crash("queue.put.reserved");
-            if (__builtin_expect(shm_crash_at != NULL, 0) && n > 1) {
+            if (__builtin_expect(shm_crash_at != NULL || shm_stop_at != NULL, 0) && n > 1) {
                 memcpy(r + Q_HDR, data, n / 2);
                 shm_crash("queue.put.copying");
             }

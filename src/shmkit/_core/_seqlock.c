@@ -189,7 +189,7 @@ sl_crc_ok(const char *payload, uint64_t len, uint64_t n, uint64_t want)
 static void
 sl_copy_in(char *dst, const char *src, size_t n, const char *crash)
 {
-    if (crash != NULL && __builtin_expect(shm_crash_at != NULL, 0)) {
+    if (crash != NULL && __builtin_expect(shm_crash_at != NULL || shm_stop_at != NULL, 0)) {
         size_t half = n / 2;
         memcpy(dst, src, half);
         shm_crash(crash);
@@ -490,6 +490,10 @@ Latest_set(LatestObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
     if (nkw) {
         timeout = args[1];
     }
+    double t;
+    if (shm_parse_timeout(timeout, &t)) {
+        return NULL; /* a bad timeout is refused before anything is written */
+    }
     if (!self->fast_set || lt_ready(self)) {
         PyErr_Clear();
         return PyObject_CallMethod((PyObject *)self, "_set_slow", "OO", data, timeout);
@@ -698,8 +702,9 @@ Latest_get(LatestObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
     if (nkw) {
         timeout = args[0];
     }
-    if (lt_ready(self)) {
-        return NULL;
+    double t;
+    if (shm_parse_timeout(timeout, &t) || lt_ready(self)) {
+        return NULL; /* a bad timeout is refused before anything is read */
     }
     if (!(self->flags & LTF_ARRAY)) {
         PyObject *out = NULL;

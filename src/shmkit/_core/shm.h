@@ -21,6 +21,7 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <math.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -234,6 +235,34 @@ shm_timespec_at(struct timespec *ts, clockid_t clock, double seconds_from_now)
     long long ns = (long long)ts->tv_nsec + add_ns % 1000000000LL;
     ts->tv_sec += (time_t)(add_ns / 1000000000LL) + (time_t)(ns / 1000000000LL);
     ts->tv_nsec = (long)(ns % 1000000000LL);
+}
+
+/* ------------------------------------------------------------------ timeouts */
+
+/* Parse a timeout the way every blocking call does: None -> -1 (forever),
+ * otherwise a real number >= 0 (bool, str, NaN and negatives are refused). */
+static inline int
+shm_parse_timeout(PyObject *obj, double *out)
+{
+    if (obj == NULL || obj == Py_None) {
+        *out = -1.0;
+        return 0;
+    }
+    if (PyBool_Check(obj) || !(PyFloat_Check(obj) || PyLong_Check(obj))) {
+        PyErr_Format(PyExc_TypeError, "timeout must be a number or None, not %.50s",
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    double t = PyFloat_AsDouble(obj);
+    if (t == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (isnan(t) || t < 0) {
+        PyErr_Format(PyExc_ValueError, "timeout must be >= 0 or None, not %R", obj);
+        return -1;
+    }
+    *out = t;
+    return 0;
 }
 
 /* ------------------------------------------------------------------ futex */

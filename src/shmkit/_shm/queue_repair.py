@@ -11,6 +11,7 @@ are reserved or claimed under the lock and copied outside it.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -418,8 +419,22 @@ class LockAndWait(RingProtocol):
         if self._seg is None:
             raise Closed(f"queue {self._name!r}: this handle is closed")
 
+    def _abandon_pending(self) -> None:
+        """An exception (Ctrl-C) left this thread's reservation or claim marked: drop it.
+
+        Called from ``except BaseException`` around every call that may mark
+        one; the record being put or taken is lost (at most once), the ring
+        space comes back and nobody waits for a live process that gave up.
+        """
+        op = self._pending_ops().pop(threading.get_ident(), None)
+        if type(op) is _Reservation:
+            self._finish_reservation(op, False)
+        elif type(op) is _Claim:
+            self._finish_claim(op)
+
     def _fill_reservation(self, res: _Reservation, data: Any) -> None:
         """Write a reserved record (no lock held), then publish it."""
+        self._pending_ops().pop(threading.get_ident(), None)  # the finally below owns it now
         published = False
         try:
             if _ARMED:
@@ -461,6 +476,7 @@ class LockAndWait(RingProtocol):
 
     def _claimed(self, claim: _Claim, into: memoryview | None) -> bytes | int:
         """Copy a claimed record's payload out (no lock held), then release the claim."""
+        self._pending_ops().pop(threading.get_ident(), None)  # the finally below owns it now
         try:
             if _ARMED:
                 _qcrash("queue.get.claim_copying")
@@ -526,15 +542,25 @@ class LockAndWait(RingProtocol):
             free_from = c[_W_CLAIM] if st & _CLAIMED else c[_W_HEAD]
             return not st & _RESERVED and self._ring - (c[_W_TAIL] - free_from) >= total
 
-        r = self._wait(attempt, ready, timeout, putter=True, spin=spin, need=total)
-        if type(r) is _Reservation:
-            self._fill_reservation(r, data)
+        try:
+            r = self._wait(attempt, ready, timeout, putter=True, spin=spin, need=total)
+            if type(r) is _Reservation:
+                self._fill_reservation(r, data)
+        except BaseException:
+            self._abandon_pending()
+            raise
 
     def _take_more(self, limit: int, out: list[Any]) -> None:
         """get_many after its fast path: up to ``limit`` more under both locks, if free soon."""
         try:
-            self._run_locked(_mono() + _wait.SLICE, lambda: self._take_locked(limit, out, None))
-        except (LayoutError, Closed):
-            pass  # reported by the next call; these are already taken
-        if out and type(out[-1]) is _Claim:
-            out[-1] = self._claimed(out[-1], None)
+            try:
+                self._run_locked(
+                    _mono() + _wait.SLICE, lambda: self._take_locked(limit, out, None)
+                )
+            except (LayoutError, Closed):
+                pass  # reported by the next call; these are already taken
+            if out and type(out[-1]) is _Claim:
+                out[-1] = self._claimed(out[-1], None)
+        except BaseException:
+            self._abandon_pending()
+            raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 import mmap
 import operator
 import struct
+import threading
 import time
 import zlib
 from dataclasses import asdict, dataclass
@@ -424,7 +425,15 @@ def _init_body(mm: mmap.mmap, body_off: int) -> None:
 class RingProtocol:
     """Reading and writing records with the queue's locks held (mixed into Queue)."""
 
-    __slots__ = ()
+    def _pending_ops(self) -> dict[int, _Reservation | _Claim]:
+        """This handle's reservation or claim per thread, from marking until its copy ends."""
+        try:
+            return self._pending
+        except AttributeError:
+            self._pending: dict[int, _Reservation | _Claim] = {}
+            return self._pending
+
+    __slots__ = ("_pending",)
     _c: memoryview
     _cap: int
     _checksum: bool
@@ -470,12 +479,16 @@ class RingProtocol:
         if count == 1 and n >= _CLAIM_MIN and not self._checksum:
             # Large: reserve the space now, write it after unlocking (see above).
             me = _process.current()
+            res = _Reservation(tail, puts, n)
+            # Remembered before it is marked, so an exception from here until
+            # the copy's try/finally (a Ctrl-C) can drop it: _abandon_pending.
+            self._pending_ops()[threading.get_ident()] = res
             c[_W_RES_PID] = me.pid
             c[_W_RES_TICKS] = me.start
             c[_W_STATE] = st | _RESERVED
             if _ARMED:
                 _qcrash("queue.put.reserving")
-            return _Reservation(tail, puts, n)
+            return res
         self._write_record(tail, puts, data, n, _SALT if count == 1 else _SALT_BATCH)
         seq = puts + count
         pos = tail + total
@@ -634,13 +647,15 @@ class RingProtocol:
                 # Take it now, copy it after unlocking (see Claims): the claim
                 # fields first, the flag last, then the usual head/gets stores.
                 me = _process.current()
+                claim = _Claim(head, s, n)
+                self._pending_ops()[threading.get_ident()] = claim  # see _abandon_pending
                 c[_W_CLAIM] = head
                 c[_W_CLAIM_PID] = me.pid
                 c[_W_CLAIM_TICKS] = me.start
                 c[_W_STATE] |= _CLAIMED
                 if _ARMED:
                     _qcrash("queue.get.claiming")
-                out.append(_Claim(head, s, n))
+                out.append(claim)
                 got = 1
                 pos += rec
                 seq += 1
