@@ -75,7 +75,6 @@ MODES = ("tests/test_modes.py",)
 TIMEOUTS = ("tests/test_timeouts.py", "-k", "not lock_")  # Lock: see issue 14's report
 C_TIMEOUTS = (*TIMEOUTS, "tests/test_core.py::test_fence_and_timeout_contract")
 T02 = ("tests/test_lock_crash_windows.py",)
-CTRL_C = ("tests/test_queue_procs.py", "-k", "ctrl_c and not reserving and not claiming")
 LARGE = ("tests/test_queue_procs.py::test_large_messages_across_processes_reduced",)
 PUT_KILLED = ("tests/test_queue_crash.py", "-k", "producer_killed_mid_put")
 
