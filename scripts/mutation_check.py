@@ -59,50 +59,90 @@ class Mutation:
 
 
 Q = "src/shmkit/queue.py"
+QR = "src/shmkit/_shm/queue_ring.py"
+QP = "src/shmkit/_shm/queue_repair.py"
 B = "src/shmkit/broadcast.py"
-L = "src/shmkit/latest.py"
 S = "src/shmkit/sync.py"
+QC = "src/shmkit/_core/_queue.c"
+SC = "src/shmkit/_core/_seqlock.c"
+NC = "src/shmkit/_core/_native.c"
+H = "src/shmkit/_core/shm.h"
 CORRUPTION = ("tests/test_queue_corruption.py",)
+QNATIVE = ("tests/test_queue_native.py",)
 MID_COPY_B = ("tests/test_overwritten_mid_copy.py", "-k", "broadcast")
 MID_COPY_L = ("tests/test_overwritten_mid_copy.py", "-k", "latest")
 MODES = ("tests/test_modes.py",)
 TIMEOUTS = ("tests/test_timeouts.py", "-k", "not lock_")  # Lock: see issue 14's report
+C_TIMEOUTS = (*TIMEOUTS, "tests/test_core.py::test_fence_and_timeout_contract")
 T02 = ("tests/test_lock_crash_windows.py",)
-CTRL_C = ("tests/test_queue_procs.py", "-k", "ctrl_c and not reserving and not claiming")
 LARGE = ("tests/test_queue_procs.py::test_large_messages_across_processes_reduced",)
+PUT_KILLED = ("tests/test_queue_crash.py", "-k", "producer_killed_mid_put")
 
 CATALOGUE: tuple[Mutation, ...] = (
     # ------------------------------------------------------------ record validation (T22)
+    # The fast paths are C (_queue.c: front() for get/get_into, Ring_get_many);
+    # the general path that skips and counts bad records is Python (queue_ring.py).
     Mutation(
         "queue-get-fast-check",
-        "Queue get() fast path takes any single record as valid (skips its check word)",
-        Q,
-        "                        c[wi + 1] == (w0 ^ head ^ _SALT) & _M32\n"
-        "                        and w0 >> 32 == gets & _M32",
-        "                        True\n                        and w0 >> 32 == gets & _M32",
+        "Queue get() fast path (C) takes any single record as valid (skips its check word)",
+        QC,
+        "    if (w1 == hcheck(w0, t->head, SALT)) {\n"
+        "        if ((w0 >> 32) != (t->gets & M32) || len >= CLAIM_MIN) {",
+        "    if (1) {\n        if ((w0 >> 32) != (t->gets & M32) || len >= CLAIM_MIN) {",
         CORRUPTION,
     ),
     Mutation(
         "queue-get-fast-batch-check",
-        "Queue get() fast path takes any record as a batch record (skips its check word)",
-        Q,
-        "                        c[wi + 1] == (w0 ^ head ^ _SALT_BATCH) & _M32\n",
-        "                        True\n",
+        "Queue get() fast path (C) takes any record as a batch record (skips its check word)",
+        QC,
+        "    if (w1 != hcheck(w0, t->head, SALT_BATCH)) {\n        return -1;\n    }",
+        "    if (0) {\n        return -1;\n    }",
         CORRUPTION,
     ),
     Mutation(
         "queue-get-many-fast-check",
-        "Queue get_many() fast path skips the check word of single records",
-        Q,
-        "                    check == (w0 ^ pos ^ _SALT) & _M32\n"
-        "                    and w0 >> 32 == seq & _M32",
-        "                    True\n                    and w0 >> 32 == seq & _M32",
+        "Queue get_many() fast path (C) skips the check word of single records",
+        QC,
+        "if (w1 == hcheck(w0, pos, SALT) && (w0 >> 32) == (seq & M32)) {",
+        "if ((w0 >> 32) == (seq & M32)) {",
         CORRUPTION,
+    ),
+    Mutation(
+        "queue-get-many-fast-batch-check",
+        "Queue get_many() fast path (C) takes any record as a batch record",
+        QC,
+        "        else if (w1 == hcheck(w0, pos, SALT_BATCH)) {",
+        "        else if (1) {",
+        CORRUPTION,
+    ),
+    Mutation(
+        "queue-get-fast-len-bounds",
+        "Queue get() fast path (C) trusts a record's length (no bounds check against the ring)",
+        QC,
+        "    if (rec > t->used || i + len > self->size - Q_HDR) {\n        return -1;\n    }",
+        "    if (0) {\n        return -1;\n    }",
+        (*QNATIVE, *CORRUPTION),
+    ),
+    Mutation(
+        "queue-get-many-len-bounds",
+        "Queue get_many() fast path (C) trusts a record's length (reads past tail)",
+        QC,
+        "        if (rec > end - pos) {\n            break;\n        }",
+        "        if (0) {\n            break;\n        }",
+        (*QNATIVE, *CORRUPTION),
+    ),
+    Mutation(
+        "queue-put-wrap-bounds",
+        "Queue put() fast path (C) writes a record that runs past the ring's end",
+        QC,
+        "    else if (i + rec > self->size) {\n        res = Q_GENERAL;",
+        "    else if (0) {\n        res = Q_GENERAL;",
+        QNATIVE,
     ),
     Mutation(
         "queue-take-batch-check",
         "Queue locked take path: the batch-record check never fails",
-        Q,
+        QR,
         "(batch and check != _hcheck_batch(w0, pos))",
         "(batch and False)",
         CORRUPTION,
@@ -110,7 +150,7 @@ CATALOGUE: tuple[Mutation, ...] = (
     Mutation(
         "queue-take-seq-check",
         "Queue locked take path ignores a record's sequence number",
-        Q,
+        QR,
         "                or (skip and (not batch or pos != head))",
         "                or False",
         CORRUPTION,
@@ -118,7 +158,7 @@ CATALOGUE: tuple[Mutation, ...] = (
     Mutation(
         "queue-skip-uncounted",
         "Queue skips a corrupt record without counting it",
-        Q,
+        QR,
         "                    c[_W_CORRUPT] += ahead\n",
         "                    pass\n",
         CORRUPTION,
@@ -141,9 +181,23 @@ CATALOGUE: tuple[Mutation, ...] = (
         ),
     ),
     Mutation(
+        "queue-put-publish-order",
+        "Queue put() fast path (C) publishes tail before it counts puts (store order)",
+        QC,
+        "            wr(self, Q_PUTS, seq + count);\n"
+        '            shm_crash("queue.put.counted");\n'
+        "            /* release: publishes payload, header and puts; pairs with the\n"
+        "             * acquire load of tail in the consumers' paths */\n"
+        "            shm_store64(W(self, Q_TAIL), tail + rec);\n",
+        "            shm_store64(W(self, Q_TAIL), tail + rec);\n"
+        '            shm_crash("queue.put.counted");\n'
+        "            wr(self, Q_PUTS, seq + count);\n",
+        PUT_KILLED,
+    ),
+    Mutation(
         "queue-reserve-unmarked",
         "A large put's reservation is not marked: other producers write into its space",
-        Q,
+        QR,
         "            c[_W_STATE] = st | _RESERVED\n",
         "            c[_W_STATE] = st\n",
         LARGE,
@@ -151,7 +205,7 @@ CATALOGUE: tuple[Mutation, ...] = (
     Mutation(
         "queue-claim-unmarked",
         "A large get's claim is not marked: producers overwrite what is being copied out",
-        Q,
+        QR,
         "                c[_W_STATE] |= _CLAIMED\n",
         "                pass\n",
         LARGE,
@@ -160,121 +214,91 @@ CATALOGUE: tuple[Mutation, ...] = (
     Mutation(
         "queue-recover-no-repair",
         "The next holder after a dead one does not repair the queue's counters",
-        Q,
+        QP,
         "        self._repair()\n        self._reclaim_dead(count=False)",
         "        self._reclaim_dead(count=False)",
-        ("tests/test_queue_crash.py", "-k", "producer_killed_mid_put"),
+        PUT_KILLED,
     ),
-    Mutation(
-        "queue-ctrl-c-no-repair",
-        "An exception (Ctrl-C) inside the queue's critical section is not repaired",
-        Q,
-        "            if side == 0 or not self._two:\n                self._repair()",
-        "            if side == 0 or not self._two:\n                pass",
-        CTRL_C,
-    ),
+    # ------------------------------------------------------------ Lock (_native.c)
     Mutation(
         "lock-owner-died-lost",
         "Lock.acquire does not report owner_died after a holder died inside",
-        S,
-        "            died = self._after_death(state)",
-        "            died = False",
+        NC,
+        "        died = 1;\n",
+        "        died = 0;\n",
         T02,
     ),
     Mutation(
         "lock-no-poison",
         "Releasing after owner_died without mark_consistent() does not poison the lock",
-        S,
-        "_POISONED if self.owner_died else _FREE",
-        "_FREE",
+        NC,
+        "LockCore_release(self, self->owner_died ? Py_True : Py_False)",
+        "LockCore_release(self, Py_False)",
         ("tests/test_sync.py::test_release_without_repair_poisons_the_lock",),
     ),
-    # ------------------------------------------------------------ mutual exclusion
     Mutation(
         "lock-contended-no-mutex",
         "A contended Lock.acquire proceeds without the mutex",
-        S,
-        "if self._try() == _mutex.BUSY and self._wait(timeout, spin) is None:",
-        "if self._try() == _mutex.BUSY and False:",
+        NC,
+        "    int got = own_acquire(&self->own, &r->v, timeout, spin ? SPIN_TRIES : 0);\n"
+        "    if (got == GOT_PYERR || got == SHM_BUSY) {",
+        "    int got = own_acquire(&self->own, &r->v, 0, 0);\n"
+        "    if (got == SHM_BUSY && timeout != 0) {\n"
+        "        got = SHM_OK;\n"
+        "    }\n"
+        "    if (got == GOT_PYERR || got == SHM_BUSY) {",
         T02,
     ),
-    # ------------------------------------------------------------ seqlock re-checks
     Mutation(
-        "broadcast-read-recheck",
-        "Broadcast slow path (recv/recv_into/recv_view): the re-check after the copy passes",
-        B,
-        "        if q[base] != e:\n            return self._lapped(n, latest)\n"
-        "        if self._crc and mode != _VIEW:",
-        "        if False:\n            return self._lapped(n, latest)\n"
-        "        if self._crc and mode != _VIEW:",
-        MID_COPY_B,
+        "lock-release-not-owner",
+        "Lock.release from a thread that does not hold it is not refused (no NotOwner)",
+        NC,
+        '"owned by the thread that acquired it)");\n        return NULL;\n',
+        '"owned by the thread that acquired it)");\n        PyErr_Clear();\n',
+        ("tests/test_core.py::test_release_from_another_thread_raises_and_the_holder_still_can",),
+    ),
+    # ------------------------------------------------------------ seqlock re-checks (_seqlock.c)
+    Mutation(
+        "seqlock-recheck-passes",
+        "The seqlock re-check (sl_still) always passes: Latest and Broadcast readers alike",
+        SC,
+        "    return shm_relaxed64(slot + SL_SEQ) == seq;\n",
+        "    return 1;\n",
+        ("tests/test_overwritten_mid_copy.py",),
     ),
     Mutation(
-        "broadcast-recv-fast-recheck",
-        "Broadcast recv() fast path: the re-check after the copy passes",
-        B,
-        '                        _crash.point("broadcast.recv.copied")\n'
-        "                    if q[base] == e:\n"
-        "                        self._next = n = n + 1\n"
-        "                        if not self._held:\n"
-        "                            q[self._cursor_ix] = n\n"
-        "                        if self._bp:\n"
-        "                            self._progress()\n"
-        "                        return data\n",
-        '                        _crash.point("broadcast.recv.copied")\n'
-        "                    if True:\n"
-        "                        self._next = n = n + 1\n"
-        "                        if not self._held:\n"
-        "                            q[self._cursor_ix] = n\n"
-        "                        if self._bp:\n"
-        "                            self._progress()\n"
-        "                        return data\n",
-        MID_COPY_B,
-    ),
-    Mutation(
-        "broadcast-recv-into-fast-recheck",
-        "Broadcast recv_into() fast path: the re-check after the copy passes",
-        B,
-        "                    if q[base] == e:\n"
-        "                        self._next = n = n + 1\n"
-        "                        if not self._held:\n"
-        "                            q[self._cursor_ix] = n\n"
-        "                        if self._bp:\n"
-        "                            self._progress()\n"
-        "                        return int(length)\n",
-        "                    if True:\n"
-        "                        self._next = n = n + 1\n"
-        "                        if not self._held:\n"
-        "                            q[self._cursor_ix] = n\n"
-        "                        if self._bp:\n"
-        "                            self._progress()\n"
-        "                        return int(length)\n",
+        "broadcast-recv-recheck",
+        "Broadcast recv()/recv_into() (fast and slow paths): the re-check after the copy passes",
+        SC,
+        "    if (!sl_still(slot, want, (size_t)len)) {",
+        "    if (0) {",
         MID_COPY_B,
     ),
     Mutation(
         "broadcast-view-validate",
         "A zero-copy view is never found overwritten when it is validated",
-        B,
-        "        if sub._q[self._base] != 2 * self.seq + 2:\n            return False",
-        "        if False:\n            return False",
+        SC,
+        "    if (!sl_still(slot, want, SHM_FENCE_MIN)) {\n        Py_RETURN_FALSE;\n    }",
+        "    if (0) {\n        Py_RETURN_FALSE;\n    }",
         ("tests/test_broadcast.py", "-k", "view_valid_then_overwritten"),
     ),
     Mutation(
-        "latest-get-fast-recheck",
-        "Latest get() fast path: the tag re-check after the copy passes",
-        L,
-        '                        _crash.point("latest.get.copied")\n'
-        "                    if ctl[w] == v:\n",
-        '                        _crash.point("latest.get.copied")\n                    if True:\n',
+        "latest-read-recheck",
+        "Latest reads (get, get_versioned, get_into, arrays): the tag re-check after the copy "
+        "passes",
+        SC,
+        "    if (!sl_still(slot, want, (size_t)n)) {",
+        "    if (0) {",
         MID_COPY_L,
     ),
+    # ------------------------------------------------------------ bounds (shm.h)
     Mutation(
-        "latest-read-recheck",
-        "Latest general read (get_versioned, get_into, arrays): the tag re-check passes",
-        L,
-        "                if ctl[w] == v and value is not None:",
-        "                if value is not None:",
-        MID_COPY_L,
+        "shm-check-bounds",
+        "shm_check no longer bounds an offset + length against the mapping",
+        H,
+        "    if (off < 0 || n < 0 || off > (long long)v->len || n > (long long)v->len - off) {",
+        "    if (off < 0 || n < 0) {",
+        ("tests/test_core.py::test_every_access_is_bounds_checked",),
     ),
     # ------------------------------------------------------------ header CRC
     Mutation(
@@ -324,7 +348,7 @@ CATALOGUE: tuple[Mutation, ...] = (
     ),
     Mutation(
         "timeout-nan",
-        "NaN is accepted as a timeout",
+        "NaN is accepted as a timeout (Python check)",
         "src/shmkit/_wait.py",
         "    if math.isnan(value) or value < 0:",
         "    if value < 0:",
@@ -332,19 +356,35 @@ CATALOGUE: tuple[Mutation, ...] = (
     ),
     Mutation(
         "timeout-bool",
-        "True is accepted as a timeout (a bool is an int)",
+        "True is accepted as a timeout (a bool is an int; Python check)",
         "src/shmkit/_wait.py",
         "    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):",
         "    if not isinstance(timeout, (int, float)):",
         TIMEOUTS,
     ),
     Mutation(
+        "timeout-nan-c",
+        "NaN is accepted as a timeout (C check, shm_parse_timeout)",
+        H,
+        "    if (isnan(t) || t < 0) {",
+        "    if (t < 0) {",
+        C_TIMEOUTS,
+    ),
+    Mutation(
+        "timeout-bool-c",
+        "True is accepted as a timeout (C check, shm_parse_timeout)",
+        H,
+        "    if (PyBool_Check(obj) || !(PyFloat_Check(obj) || PyLong_Check(obj))) {",
+        "    if (!(PyFloat_Check(obj) || PyLong_Check(obj))) {",
+        C_TIMEOUTS,
+    ),
+    Mutation(
         "timeout-queue-get",
         "Queue.get validates its timeout only when it has to wait",
         Q,
         "        if timeout is not None:\n            timeout = _check_timeout(timeout)\n"
-        "        # The fast path: one valid record",
-        "        # The fast path: one valid record",
+        "        # The fast path: one C call takes C,",
+        "        # The fast path: one C call takes C,",
         TIMEOUTS,
     ),
     Mutation(
@@ -359,14 +399,12 @@ CATALOGUE: tuple[Mutation, ...] = (
     ),
     Mutation(
         "timeout-latest-get",
-        "Latest.get validates its timeout only when it has to retry",
-        L,
-        "            timeout = _wait.check_timeout(timeout)"
-        "  # ints, NaN, negatives: the slow check\n"
-        "        ctl = self._ctl\n        if ctl is None:\n"
-        '            raise Closed(f"latest {self._name!r} is closed")\n        if self._fast:',
-        "            pass\n        ctl = self._ctl\n        if ctl is None:\n"
-        '            raise Closed(f"latest {self._name!r} is closed")\n        if self._fast:',
+        "Latest.get (C) validates its timeout only when it has to retry",
+        SC,
+        "    if (shm_parse_timeout(timeout, &t) || lt_ready(self)) {\n"
+        "        return NULL; /* a bad timeout is refused before anything is read */",
+        "    if (lt_ready(self)) {\n"
+        "        return NULL; /* a bad timeout is refused before anything is read */",
         TIMEOUTS,
     ),
 )
@@ -392,12 +430,17 @@ def rebuild(scratch: str) -> tuple[bool, str]:
 
     In place, because the tests import ``shmkit`` from ``<scratch>/src``: a
     ``pip install -e`` there would re-point the shared environment instead.
+    ``build_ext`` rebuilds only the extensions whose sources (or ``shm.h``)
+    are newer than their ``.so``: the one mutated, then the one restored.
+    Without ``SHMKIT_WERROR``, so a mutation that leaves a variable unused
+    still compiles. ``setup.py`` needs this environment's setuptools to read
+    pyproject.toml (>= 77, in the ``test`` extra).
     """
-    if os.path.exists(os.path.join(scratch, "setup.py")):
-        cmd = [sys.executable, "setup.py", "build_ext", "--inplace", "--force"]
-    else:
+    if not os.path.exists(os.path.join(scratch, "setup.py")):
         return False, "no setup.py: add the native core's in-place build command to rebuild()"
-    proc = subprocess.run(cmd, cwd=scratch, capture_output=True, text=True, check=False)
+    cmd = [sys.executable, "setup.py", "-q", "build_ext", "--inplace"]
+    env = {k: v for k, v in os.environ.items() if k not in ("SHMKIT_WERROR", "SHMKIT_SANITIZE")}
+    proc = subprocess.run(cmd, cwd=scratch, env=env, capture_output=True, text=True, check=False)
     return proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
 
 
@@ -429,7 +472,9 @@ def run_tests(scratch: str, tests: tuple[str, ...], timeout: float) -> tuple[str
         except ProcessLookupError:
             pass
     seconds = time.monotonic() - t0
-    status = {0: "passed", 1: "failed"}.get(proc.returncode, "error")
+    # A test process killed by a signal (SIGSEGV from an unchecked offset) failed.
+    status = "crashed" if proc.returncode < 0 else "error"
+    status = {0: "passed", 1: "failed"}.get(proc.returncode, status)
     return status, seconds, out[-1500:]
 
 
@@ -473,6 +518,12 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"scratch copy: {scratch}")
     results: list[tuple[Mutation, str, float, str]] = []
     try:
+        if any(m.native for m in catalogue):
+            ok, log = rebuild(scratch)  # the build must work before any C mutation
+            if not ok:
+                console.print(log)
+                console.print("[red]cannot rebuild the native core in the scratch copy[/red]")
+                return 1
         if not args.no_baseline:
             for tests in dict.fromkeys(m.tests for m in catalogue):
                 status, seconds, tail = run_tests(scratch, tests, args.timeout)
@@ -502,12 +553,19 @@ def main(argv: list[str] | None = None) -> int:
                 with open(path, "w") as f:
                     f.write(original)
                 if m.native:
-                    rebuild(scratch)
-            verdict = {"failed": "killed", "timeout": "killed (timeout)", "passed": "survived"}
+                    ok, log = rebuild(scratch)
+                    if not ok:  # every later entry would test a mutant
+                        raise RuntimeError(f"rebuild after restoring {m.file} failed: {log}")
+            verdict = {
+                "failed": "killed",
+                "timeout": "killed (timeout)",
+                "crashed": "killed (crash)",
+                "passed": "survived",
+            }
             results.append((m, verdict.get(status, "error"), seconds, tail))
-            colour = "green" if status in ("failed", "timeout") else "red"
+            colour = "green" if status in ("failed", "timeout", "crashed") else "red"
             console.print(f"[{colour}]{m.id}: {verdict.get(status, 'error')}[/{colour}]")
-            if args.verbose or status not in ("failed", "timeout", "passed"):
+            if args.verbose or status not in ("failed", "timeout", "crashed", "passed"):
                 console.print(tail)
     finally:
         if not args.keep:

@@ -93,6 +93,25 @@ def test_a_corrupt_record_or_index_is_left_to_the_general_path(
     assert bytes(r.buf) == before, what
 
 
+@pytest.mark.parametrize(
+    ("what", "length"),
+    [("beyond tail", 100), ("beyond the ring", 0xFFFF_FFF0), ("to the ring's end", RING - 16)],
+)
+def test_a_length_with_a_matching_check_word_is_still_bounded(
+    r: _Ring, what: str, length: int
+) -> None:
+    """The check word covers the length, but a forged header can match it: the
+    length alone is bounded by tail and the ring, and such a record is never read."""
+    r.ring.put(b"hello", 1)
+    r.word(r.rec(0), length)  # seq 0
+    r.word(r.rec(0) + 8, (length ^ 0 ^ SALT) & 0xFFFF_FFFF)  # its check word matches
+    before = bytes(r.buf)
+    assert r.ring.get() == _queue.GENERAL, what
+    assert r.ring.get_many(10) == _queue.GENERAL, what
+    assert r.ring.get_into(bytearray(RING)) == -_queue.GENERAL, what
+    assert bytes(r.buf) == before, what
+
+
 def _batch(msgs: list[bytes]) -> bytes:
     ends, total = [], 0
     for m in msgs:
