@@ -105,6 +105,9 @@ def liveness(pid: int, start: int, boot_id: bytes = _NO_BOOT) -> Liveness:
     """Classify a recorded process. Unknown is never reported as dead."""
     if pid <= 0:
         return Liveness.DEAD
+    if pid > PID_MAX:
+        # No process can have it: a corrupt or foreign word. Never acted on.
+        return Liveness.UNKNOWN
     if boot_id not in (_NO_BOOT, BOOT_ID):
         return Liveness.UNKNOWN
     try:

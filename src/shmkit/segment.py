@@ -118,6 +118,25 @@ def _reserve(fd: int, total: int, what: str) -> None:
         os.ftruncate(fd, total)
 
 
+def _shm_path(sysname: str) -> str:
+    return os.path.join(_platform.SHM_DIR or "/dev/shm", sysname.lstrip("/"))
+
+
+def _slot_liveness(held: bool, pid: int, start: int, boot: bytes) -> _process.Liveness:
+    """Liveness of an attach-table record.
+
+    Every attached handle holds an OFD lock on its slot, which the kernel
+    drops when the process dies: a held lock is alive, whatever PID namespace
+    the holder is in (the registry probes the locks too, through a read-only
+    descriptor of its own). A record without its lock is judged by pid +
+    start time, which errs only towards "alive" or "unknown" (never acted
+    on); an impossible pid word is "unknown", never an OverflowError.
+    """
+    if held:
+        return _process.Liveness.ALIVE
+    return _process.liveness(pid, start, boot)
+
+
 class Segment:
     """A mapped shared-memory segment, opened or created by name.
 
@@ -356,16 +375,32 @@ class Segment:
             return []
         out = []
         base = self.header.attach_off
-        for slot in range(self.header.attach_slots):
-            off = base + slot * _layout.ATTACH_SLOT
-            pid, start, boot = _layout.ATTACH_SLOT_STRUCT.unpack_from(self._mm, off)
-            held = self._lock_fd is not None and (
-                slot == self._slot or _ofd.is_locked(self._lock_fd, off)
-            )
-            if pid == 0 and not held:
-                continue
-            live = _process.Liveness.ALIVE if held else _process.liveness(pid, start, boot)
-            out.append(Attachment(slot, pid, start, live))
+        probe_fd = self._lock_fd
+        own_probe = False
+        if probe_fd is None and _platform.OFD_LOCKS:
+            # Not attached (the registry): a read-only descriptor of our own can
+            # still ask the kernel which slots are locked.
+            try:
+                probe_fd = os.open(_shm_path(self.sysname), os.O_RDONLY | os.O_CLOEXEC)
+                own_probe = True
+            except OSError:
+                probe_fd = None
+        try:
+            for slot in range(self.header.attach_slots):
+                off = base + slot * _layout.ATTACH_SLOT
+                pid, start, boot = _layout.ATTACH_SLOT_STRUCT.unpack_from(self._mm, off)
+                held = probe_fd is not None and (
+                    (slot == self._slot and self._lock_fd is not None)
+                    or _ofd.is_locked(probe_fd, off)
+                )
+                if pid == 0 and not held:
+                    continue
+                out.append(
+                    Attachment(slot, pid, start, _slot_liveness(held, pid, start, boot))
+                )
+        finally:
+            if own_probe and probe_fd is not None:
+                os.close(probe_fd)
         return out
 
     # ---------------------------------------------------------------- objects

@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Final
 
 import posix_ipc
 
-from . import _core, _mutex, _names, _process, _wait
+from . import _core, _mutex, _names, _platform, _process, _wait
 from ._layout import Kind
 from .errors import (
     Closed,
@@ -204,8 +204,27 @@ class Semaphore(_Named):
             return _wait.sem_wait(sem, timeout, spin=0.0, on_slice=self._check_open)
 
     def release(self, n: int = 1) -> None:
-        """Increment ``n`` times, waking up to ``n`` waiters."""
+        """Increment ``n`` times, waking up to ``n`` waiters.
+
+        Raises:
+            TypeError: ``n`` is not an int (bools are refused too).
+            ValueError: ``n`` is below 1, or would take the value past the
+                platform's maximum (``SEM_VALUE_MAX``); nothing is posted.
+        """
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"release(n): n must be an int, not {type(n).__name__}")
+        if n < 1:
+            raise ValueError(f"release(n): n must be at least 1, not {n}")
+        if n > _platform.SEM_VALUE_MAX:
+            raise ValueError(
+                f"release(n): n={n} is above the semaphore maximum {_platform.SEM_VALUE_MAX}"
+            )
         sem = self._handle()
+        if _platform.SEM_GETVALUE and int(sem.value) + n > _platform.SEM_VALUE_MAX:
+            raise ValueError(
+                f"semaphore {self._name!r}: releasing {n} would pass the maximum value "
+                f"{_platform.SEM_VALUE_MAX} (now {int(sem.value)}); nothing was posted"
+            )
         for _ in range(n):
             sem.release()
 

@@ -1,0 +1,106 @@
+"""Issue 9 items 6-7: impossible words read from shared memory and bad arguments
+give shmkit's own errors (or an honest "unknown"), never a builtin exception."""
+
+from __future__ import annotations
+
+import struct
+from contextlib import closing
+
+import pytest
+
+import shmkit
+from shmkit import Lock, Queue, Segment, Semaphore, _platform, cli, registry
+from shmkit._process import Liveness
+from shmkit.errors import Closed, LayoutError
+
+from .helpers import attach_offset, header_field, poke
+
+IMPOSSIBLE = [2**31, 2**40, 2**62]
+
+
+@pytest.mark.parametrize("pid", IMPOSSIBLE)
+def test_an_impossible_attach_pid_is_unknown_and_ls_and_gc_go_on(name: str, pid: int) -> None:
+    q = Queue.create(name + "q", 4096)
+    lock = Lock.create(name + "l")
+    seg = Segment.create(name + "s", 4096)
+    try:
+        for obj in (name + "q", name + "l", name + "s"):
+            # a second record, slot 5, with no process behind it
+            poke(obj, attach_offset(obj) + 5 * 32, struct.pack("<qq", pid, 1))
+        with closing(Segment.open(name + "s")) as again:
+            atts = {a.slot: a for a in again.attachments()}
+            assert atts[5].liveness is Liveness.UNKNOWN
+        q.put(b"x")
+        assert q.get(timeout=1) == b"x"
+        q.statistics()
+        entries = {e.name: e for e in registry.discover() if e.name.startswith(name)}
+        assert set(entries) == {name + "q", name + "l", name + "s"}
+        assert all(e.attached_unknown == 1 for e in entries.values())
+        assert cli.main(["ls"]) == 0
+        assert cli.main(["ls", "--json"]) == 0
+        # unknown is never acted on: gc keeps them all
+        gone = {e.name for e in registry.gc(act=True, grace=0) if e.name.startswith(name)}
+        assert gone == set()
+    finally:
+        for obj in (q, lock, seg):
+            obj.close()
+        for suffix in "qls":
+            Segment.remove(name + suffix)
+
+
+@pytest.mark.parametrize("pid", IMPOSSIBLE)
+def test_an_impossible_lock_holder_pid_is_a_layout_error(name: str, pid: int) -> None:
+    with closing(Lock.create(name)) as lock:
+        try:
+            rec = header_field(name, 48, 8) + 64  # body_off + the owner record
+            poke(name, rec, struct.pack("<qq", 1, pid))  # HELD, by an impossible pid
+            assert lock.locked
+            with pytest.raises(LayoutError, match="impossible holder pid"):
+                lock.holder()
+            # the mutex itself is free: the next holder is told, and repairs
+            assert lock.acquire(timeout=1)
+            assert lock.owner_died
+            lock.mark_consistent()
+            lock.release()
+            assert lock.holder() is None
+        finally:
+            lock.unlink()
+
+
+def test_holder_on_a_closed_lock_raises_closed(name: str) -> None:
+    lock = Lock.create(name)
+    lock.unlink()
+    lock.close()
+    with pytest.raises(Closed):
+        lock.holder()
+    with pytest.raises(Closed):
+        lock.acquire(timeout=0)
+
+
+@pytest.mark.parametrize("n", [0, -1, True, 1.5, "2", 2**40])
+def test_semaphore_release_refuses_bad_counts_and_posts_nothing(name: str, n: object) -> None:
+    with closing(Semaphore.create(name, value=3)) as sem:
+        try:
+            with pytest.raises((ValueError, TypeError)):
+                sem.release(n)  # type: ignore[arg-type]
+            if _platform.SEM_GETVALUE:
+                assert sem.value == 3
+        finally:
+            sem.unlink()
+
+
+@pytest.mark.skipif(not _platform.SEM_GETVALUE, reason="sem_getvalue is missing (macOS)")
+def test_semaphore_release_past_the_maximum_is_refused_at_once(name: str) -> None:
+    with closing(Semaphore.create(name, value=5)) as sem:
+        try:
+            with pytest.raises(ValueError, match="maximum"):
+                sem.release(_platform.SEM_VALUE_MAX)
+            assert sem.value == 5
+            sem.release(2)
+            assert sem.value == 7
+        finally:
+            sem.unlink()
+
+
+def test_shmkit_exports_the_error_used_here() -> None:
+    assert issubclass(shmkit.errors.NotOwner, RuntimeError)
