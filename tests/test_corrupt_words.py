@@ -24,9 +24,9 @@ def test_an_impossible_attach_pid_is_unknown_and_ls_and_gc_go_on(name: str, pid:
     lock = Lock.create(name + "l")
     seg = Segment.create(name + "s", 4096)
     try:
-        for obj in (name + "q", name + "l", name + "s"):
+        for which in (name + "q", name + "l", name + "s"):
             # a second record, slot 5, with no process behind it
-            poke(obj, attach_offset(obj) + 5 * 32, struct.pack("<qq", pid, 1))
+            poke(which, attach_offset(which) + 5 * 32, struct.pack("<qq", pid, 1))
         with closing(Segment.open(name + "s")) as again:
             atts = {a.slot: a for a in again.attachments()}
             assert atts[5].liveness is Liveness.UNKNOWN
@@ -42,8 +42,9 @@ def test_an_impossible_attach_pid_is_unknown_and_ls_and_gc_go_on(name: str, pid:
         gone = {e.name for e in registry.gc(act=True, grace=0) if e.name.startswith(name)}
         assert gone == set()
     finally:
-        for obj in (q, lock, seg):
-            obj.close()
+        q.close()
+        lock.close()
+        seg.close()
         for suffix in "qls":
             Segment.remove(name + suffix)
 
