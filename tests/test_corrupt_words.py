@@ -105,3 +105,35 @@ def test_semaphore_release_past_the_maximum_is_refused_at_once(name: str) -> Non
 
 def test_shmkit_exports_the_error_used_here() -> None:
     assert issubclass(shmkit.errors.NotOwner, RuntimeError)
+
+
+@pytest.mark.parametrize(
+    ("what", "flip"),
+    [
+        ("32-bit pointers", lambda abi: (abi & 0xFF) | (4 << 8)),
+        ("another pthread_mutex_t size (aarch64 beside emulated x86)", lambda abi: abi ^ (3 << 1)),
+        ("another C library (musl beside glibc)", lambda abi: abi ^ (1 << 5)),
+        ("big-endian", lambda abi: abi ^ 1),
+    ],
+)
+@pytest.mark.parametrize("kind", ["lock", "queue", "latest"])
+def test_an_object_of_another_abi_is_refused(name: str, what: str, flip: object, kind: str) -> None:
+    """Issue 9 item 8: what every process must agree on is recorded; a mismatch is refused."""
+    from shmkit import Latest, _layout
+
+    if kind == "lock":
+        Lock.create(name).close()
+    elif kind == "queue":
+        Queue.create(name, 4096).close()
+    else:
+        Latest.create(name, size=64).close()
+    opener = {"lock": Lock.open, "queue": Queue.open, "latest": Latest.open}[kind]
+    try:
+        other = flip(_layout.ABI)  # type: ignore[operator]
+        assert other != _layout.ABI
+        poke(name, 14, struct.pack("<H", other))
+        with pytest.raises(shmkit.IncompatibleLayout, match="ABI") as info:
+            opener(name)  # type: ignore[operator]
+        assert info.value.found == other and info.value.expected == _layout.ABI
+    finally:
+        Segment.remove(name)

@@ -15,7 +15,8 @@ Fixed header, little-endian::
          8    2 version       LAYOUT_VERSION; bumped on any layout change
         10    2 kind          Kind
         12    2 header_size   128
-        14    2 abi           0x0801: little-endian, 8-byte pointers
+        14    2 abi           what every process must agree on (see ABI): byte order,
+                              pointer size, pthread_mutex_t size, C library
         16    4 state         INIT while the creator fills it in, READY after
         20    4 mode          permission bits the creator asked for
         24    8 total_size    body_off + body_size; must be <= the segment's real size
@@ -40,18 +41,39 @@ until they see READY, and never trust a field before ``parse`` checked it.
 
 from __future__ import annotations
 
+import platform
 import struct
+import sys
 import zlib
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
 
+from . import _core
 from .errors import IncompatibleLayout, LayoutError
 
 MAGIC: Final = b"SHMKIT\x00\x01"
 LAYOUT_VERSION: Final = 1
 HEADER_SIZE: Final = 128
-ABI: Final = 0x0801
+def _abi() -> int:
+    """The ABI word: processes whose words differ cannot share an object.
+
+    high byte: pointer size in bytes (a 32-bit and a 64-bit process differ);
+    low byte: bit 0 little-endian, bits 1-4 sizeof(pthread_mutex_t) / 8 (x86-64
+    glibc 40, aarch64 glibc 48: an emulated x86 process beside a native arm64
+    one differs), bit 5 glibc (glibc and musl lay out the same 40 bytes
+    differently). The lock mode (robust mutex or flock) is recorded with each
+    mutex, so every process uses the creator's.
+    """
+    low = 1 if sys.byteorder == "little" else 0
+    low |= ((_core.MUTEX_SIZE // 8) & 0xF) << 1
+    if platform.libc_ver()[0] == "glibc":
+        low |= 1 << 5
+    return (struct.calcsize("P") << 8) | low
+
+
+#: This process's ABI word (0x082B on x86-64 glibc, 0x082D on aarch64 glibc).
+ABI: Final = _abi()
 STATE_INIT: Final = 0x54494E49  # b"INIT"
 STATE_READY: Final = 0x59444552  # b"REDY"
 MAX_NAME_BYTES: Final = 255
