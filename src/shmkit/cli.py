@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -68,8 +69,20 @@ def cmd_ls(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_watch(args: argparse.Namespace, console: Console) -> int:
-    """Redraw the ``ls`` table every ``--interval`` seconds until Ctrl-C (or ``--count``)."""
+    """Redraw the ``ls`` table every ``--interval`` seconds until Ctrl-C (or ``--count``).
+
+    On a terminal the table is redrawn in place; piped, each refresh is
+    printed after the last, so a log shows every one.
+    """
     shown = 0
+    if not console.is_terminal:
+        while args.count <= 0 or shown < args.count:
+            console.print(_ls_table(registry.discover(with_stats=True)))
+            sys.stdout.flush()
+            shown += 1
+            if args.count <= 0 or shown < args.count:
+                time.sleep(args.interval)
+        return 0
     with Live(_ls_table(registry.discover()), console=console, auto_refresh=False) as live:
         while args.count <= 0 or shown < args.count:
             live.update(_ls_table(registry.discover(with_stats=True)), refresh=True)
@@ -227,42 +240,82 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     return int(module.main(args.rest))
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shmkit", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"shmkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("ls", help="list shmkit objects in shared memory")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
     p.add_argument("--stats", action="store_true", help="include per-kind statistics")
     p.set_defaults(func=cmd_ls)
 
     p = sub.add_parser("watch", help="the ls table, refreshed until Ctrl-C")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
-    p.add_argument("--count", type=int, default=0, help="stop after this many (0 = never)")
+    p.add_argument(
+        "--interval", type=_positive_float, default=1.0, help="seconds between refreshes (> 0)"
+    )
+    p.add_argument(
+        "--count", type=_non_negative_int, default=0, help="stop after this many (0 = never)"
+    )
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("info", help="decode one object's header, attachments and statistics")
-    p.add_argument("name")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("name", help="the object's name")
+    p.add_argument("--json", action="store_true", help="print it as JSON")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("rm", help="remove objects (segment and semaphores)")
-    p.add_argument("names", nargs="+")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("names", nargs="+", help="the objects' names")
+    p.add_argument("--json", action="store_true", help="print what was removed as JSON")
     p.set_defaults(func=cmd_rm)
 
     p = sub.add_parser("gc", help="remove provably abandoned objects (dry run unless --yes)")
     p.add_argument("--yes", action="store_true", help="really remove")
     p.add_argument("--force", action="store_true", help="also remove when liveness is unknown")
-    p.add_argument("--grace", type=float, default=registry.DEFAULT_GRACE, help="minimum age, s")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--grace", type=float, default=registry.DEFAULT_GRACE, help="minimum age in seconds"
+    )
+    p.add_argument("--json", action="store_true", help="print the candidates as JSON")
     p.set_defaults(func=cmd_gc)
 
     p = sub.add_parser("demo", help="writer and reader processes share memory by name")
-    p.add_argument("--size", type=int, default=6 * 1024 * 1024, help="payload bytes")
-    p.add_argument("--timeout", type=float, default=10.0)
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--size", type=_positive_int, default=6 * 1024 * 1024, help="payload bytes (>= 1)"
+    )
+    p.add_argument(
+        "--timeout", type=_positive_float, default=10.0, help="seconds to wait for each step"
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="benchmarks against the peers")
@@ -284,6 +337,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `shmkit ls --json | head`: the reader went away; no traceback. Point
+        # stdout at /dev/null so the interpreter's final flush cannot fail too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover
