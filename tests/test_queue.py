@@ -506,7 +506,11 @@ def test_a_claim_is_released_only_when_its_process_is_dead(name: str) -> None:
         h0 = c[ring._W_HEAD]
         assert q.get() == b"a" * 100
         me = _process.current()
-        for pid, ticks, released in ((me.pid, me.start, False), (2**22 + 12345, 1, True)):
+        # a pid no process has (within pid_max: beyond it a pid word is "unknown")
+        dead = next(
+            p for p in range(_process.PID_MAX - 1, 1, -1) if not os.path.exists(f"/proc/{p}")
+        )
+        for pid, ticks, released in ((me.pid, me.start, False), (dead, 1, True)):
             assert q._lock_until(time.monotonic() + 1)
             try:
                 c[ring._W_CLAIM] = h0  # as if message "a" were still being copied out
