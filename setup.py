@@ -32,5 +32,7 @@ setup(
         _extension("_queue"),
         # The seqlock Latest and Broadcast share (zlib for the opt-in CRC).
         _extension("_seqlock", ("z",)),
+        # SharedDict's hash table.
+        _extension("_dict"),
     ]
 )

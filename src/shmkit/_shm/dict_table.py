@@ -1,0 +1,194 @@
+"""SharedDict's shared-memory format: params, control words, two indexes, a block heap.
+
+Params (immutable, covered by the header CRC), little-endian::
+
+    offset size field
+         0    4 version     PARAMS_VERSION
+         4    4 flags       0 (reserved)
+         8    8 capacity    most live entries (Full beyond)
+        16    8 nslots      index slots, a power of two >= capacity * 4 / 3
+        24    8 heap_size   bytes of the block heap, a multiple of 64
+        32    4 max_key     longest key in bytes (str keys: UTF-8)
+        36    4 reserved    0
+        40    8 seed        hash seed, random per dict (the same in every process)
+        48   16 codec       value codec name, ASCII, zero-padded
+
+Body (offsets from body_off, which is 64-aligned; words are u64)::
+
+    offset size field
+         0   64 writer mutex    robust pthread mutex; one writer at a time
+        64    8 writes          changes committed; low 32 bits: the futex word of
+                                wait_changed (bumped, release, after every change)
+        72    8 epoch           generation of the index: epoch & 1 names the active
+                                index; bumped (release) by compaction and clear()
+        80    8 count           live entries
+        88    8 tombs           tombstones in the active index
+        96    8 used            heap bytes in live blocks
+       104    8 bump            heap bytes ever carved; above it the heap is untouched
+       112    8 dirty           1 from a writer's first change to its last: a holder
+                                that died mid-write leaves it set (flock backend too)
+       120    8 deaths          writers that died mid-write (repairs made)
+       128    4 waiters         processes asleep in wait_changed (u32)
+       136    8 stamp           last block stamp handed out (block seq = 2 stamp + 2)
+       144    8 compactions     index rebuilds (tombstones dropped)
+       152    8 dropped         entries a repair found corrupt and dropped
+       192  8*C free lists      head per size class (heap offset + 1; 0 = empty)
+        I0  8*N index 0         N = nslots slot words; I0 = align64(192 + 8*C)
+        I1  8*N index 1         I1 = I0 + 8*N
+         H    . heap            H = align64(I1 + 8*N), heap_size bytes
+
+Slot word: 0 EMPTY, 1 TOMBSTONE, else ``(hash >> 32) << 32 | (block / 64 + 2)``.
+Open addressing, linear probing from ``hash & (N - 1)``; entries never move
+while live (a compaction builds the other index and flips ``epoch``).
+
+Block (64-aligned, a whole number of 64-byte units)::
+
+         0    8 seq      2s+1 while written (or once freed); 2s+2 once whole
+         8    8 hash     the key's 64-bit hash (seeded); free block: next free + 1
+        16    4 klen     key bytes; bit 31 set for a str key (UTF-8)
+        20    4 vlen     value bytes
+        24    4 units    block size / 64
+        28    4 reserved
+        32    . key, then value
+
+Size classes: units 1..64 have one class each (64 B .. 4 KiB); larger blocks
+go to class 64 + log2(units) - 6. Free blocks are pushed on their class's
+list; an allocation pops its class, carves from ``bump``, or splits a larger
+free block; when all fail, the writer rebuilds the free lists from the live
+entries (coalescing neighbours) once before raising Full.
+
+Ordering rule (``_core/_dict.c``). Writer, holding the mutex, in one C call:
+``dirty = 1``; allocate; ``seq = 2s+1``, release fence; fill the block;
+``seq = 2s+2`` (release); **publish with one release store of the slot word**;
+then free the old block (``seq`` odd, release fence, then its links) and fix
+the counters; ``dirty = 0``; ``writes += 1`` (release); unlock; wake waiters.
+A writer killed anywhere leaves each key's slot holding its old or its new
+block; the next writer sees ``dirty`` (or EOWNERDEAD) and rebuilds the
+allocator and counters from the active index (repair), so leaked blocks
+return. Reader, no lock: ``e = epoch`` (acquire), probe, ``w = slot``
+(acquire), ``s = seq`` (acquire, even), copy key and value, acquire fence,
+then ``seq``, ``slot`` and ``epoch`` unchanged -> the copy is that entry;
+otherwise retry. Every block modification starts with an odd ``seq`` and a
+release fence, so a copy that saw any later store fails the re-check.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from .._layout import MAX_BODY, align
+from ..errors import LayoutError
+
+PARAMS: Final = struct.Struct("<IIQQQIIQ16s")
+PARAMS_VERSION: Final = 1
+#: Size classes (free-list heads).
+CLASSES: Final = 96
+CTL_END: Final = 192
+UNIT: Final = 64
+BLOCK_HEAD: Final = 32
+#: Limits.
+MAX_KEY: Final = 64 * 1024
+MAX_CAPACITY: Final = 1 << 30
+MIN_HEAP: Final = 4096
+MAX_HEAP: Final = min(MAX_BODY // 2, (1 << 32) * UNIT)
+DEFAULT_CAPACITY: Final = 1024
+DEFAULT_MAX_KEY: Final = 1024
+#: Control word offsets in the body.
+WRITES_AT: Final = 64
+EPOCH_AT: Final = 72
+COUNT_AT: Final = 80
+TOMBS_AT: Final = 88
+USED_AT: Final = 96
+BUMP_AT: Final = 104
+DIRTY_AT: Final = 112
+DEATHS_AT: Final = 120
+WAITERS_AT: Final = 128
+STAMP_AT: Final = 136
+COMPACTIONS_AT: Final = 144
+DROPPED_AT: Final = 152
+FREE_AT: Final = CTL_END
+
+
+@dataclass(frozen=True)
+class DictParams:
+    """Validated SharedDict params and the geometry they imply."""
+
+    capacity: int
+    nslots: int
+    heap_size: int
+    max_key: int
+    seed: int
+    codec: str
+
+    @property
+    def index_off(self) -> tuple[int, int]:
+        first = align(CTL_END + 8 * CLASSES)
+        return first, first + 8 * self.nslots
+
+    @property
+    def heap_off(self) -> int:
+        return align(self.index_off[1] + 8 * self.nslots)
+
+    @property
+    def body_size(self) -> int:
+        return self.heap_off + self.heap_size
+
+
+def slots_for(capacity: int) -> int:
+    """Index slots for ``capacity`` entries: a power of two keeping the load <= 3/4."""
+    need = max(8, -(-capacity * 4 // 3))
+    return 1 << (need - 1).bit_length()
+
+
+def block_bytes(key_len: int, value_len: int) -> int:
+    """Heap bytes one entry takes: header, key and value rounded up to 64."""
+    return align(BLOCK_HEAD + key_len + value_len, UNIT)
+
+
+def make_params(capacity: int, heap_size: int, max_key: int, seed: int, codec: str) -> bytes:
+    """Pack params (values already validated by the caller)."""
+    return PARAMS.pack(
+        PARAMS_VERSION,
+        0,
+        capacity,
+        slots_for(capacity),
+        heap_size,
+        max_key,
+        0,
+        seed,
+        codec.encode("ascii").ljust(16, b"\0"),
+    )
+
+
+def parse_params(params: bytes, body_size: int, what: str = "dict") -> DictParams:
+    """Validate a DICT segment's params against its body size (LayoutError).
+
+    The pure parse step of ``open``; the Hypothesis tests feed it random bytes.
+    """
+    if len(params) != PARAMS.size:
+        raise LayoutError(f"{what}: params are {len(params)} bytes, expected {PARAMS.size}")
+    version, flags, capacity, nslots, heap, max_key, reserved, seed, codec_b = PARAMS.unpack(params)
+    if version != PARAMS_VERSION:
+        raise LayoutError(f"{what}: dict params version {version} is not {PARAMS_VERSION}")
+    if flags or reserved:
+        raise LayoutError(f"{what}: unknown flags {flags:#x}")
+    if not 1 <= capacity <= MAX_CAPACITY or nslots != slots_for(capacity):
+        raise LayoutError(f"{what}: capacity {capacity} / {nslots} slots are inconsistent")
+    if not MIN_HEAP <= heap <= MAX_HEAP or heap % UNIT:
+        raise LayoutError(f"{what}: heap of {heap} bytes is out of range")
+    if not 1 <= max_key <= MAX_KEY:
+        raise LayoutError(f"{what}: max_key {max_key} out of range")
+    name = codec_b.rstrip(b"\0")
+    if b"\0" in name or not name or not name.isascii():
+        raise LayoutError(f"{what}: codec name {codec_b!r} is invalid")
+    parsed = DictParams(capacity, nslots, heap, max_key, seed, name.decode("ascii"))
+    if parsed.body_size != body_size:
+        raise LayoutError(f"{what}: body of {body_size} bytes, its layout needs {parsed.body_size}")
+    return parsed
+
+
+def body_size(capacity: int, heap_size: int) -> int:
+    """The body size a dict of ``capacity`` entries and ``heap_size`` heap bytes needs."""
+    return DictParams(capacity, slots_for(capacity), heap_size, 1, 0, "bytes").body_size

@@ -1,0 +1,655 @@
+"""SharedDict: a hash table in shared memory that unrelated processes open by name.
+
+::
+
+    d = SharedDict.create("cfg", capacity=10_000)     # entries; heap bytes: size=
+    d["mode"] = b"fast"                               # str or bytes keys, bytes values
+    SharedDict.open("cfg")["mode"]                    # b'fast', in any other process
+    d.update_with("hits", lambda v: b"%d" % (int(v or 0) + 1))   # atomic across processes
+    d.wait_changed("mode", timeout=5.0)               # until another process changes it
+
+    cnt = SharedDict.create("counts", codec="pickle")  # any picklable value (trusted writers)
+
+Every operation costs the same whatever the number of keys: a lookup hashes
+the key (a seeded 64-bit hash stored in the header, never Python's ``hash()``)
+and probes an open-addressing index. Reads take no lock and never see a torn
+key or value (each entry is validated like a seqlock and retried); writes
+serialise on a robust mutex taken and released inside one C call
+(``shmkit._core._dict``; format and ordering rule: ``shmkit._shm.dict_table``).
+
+Sizing: the table is fixed at creation. ``capacity`` entries fit (one more
+new key raises ``Full``); the heap holds ``size`` bytes, each entry taking
+``align64(32 + len(key) + len(value))``. There is no growth: size for the
+peak, e.g. ``size = 1.25 * capacity * bytes_per_entry`` (the default is 256
+bytes per entry of capacity). ``statistics()`` shows how full both are.
+
+Crash safety: a writer killed at any instant leaves every key with its old or
+its new value; the next writer repairs the free space (see ``verify()``).
+Lifetime is explicit as for every shmkit object: ``unlink()`` removes it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import struct
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, TypeVar, overload
+
+from . import _codec, _mutex, _wait
+from ._codec import Codec
+from ._core import _dict
+from ._core._dict import DictBase
+from ._layout import Kind
+from ._shm import dict_table as fmt
+from .errors import Closed, LayoutError, LockTimeout, PermissionDenied, ReadStarved, Timeout
+from .segment import Segment, open_or_create
+
+__all__ = ["DictStats", "SharedDict", "describe"]
+
+V = TypeVar("V")
+Key = str | bytes
+
+#: How long a read keeps retrying while writers overtake it before ReadStarved.
+READ_PATIENCE: Final = 2.0
+_MISSING: Final = object()
+_PLAIN = {"bytes", "pickle", "msgpack"}
+#: Open handles (by id: a mapping compares by value and is unhashable, as dict is).
+_live: weakref.WeakValueDictionary[int, SharedDict[Any]] = weakref.WeakValueDictionary()
+
+
+@dataclass(frozen=True)
+class DictStats:
+    """A snapshot of a SharedDict (``statistics()``)."""
+
+    entries: int
+    capacity: int
+    bytes_used: int  # heap bytes in live entries (64-byte units, headers included)
+    heap_size: int
+    tombstones: int
+    generation: int  # index generation: bumped by compaction and clear()
+    writes: int  # changes committed since creation
+    writer_deaths: int  # writers that died mid-write (each repaired by the next)
+    compactions: int
+    dropped: int  # corrupt entries a repair removed (0 unless memory was damaged)
+    waiters: int  # processes asleep in wait_changed
+    retries: int  # this handle: reads retried because a writer changed the entry
+
+
+class SharedDict(DictBase, MutableMapping[Key, V]):
+    """A ``MutableMapping`` of str/bytes keys in shared memory, shared by name.
+
+    ``d[k]``, ``k in d``, ``len(d)`` and ``d.get(k)`` are lock-free C calls;
+    ``d[k] = v`` and ``del d[k]`` take the writer mutex inside one C call.
+    ``keys()``, ``values()`` and ``items()`` return lists (snapshots, each
+    entry read consistently; not one atomic snapshot of the whole map while
+    writers run). Raises MessageTooLarge (a ValueError) for a key longer than
+    ``max_key`` or an entry larger than the heap, Full when ``capacity``
+    entries or the heap are used up, TypeError for keys other than str/bytes.
+    """
+
+    def __init__(self, seg: Segment, params: fmt.DictParams, codec: Codec[Any]) -> None:
+        assert seg.header is not None
+        self._name = seg.name
+        self._seg: Segment | None = seg
+        self._p = params
+        self.readonly = seg.readonly
+        self._codec = codec
+        raw = isinstance(codec, _codec.RawCodec)
+        base = seg.header.body_off
+        self._mutex = None if self.readonly else _mutex.Mutex(seg.mmap, base, seg.sysname, 0)
+        self._flock = self._mutex is not None and self._mutex.kind != "pthread"
+        idx0, idx1 = params.index_off
+        self._c_attach(
+            seg.mmap,
+            self._name,
+            base,
+            params.capacity,
+            params.nslots,
+            params.heap_size,
+            params.max_key,
+            params.seed,
+            idx0,
+            idx1,
+            params.heap_off,
+            self._flock,
+            None if raw else self._encode,
+            None if raw else codec.decode,
+        )
+        _live[id(self)] = self
+
+    def _encode(self, value: Any) -> Any:
+        return _codec.as_bytes(self._codec.encode(value))
+
+    # ------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        *,
+        capacity: int = fmt.DEFAULT_CAPACITY,
+        size: int | None = None,
+        max_key: int = fmt.DEFAULT_MAX_KEY,
+        codec: str | Codec[Any] = "bytes",
+        mode: int = 0o600,
+    ) -> SharedDict[Any]:
+        """Create an empty dict; AlreadyExists if the name is taken.
+
+        Args:
+            capacity: the most entries it holds (Full beyond).
+            size: heap bytes for keys and values (default 256 per entry of
+                capacity, at least 64 KiB); rounded up to 64.
+            max_key: longest key in bytes (str keys count their UTF-8 bytes).
+            codec: ``"bytes"`` (default: bytes-like in, ``bytes`` out),
+                ``"msgpack"``, ``"pickle"`` (every writer fully trusted) or a
+                Codec; its name is recorded in the header.
+            mode: permission bits (0o600: this user only).
+        """
+        cod = _codec.resolve(codec)
+        params = _make_params(capacity, size, max_key, cod.name)
+        parsed = fmt.parse_params(params, _body_size(params), f"dict {name!r}")
+        seg = Segment._create_object(
+            name,
+            Kind.DICT,
+            body_size=parsed.body_size,
+            params=params,
+            sem_values=[],
+            mode=mode,
+            init=_mutex.Mutex.initialize,
+        )
+        try:
+            return cls(seg, parsed, cod)
+        except BaseException:
+            seg.unlink()
+            seg.close()
+            raise
+
+    @classmethod
+    def open(
+        cls, name: str, *, codec: str | Codec[Any] | None = None, readonly: bool = False
+    ) -> SharedDict[Any]:
+        """Attach to an existing dict by name.
+
+        ``codec=None`` uses the codec the creator recorded when it is
+        ``"bytes"`` or ``"msgpack"``; a ``"pickle"`` (or custom) dict must be
+        opened with that codec named explicitly, so nothing is unpickled
+        unless this process asked for it (``codec="bytes"`` reads raw bytes).
+        ``readonly=True`` maps it read-only (writes raise PermissionDenied).
+        """
+        seg = Segment._open_object(name, Kind.DICT, readonly=readonly)
+        try:
+            assert seg.header is not None
+            what = f"dict {name!r}"
+            parsed = fmt.parse_params(seg.header.params, seg.header.body_size, what)
+            if seg.header.nsems != 0:
+                raise LayoutError(f"{what}: {seg.header.nsems} semaphores, expected none")
+            if codec is None:
+                if parsed.codec not in ("bytes", "msgpack"):
+                    raise ValueError(
+                        f"{what} stores values with codec {parsed.codec!r}; pass codec= to "
+                        "open it (pickle runs code chosen by whoever wrote the value)"
+                    )
+                codec = parsed.codec
+            return cls(seg, parsed, _codec.resolve(codec))
+        except BaseException:
+            seg.close()
+            raise
+
+    @classmethod
+    def open_or_create(
+        cls,
+        name: str,
+        *,
+        capacity: int = fmt.DEFAULT_CAPACITY,
+        size: int | None = None,
+        max_key: int = fmt.DEFAULT_MAX_KEY,
+        codec: str | Codec[Any] = "bytes",
+        mode: int = 0o600,
+    ) -> SharedDict[Any]:
+        """Open ``name`` or create it; safe when many processes race.
+
+        An existing dict keeps its creator's capacity and size.
+        """
+        return open_or_create(
+            lambda: cls.create(
+                name, capacity=capacity, size=size, max_key=max_key, codec=codec, mode=mode
+            ),
+            lambda: cls.open(name, codec=codec),
+            f"dict {name!r}",
+        )
+
+    def close(self) -> None:
+        """Detach this handle (idempotent). The entries stay until ``unlink()``."""
+        seg, self._seg = self._seg, None
+        if seg is None:
+            return
+        _live.pop(id(self), None)
+        self._c_detach()
+        mutex, self._mutex = self._mutex, None
+        if mutex is not None:
+            mutex.close()
+        seg.close()
+
+    def unlink(self) -> None:
+        """Destroy the name for everyone. Open handles keep working."""
+        Segment.remove(self._name)
+
+    def __enter__(self) -> SharedDict[V]:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if self.__dict__.get("_seg") is not None:
+            try:
+                self.close()
+            except Exception:
+                pass  # interpreter shutdown: modules may already be gone
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        codec: object = self._codec.name if self._codec.name in _PLAIN else self._codec
+        return (_reopen, (self._name, codec, self.readonly))
+
+    def __repr__(self) -> str:
+        state = " closed" if self._seg is None else ""
+        return (
+            f"<SharedDict {self._name!r} capacity={self._p.capacity} "
+            f"codec={self._codec.name!r}{state}>"
+        )
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def closed(self) -> bool:
+        return self._seg is None
+
+    @property
+    def capacity(self) -> int:
+        """The most entries the dict holds."""
+        return self._p.capacity
+
+    @property
+    def size(self) -> int:
+        """Heap bytes for keys and values."""
+        return self._p.heap_size
+
+    @property
+    def max_key(self) -> int:
+        return self._p.max_key
+
+    @property
+    def codec(self) -> Codec[Any]:
+        return self._codec
+
+    # ------------------------------------------------------------ slow paths (C calls these)
+
+    def _check_open(self) -> None:
+        if self._seg is None:
+            raise Closed(f"dict {self._name!r} is closed")
+
+    def _read_slow(self, key: Key) -> tuple[int, bytes] | None:
+        """A read writers kept overtaking: retry with backoff, ReadStarved after a while."""
+        end = time.monotonic() + READ_PATIENCE
+        attempts = 0
+        while True:
+            self._check_open()
+            got = self._c_read(key, 64)
+            if got is not False:
+                return got  # type: ignore[return-value]
+            attempts += 1
+            if time.monotonic() >= end:
+                raise ReadStarved(
+                    f"dict {self._name!r}: no stable copy of {key!r} in {READ_PATIENCE} s "
+                    "(writers kept replacing it, or the entry is corrupt)"
+                )
+            time.sleep(0 if attempts < 4 else min(1e-3, 1e-5 * attempts))
+
+    def _getitem_slow(self, key: Key) -> Any:
+        got = self._read_slow(key)
+        if got is None:
+            raise KeyError(key)
+        return self._decode(got[1])
+
+    def _decode(self, raw: bytes) -> Any:
+        return raw if isinstance(self._codec, _codec.RawCodec) else self._codec.decode(raw)
+
+    def _write_slow(self, op: int, key: Any, data: Any, expect: int, timeout: float | None) -> Any:
+        """One write op, waiting up to ``timeout`` for the writer mutex (LockTimeout)."""
+        self._check_open()
+        mutex = self._mutex
+        if mutex is None:
+            raise PermissionDenied(f"dict {self._name!r} is open readonly")
+        timeout = _wait.check_timeout(timeout)
+        if not self._flock:
+
+            def attempt() -> Any:
+                got = self._c_write(op, key, data, expect, 0.0)
+                return None if got is _dict.BUSY else (got,)
+
+            def block(seconds: float) -> Any:
+                got = self._c_write(op, key, data, expect, seconds)
+                return None if got is _dict.BUSY else (got,)
+
+            result = _wait.wait(attempt, block, timeout, on_slice=self._check_open)
+            if result is None:
+                raise LockTimeout(
+                    f"dict {self._name!r}: another writer held the lock for {timeout} s"
+                )
+            return result[0]
+        # flock backend: the mutex is held by Python around one C call.
+        got = _wait.wait(
+            lambda: _none_if_busy(mutex.try_acquire()),
+            lambda s: _none_if_busy(mutex.acquire_slice(s)),
+            timeout,
+            on_slice=self._check_open,
+        )
+        if got is None:
+            raise LockTimeout(f"dict {self._name!r}: another writer held the lock for {timeout} s")
+        try:
+            return self._c_write(op, key, data, expect, -2.0 if got == _mutex.OWNER_DIED else -1.0)
+        finally:
+            mutex.core.release_if_held()
+
+    def _write(self, op: int, key: Any, data: Any = None, expect: int = 0) -> Any:
+        if self._flock or self._mutex is None:
+            return self._write_slow(op, key, data, expect, None)
+        got = self._c_write(op, key, data, expect, 0.0)
+        if got is _dict.BUSY:
+            return self._write_slow(op, key, data, expect, None)
+        return got
+
+    def _data(self, value: Any) -> Any:
+        return value if isinstance(self._codec, _codec.RawCodec) else self._encode(value)
+
+    # ------------------------------------------------------------ the mapping
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(self.keys())
+
+    def _scan(self, mode: int) -> list[Any]:
+        end = time.monotonic() + READ_PATIENCE
+        while True:
+            self._check_open()
+            got = self._c_scan(mode)
+            if got is not False:
+                return got  # type: ignore[return-value]
+            if time.monotonic() >= end:
+                raise ReadStarved(f"dict {self._name!r}: writers kept reshaping the index")
+            time.sleep(1e-4)
+
+    def keys(self) -> list[Key]:  # type: ignore[override]
+        """Every key (a list; each read consistently while writers run)."""
+        return self._scan(0)
+
+    def values(self) -> list[V]:  # type: ignore[override]
+        """Every value (a list)."""
+        return [self._decode(raw) for raw in self._scan(1)]
+
+    def items(self) -> list[tuple[Key, V]]:  # type: ignore[override]
+        """Every ``(key, value)`` pair (a list; each pair read as one)."""
+        return [(k, self._decode(raw)) for k, raw in self._scan(2)]
+
+    def set(self, key: Key, value: V, *, timeout: float | None = None) -> int:
+        """``d[key] = value`` with a bound on waiting for other writers; returns the new version."""
+        got: int = self._write_slow(_dict.OP_SET, key, self._data(value), 0, timeout)
+        return got
+
+    @overload
+    def pop(self, key: Key) -> V: ...
+    @overload
+    def pop(self, key: Key, default: V | Any) -> V | Any: ...
+
+    def pop(self, key: Key, default: Any = _MISSING) -> Any:
+        """Remove ``key`` and return its value (``default``, or KeyError, if absent); atomic."""
+        raw = self._write(_dict.OP_POP, key)
+        if raw is None:
+            if default is _MISSING:
+                raise KeyError(key)
+            return default
+        return self._decode(raw)
+
+    def popitem(self) -> tuple[Key, V]:
+        """Remove and return some ``(key, value)``; KeyError if empty."""
+        got = self._write(_dict.OP_POPITEM, None)
+        if got is None:
+            raise KeyError("popitem(): dictionary is empty")
+        return got[0], self._decode(got[1])
+
+    def setdefault(self, key: Key, default: V | None = None) -> V:
+        """Return ``d[key]``, first storing ``default`` if absent (atomic)."""
+        raw = self._write(_dict.OP_SETDEFAULT, key, self._data(default))
+        return default if raw is None else self._decode(raw)  # type: ignore[return-value]
+
+    def update(self, other: Any = (), /, **kwds: V) -> None:
+        """Set every pair of ``other`` (a mapping or pairs) and ``kwds``; each set is atomic."""
+        pairs: Iterable[tuple[Key, V]]
+        if isinstance(other, Mapping):
+            pairs = other.items()
+        elif hasattr(other, "keys"):
+            pairs = ((k, other[k]) for k in other.keys())  # noqa: SIM118 - any object with keys()
+        else:
+            pairs = other
+        for key, value in pairs:
+            self[key] = value
+        for key, value in kwds.items():
+            self[key] = value
+
+    def clear(self) -> None:
+        """Remove every entry at once: readers see the old map or the empty one."""
+        self._write(_dict.OP_CLEAR, None)
+
+    # ------------------------------------------------------------ versions and atomic updates
+
+    def get_versioned(self, key: Key) -> tuple[int, V | None]:
+        """``(version, value)`` read together; ``(0, None)`` if absent.
+
+        Versions are unique and grow with every write; use them with
+        :meth:`compare_and_set` and :meth:`wait_changed`.
+        """
+        self._check_open()
+        got = self._c_read(key, 64)
+        if got is False:
+            got = self._read_slow(key)
+        if got is None:
+            return 0, None
+        assert isinstance(got, tuple)
+        return got[0], self._decode(got[1])
+
+    def version(self, key: Key) -> int:
+        """The current version of ``key`` (0 if absent)."""
+        return self.get_versioned(key)[0]
+
+    def compare_and_set(self, key: Key, version: int, value: V, *, delete: bool = False) -> bool:
+        """Store ``value`` (or delete: ``delete=True``) if ``key`` is still at ``version``.
+
+        ``version`` 0 means "absent". Returns True if it stored; atomic
+        across processes.
+        """
+        data = None if delete else self._data(value)
+        ok, _ver = self._write(_dict.OP_CAS, key, data, version)
+        return bool(ok)
+
+    def update_with(
+        self, key: Key, fn: Callable[[V | None], V], *, timeout: float | None = None
+    ) -> V:
+        """Atomically replace ``key``'s value with ``fn(current)``; return the new value.
+
+        ``fn`` gets the current value, or None when the key is absent. It runs
+        outside the lock (no Python code ever runs under it), so it may run
+        again if another process changed the key meanwhile: keep it free of
+        side effects. Raises Timeout if other writers kept winning for
+        ``timeout`` seconds (None: retry as long as it takes).
+        """
+        timeout = _wait.check_timeout(timeout)
+        end = None if timeout is None else time.monotonic() + timeout
+        tries = 0
+        while True:
+            version, current = self.get_versioned(key)
+            new = fn(current)
+            ok, _v = self._write(_dict.OP_CAS, key, self._data(new), version)
+            if ok:
+                return new
+            tries += 1
+            if end is not None and time.monotonic() >= end:
+                raise Timeout(f"dict {self._name!r}: update_with({key!r}) lost {tries} races")
+            if tries > 8:
+                time.sleep(min(1e-3, 1e-5 * tries))
+
+    def wait_changed(
+        self, key: Key, timeout: float | None = None, *, version: int | None = None
+    ) -> int:
+        """Block until ``key``'s version differs from ``version``; return the new version.
+
+        ``version`` defaults to the key's version at the call (0 = absent), so
+        the call waits for the next change; pass the version you last read to
+        miss nothing in between. Sleeps on a futex word every write bumps, in
+        slices that notice Ctrl-C and ``close()``. Raises Timeout.
+        """
+        timeout = _wait.check_timeout(timeout)
+        start = self.version(key) if version is None else version
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            writes = self._c_counters()[0] & 0xFFFFFFFF
+            now = self.version(key)
+            if now != start:
+                return now
+            remaining = _wait.SLICE if end is None else min(_wait.SLICE, end - time.monotonic())
+            if remaining <= 0:
+                raise Timeout(f"dict {self._name!r}: {key!r} did not change in {timeout} s")
+            self._c_wait(writes, remaining)
+            self._check_open()
+
+    # ------------------------------------------------------------ introspection
+
+    def verify(self, *, timeout: float | None = 10.0) -> list[str]:
+        """Check the whole structure; return the problems found (empty: sound).
+
+        Checks every index slot (its block in bounds and whole, the stored
+        hash matching the key, the key reachable from its home slot, no
+        duplicate), the counters, and that live and free blocks tile the used
+        heap exactly (nothing leaked, nothing overlapping). A writable handle
+        takes the writer lock, first repairing what a dead writer left, as
+        the next writer would; a read-only handle checks without it (results
+        are exact only while nobody writes).
+        """
+        self._check_open()
+        timeout = _wait.check_timeout(timeout)
+        got = _wait.wait(
+            lambda: _none_if(self._c_verify(0.0)),
+            lambda s: _none_if(self._c_verify(s)),
+            timeout,
+            on_slice=self._check_open,
+        )
+        if got is None:
+            raise LockTimeout(f"dict {self._name!r}: verify() could not take the writer lock")
+        return list(got)
+
+    def statistics(self) -> DictStats:
+        """A snapshot of sizes and counters (see :class:`DictStats`)."""
+        self._check_open()
+        (writes, epoch, count, tombs, used, _bump, _dirty, deaths, waiters, comp, dropped) = (
+            self._c_counters()
+        )
+        return DictStats(
+            count,
+            self._p.capacity,
+            used,
+            self._p.heap_size,
+            tombs,
+            epoch,
+            writes,
+            deaths,
+            comp,
+            dropped,
+            waiters,
+            self._c_retries,
+        )
+
+    def _after_fork_in_child(self) -> None:
+        if self._mutex is not None:
+            self._mutex.after_fork_in_child()
+
+
+def _none_if_busy(got: int) -> int | None:
+    return None if got == _mutex.BUSY else got
+
+
+def _none_if(got: Any) -> Any:
+    return None if got is _dict.BUSY else got
+
+
+def _make_params(capacity: object, size: object, max_key: object, codec: str) -> bytes:
+    for label, value in (("capacity", capacity), ("max_key", max_key)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{label} must be an int, not {type(value).__name__}")
+    assert isinstance(capacity, int) and isinstance(max_key, int)
+    if not 1 <= capacity <= fmt.MAX_CAPACITY:
+        raise ValueError(f"capacity must be between 1 and {fmt.MAX_CAPACITY}, not {capacity}")
+    if not 1 <= max_key <= fmt.MAX_KEY:
+        raise ValueError(f"max_key must be between 1 and {fmt.MAX_KEY}, not {max_key}")
+    if size is None:
+        size = max(64 * 1024, 256 * capacity)
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"size must be an int, not {type(size).__name__}")
+    heap = max(fmt.MIN_HEAP, -(-size // fmt.UNIT) * fmt.UNIT)
+    if heap > fmt.MAX_HEAP:
+        raise ValueError(f"size {size} is beyond shmkit's limit of {fmt.MAX_HEAP} bytes")
+    if not codec.isascii() or len(codec) > 16:
+        raise ValueError(f"codec name {codec!r} must be at most 16 ASCII characters")
+    return fmt.make_params(capacity, heap, max_key, secrets.randbits(64), codec)
+
+
+def _body_size(params: bytes) -> int:
+    fields = fmt.PARAMS.unpack(params)
+    return fmt.body_size(fields[2], fields[4])
+
+
+def _reopen(name: str, codec: object, readonly: bool) -> SharedDict[Any]:
+    return SharedDict.open(name, codec=_codec.resolve(codec), readonly=readonly)
+
+
+def describe(seg: Segment) -> dict[str, object]:
+    """JSON-serialisable facts about an opened DICT segment (for ``shmkit ls``/``info``)."""
+    header = seg.header
+    if header is None or header.kind != Kind.DICT:
+        raise LayoutError(f"{seg.name!r} is not a dict")
+    p = fmt.parse_params(header.params, header.body_size, f"dict {seg.name!r}")
+    mm = seg.mmap
+    writes, epoch, count, tombs, used, _bump, dirty, deaths = struct.unpack_from(
+        "<8Q", mm, header.body_off + fmt.WRITES_AT
+    )
+    return {
+        "kind": "dict",
+        "entries": count,
+        "capacity": p.capacity,
+        "bytes_used": used,
+        "heap_size": p.heap_size,
+        "generation": epoch,
+        "tombstones": tombs,
+        "writes": writes,
+        "writer_deaths": deaths,
+        "needs_repair": bool(dirty),
+        "codec": p.codec,
+        "max_key": p.max_key,
+    }
+
+
+def _after_fork_in_child() -> None:
+    for d in list(_live.values()):
+        d._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
