@@ -97,7 +97,8 @@ def test_publisher_killed_mid_frame(ring: str, point: str, loan: bool) -> None:
         _stop(writer, *readers)
     sealed = point == "broadcast.publish.sealed"
     assert info["start"] == (31 if sealed else 30)  # the sealed frame was whole: published
-    assert info["repairs"] == (1 if sealed else 0) and info["attaches"] == 2  # the killed writer, then the new one
+    # attaches: the killed writer, then the new one
+    assert info["repairs"] == (1 if sealed else 0) and info["attaches"] == 2
     for out in outs:
         assert out["torn"] == 0 and out["ordered"] and out["accounted"]
         assert out["deaths"] >= 1 and out["died_at"] - died < R
