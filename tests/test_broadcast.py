@@ -53,7 +53,8 @@ def make(name: str) -> Iterator[Make]:
     def create(**kw: Any) -> Publisher:
         kw.setdefault("slot_size", 64)
         kw.setdefault("slots", 8)
-        pub = Broadcast.create(name, **kw)
+        with Broadcast.create(name, **kw) as bc:
+            pub = bc.publisher()
         made.append(pub)
         return pub
 
@@ -315,7 +316,7 @@ def test_start_positions(make: Make, name: str) -> None:
 def test_too_large_message_leaves_ring_untouched(make: Make, name: str) -> None:
     pub = make(slot_size=8, slots=2)
     pub.publish(b"12345678")
-    before = bytes(pub._mv)
+    before = bytes(pub._ctl.mv)
     with pytest.raises(MessageTooLarge):
         pub.publish(b"123456789")
     with pytest.raises(MessageTooLarge):
@@ -324,7 +325,7 @@ def test_too_large_message_leaves_ring_untouched(make: Make, name: str) -> None:
         pub.publish(np.zeros((4, 4), np.uint8)[:, :1])  # not contiguous
     with pytest.raises(TypeError):
         pub.publish("text")
-    assert bytes(pub._mv) == before
+    assert bytes(pub._ctl.mv) == before
 
 
 @pytest.mark.parametrize(
@@ -422,7 +423,7 @@ def _poke(name: str, offset: int, data: bytes) -> None:
 @pytest.mark.skipif(_platform.SHM_DIR is None, reason="needs /dev/shm")
 def test_corrupt_segments_are_layout_errors(make: Make, name: str) -> None:
     pub = make()
-    header = pub._seg.header if pub._seg else None
+    header = pub._ctl.seg.header if pub._ctl.seg else None
     assert header is not None
     body, params_off = header.body_off, 128 + len(name)
     pub.close()
@@ -466,19 +467,22 @@ def test_one_publisher_at_a_time(make: Make, name: str) -> None:
 
 
 def test_pickle_reopens_by_name(make: Make, name: str) -> None:
+    """A Broadcast re-opens by name; a Subscriber keeps its position; a Publisher refuses."""
     pub = make()
     bc = pickle.loads(pickle.dumps(Broadcast.open(name)))
     assert type(bc) is Broadcast and bc.name == name
     sub = subscribe(name)
+    pub.publish(b"m0")
+    pub.publish(b"m1")
+    assert sub.recv(0) == b"m0"
     sub2 = pickle.loads(pickle.dumps(sub))
     assert isinstance(sub2, Subscriber) and sub2._entry != sub._entry
-    with pytest.raises(PublisherBusy):
-        pickle.loads(pickle.dumps(pub))
+    assert sub2.next_seq == sub.next_seq == 1 and sub2.recv(0) == b"m1"
+    with pytest.raises(TypeError, match=rf"shmkit\.publisher\('{name}'\)"):
+        pickle.dumps(pub)
     for h in (bc, sub, sub2):
         h.close()
     pub.close()
-    with pickle.loads(pickle.dumps(pub)) as again:
-        assert isinstance(again, Publisher)
 
 
 def test_describe_is_json_on_a_readonly_handle(make: Make, name: str) -> None:
@@ -586,8 +590,8 @@ def test_checksum_mode(make: Make, name: str) -> None:
     assert sub.recv_into(buf2, 0) == 4
     # A payload corrupted behind the protocol's back is never delivered.
     pub.publish(b"victim")
-    off = pub._slot0 * 8 + ((3 % 4) * pub._stride_q) * 8 + 64
-    pub._mv[off] ^= 0xFF
+    off = pub._ctl.slot0 * 8 + ((3 % 4) * pub._ctl.stride_q) * 8 + 64
+    pub._ctl.mv[off] ^= 0xFF
     with pytest.raises(LayoutError):
         sub.recv(0)
     sub.close()
@@ -599,7 +603,7 @@ def test_without_ofd_locks_uses_the_mutex_and_pids(
     monkeypatch.setattr(_ofd, "open_for_locks", lambda sysname: None)
     pub = make()
     with subscribe(name) as sub, subscribe(name, "oldest") as sub2:
-        assert sub._fd is None and sub._entry != sub2._entry
+        assert sub._bc._ctl.fd is None and sub._entry != sub2._entry
         pub.publish(b"x")
         assert sub.recv(0) == b"x" and sub.publisher_alive
         assert pub.statistics().live_subscribers == 2

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from shmkit import Broadcast, Latest
+from shmkit import Latest, publisher
 
 from .helpers import finish, kill, read_line, spawn, wait_stopped
 
@@ -91,7 +91,7 @@ def _wait_blocked(pid: int) -> None:
 def test_broadcast_reader_never_returns_a_slot_overwritten_during_its_copy(
     name: str, api: str, path: str
 ) -> None:
-    with Broadcast.create(name, slot_size=64, slots=SLOTS, checksum=path == "checksum") as pub:
+    with publisher(name, slot_size=64, slots=SLOTS, checksum=path == "checksum") as pub:
         reader = spawn(
             BROADCAST_READER, api, path, name, env={"SHMKIT_STOP_AT": "broadcast.recv.copied"}
         )

@@ -13,7 +13,7 @@ import time
 import pytest
 
 import shmkit
-from shmkit.broadcast import Broadcast, subscribe
+from shmkit.broadcast import Broadcast, publisher, subscribe
 from shmkit.errors import LayoutError, Overrun
 from shmkit.latest import Latest
 
@@ -77,7 +77,7 @@ sub.close()
 
 @pytest.mark.parametrize("mode", ["bytes", "into"])
 def test_broadcast_message_overwritten_mid_copy_is_an_overrun(name: str, mode: str) -> None:
-    pub = Broadcast.create(name, slot_size=N, slots=2)
+    pub = publisher(name, slot_size=N, slots=2)
     try:
         pub.publish(b"a" * N)  # message 0, slot 0
         reader = spawn(
@@ -140,13 +140,13 @@ def test_latest_corrupt_version_word_is_a_layout_error(name: str) -> None:
 @pytest.mark.parametrize("how", ["recv", "recv_into", "recv_view"])
 def test_broadcast_length_beyond_the_slot_is_a_layout_error(name: str, how: str) -> None:
     """A 16-byte slot claiming 100 bytes: never bytes of the next slot (recv_into did)."""
-    pub = Broadcast.create(name, slot_size=16, slots=4)
+    pub = publisher(name, slot_size=16, slots=4)
     sub = subscribe(name)
     try:
         pub.publish(b"x" * 16)
         pub.publish(b"y" * 16)
-        base = pub._slot0  # slot 0's words
-        pub._q[base + 1] = 100
+        base = pub._ctl.slot0  # slot 0's words
+        pub._ctl.q[base + 1] = 100
         with pytest.raises(LayoutError, match="claims 100 bytes"):
             if how == "recv":
                 sub.recv(0)
@@ -162,22 +162,22 @@ def test_broadcast_length_beyond_the_slot_is_a_layout_error(name: str, how: str)
 
 
 def test_broadcast_corrupt_sequence_and_published_words(name: str) -> None:
-    pub = Broadcast.create(name, slot_size=16, slots=4)
+    pub = publisher(name, slot_size=16, slots=4)
     sub = subscribe(name)
     try:
         pub.publish(b"a")
-        base = pub._slot0
-        pub._q[base] = 2 * 50 + 2  # slot 0 claims a much later message: a lap
+        base = pub._ctl.slot0
+        pub._ctl.q[base] = 2 * 50 + 2  # slot 0 claims a much later message: a lap
         with pytest.raises(Overrun):
             sub.recv(0)
         pub.publish(b"b")
-        pub._q[0] = 2**63  # published
+        pub._ctl.q[0] = 2**63  # published
         with pytest.raises(LayoutError):
             sub.recv(0)
-        pub._q[0] = 2
-        slot1 = base + pub._stride_q
-        pub._q[slot1] = 1  # an odd seq below the message's: never visible, bounded retries
-        sub._next = 1
+        pub._ctl.q[0] = 2
+        slot1 = base + pub._ctl.stride_q
+        pub._ctl.q[slot1] = 1  # an odd seq below the message's: never visible, bounded retries
+        sub._ring.next = 1
         with pytest.raises(LayoutError):
             sub.recv(0)
     finally:
@@ -240,7 +240,7 @@ print("closed", flush=True)
 def test_t31_a_raising_signal_handler_never_leaves_anything_held(name: str) -> None:
     """SIGALRM raising every 50 us through set/get/publish/recv; others go on within 2 s."""
     lt = Latest.create(name + "-lt", size=64)
-    pub = Broadcast.create(name + "-bc", slot_size=64, slots=8)
+    pub = publisher(name + "-bc", slot_size=64, slots=8)
     pub.close()  # the child becomes the publisher
     probe = subscribe(name + "-bc")
     child = spawn(SIGNALLED, name + "-lt", name + "-bc")

@@ -26,6 +26,7 @@ from shmkit import (
     Segment,
     Semaphore,
     SharedArray,
+    publisher,
     subscribe,
 )
 
@@ -219,7 +220,7 @@ def queue_put_many(name: str, busy: bool) -> Iterator[tuple[Call, State]]:
 
 @contextmanager
 def _subscriber(name: str, busy: bool) -> Iterator[tuple[Any, Any]]:
-    with Broadcast.create(name, slot_size=64, slots=4) as pub, subscribe(name) as sub:
+    with publisher(name, slot_size=64, slots=4) as pub, subscribe(name) as sub:
         if not busy:
             pub.publish(b"message")
         yield pub, sub
@@ -258,7 +259,7 @@ def broadcast_recv_latest(name: str, busy: bool) -> Iterator[tuple[Call, State]]
 @contextmanager
 def _publisher(name: str, busy: bool) -> Iterator[Any]:
     """Busy: a back-pressured ring held full by a subscriber that reads nothing."""
-    with Broadcast.create(name, slot_size=64, slots=2, backpressure=True) as pub:
+    with publisher(name, slot_size=64, slots=2, backpressure=True) as pub:
         with subscribe(name):
             if busy:
                 pub.publish(b"1")
@@ -286,7 +287,7 @@ def broadcast_loan(name: str, busy: bool) -> Iterator[tuple[Call, State]]:
 
 @case
 def broadcast_publisher(name: str, busy: bool) -> Iterator[tuple[Call, State]]:
-    with Broadcast.create(name, slot_size=64, slots=2) as pub, Broadcast.open(name) as b:
+    with publisher(name, slot_size=64, slots=2) as pub, Broadcast.open(name) as b:
         if not busy:
             pub.close()
         yield (lambda t: b.publisher(timeout=t)), (lambda: b.publisher_alive)

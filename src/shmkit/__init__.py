@@ -15,6 +15,7 @@ from .broadcast import Message as Message
 from .broadcast import Publisher as Publisher
 from .broadcast import PublisherBusy as PublisherBusy
 from .broadcast import Subscriber as Subscriber
+from .broadcast import publisher as publisher
 from .broadcast import subscribe as subscribe
 from .errors import (
     AlreadyExists as AlreadyExists,
@@ -105,6 +106,7 @@ __all__ = [
     "Publisher",
     "Subscriber",
     "Message",
+    "publisher",
     "subscribe",
     "ShmkitError",
     "InvalidName",

@@ -23,11 +23,11 @@ from shmkit._layout import Kind
 from shmkit.broadcast import (
     CONTROL_SIZE,
     PARAMS,
-    Broadcast,
     Params,
     describe,
     parse_image,
     parse_params,
+    publisher,
     subscribe,
 )
 from shmkit.errors import LayoutError, ShmkitError
@@ -151,12 +151,11 @@ def test_control_words(word: int, value: int) -> None:
 @pytest.mark.skipif(_platform.SHM_DIR is None, reason="needs /dev/shm")
 def test_mutated_live_segment_gives_only_shmkit_errors(name: str) -> None:
     """Corrupt the control block and slot headers of a live broadcast, then use it."""
-    pub = Broadcast.create(name, slot_size=32, slots=4, max_subscribers=4)
+    pub = publisher(name, slot_size=32, slots=4, max_subscribers=4)
     try:
         for n in range(6):
             pub.publish(bytes([n]) * 32)
-        assert pub._seg is not None and pub._seg.header is not None
-        body_off = pub._seg.header.body_off
+        body_off = pub._ctl.body_off
         slots_off = pub.params.slots_offset
         path = os.path.join(_platform.SHM_DIR or "", _names.system_name(name).lstrip("/"))
         with open(path, "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:

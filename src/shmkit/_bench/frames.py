@@ -171,14 +171,13 @@ class ShmkitPeer(Peer):
 
     def setup(self, tag: str, size: int, readers: int) -> dict[str, Any]:
         name = unique_name(f"bf{tag}")
-        pub = Broadcast.create(
+        Broadcast.create(
             name,
             slot_size=size,
             slots=self.slots if size > SMALL else 1024,
             backpressure=not self.lossy,
             max_subscribers=readers + 2,
-        )
-        pub.close()  # the writer child takes the role
+        ).close()  # the writer child takes the publisher role
         return {"name": name}
 
     def writer(self, args: dict[str, Any]) -> Writer:

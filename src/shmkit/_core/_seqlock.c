@@ -923,15 +923,19 @@ static PyTypeObject LatestType = {
  *    128  writer_waiting  1 while a back-pressured publisher sleeps
  *    136  progress (u32)  bumped by readers that move while writer_waiting;
  *                         the publisher's futex word
+ *    144  joins           bumped by every tethered subscriber that joins a
+ *                         back-pressured ring: the publisher's cached room
+ *                         is void once it changed
  *      S  slots; message n lives in slot n % slots */
 #define RG_PUBLISHED 0
 #define RG_WAKE_HINT 8
 #define RG_ABORTED 104
 #define RG_WRITER_WAITING 128
 #define RG_PROGRESS 136
+#define RG_JOINS 144
 
 #define RGF_CHECKSUM 1
-#define RGF_BP 2 /* subscriber: tethered in back-pressure mode */
+#define RGF_BP 2 /* subscriber: tethered in back-pressure mode; publisher: back-pressure */
 
 /* recv results below zero */
 #define RV_EMPTY (-1)
@@ -951,6 +955,7 @@ typedef struct {
     long long cursor_off; /* subscriber: its cursor word (from body); -1 publisher */
     uint64_t next;        /* publisher: next message number; subscriber: next to read */
     uint64_t room;        /* publisher: first number that needs a room check */
+    uint64_t joins;       /* publisher: the joins word its room was computed at */
     long long loaned;     /* publisher: number of the open loan, or -1 */
     uint64_t woken;       /* publisher: the wake hint last woken for */
     uint64_t hint;        /* subscriber: its next wake hint */
@@ -1072,6 +1077,19 @@ rg_seal(RingObject *self, char *slot, uint64_t p, uint64_t n)
     rg_wake_readers(self);
 }
 
+/* True when message p may not be written before the caller re-scans the
+ * cursors: p is past the cached room, or (back-pressure) a subscriber joined
+ * since the scan. The relaxed load of joins follows the seq_cst fence after
+ * the previous publish's store of published (rg_wake_readers) or the one in
+ * Ring_begin_scan(): pairs with the joiner's fetch-add + fence + load of
+ * published in Ring_join() (Dekker: either we see the join or it sees p). */
+static inline int
+rg_needs_room(RingObject *self, uint64_t p)
+{
+    return p >= self->room ||
+           ((self->flags & RGF_BP) && shm_relaxed64(RG_AT(self, RG_JOINS)) != self->joins);
+}
+
 /* publish(data) -> message number, or -1 (nothing written) when the next
  * number needs room (back-pressure: the caller waits, sets room, retries). */
 static PyObject *
@@ -1093,7 +1111,7 @@ Ring_publish(RingObject *self, PyObject *data)
         return NULL;
     }
     uint64_t p = self->next;
-    if (p >= self->room) {
+    if (rg_needs_room(self, p)) {
         PyBuffer_Release(&src);
         return PyLong_FromLong(RV_NO_ROOM);
     }
@@ -1121,7 +1139,7 @@ Ring_loan(RingObject *self, PyObject *Py_UNUSED(ignored))
         return NULL;
     }
     uint64_t p = self->next;
-    if (p >= self->room) {
+    if (rg_needs_room(self, p)) {
         return PyLong_FromLong(RV_NO_ROOM);
     }
     sl_begin(rg_slot(self, p), p, 0);
@@ -1182,6 +1200,43 @@ Ring_wake_readers(RingObject *self, PyObject *Py_UNUSED(ignored))
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     shm_futex_wake((uint32_t *)RG_AT(self, RG_PUBLISHED), INT_MAX);
     Py_RETURN_NONE;
+}
+
+/* begin_scan(): before the publisher scans the cursors, note the joins
+ * word (seq_cst fence, then acquire: pairs with the joiner's fetch-add in
+ * Ring_join(), so a join seen here has its cursor visible to the scan). */
+static PyObject *
+Ring_begin_scan(RingObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (rg_ready(self)) {
+        return NULL;
+    }
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    self->joins = shm_load64(RG_AT(self, RG_JOINS));
+    Py_RETURN_NONE;
+}
+
+/* join() -> published: a tethered subscriber that stored its cursor and
+ * state announces itself (seq_cst fetch-add, release: the cursor is visible
+ * to a publisher that sees the new value), fences, and reads published. Every
+ * message the publisher may write without having seen this join is below
+ * the returned number + 1, so messages from (returned + 1 - slots) on are
+ * protected (Dekker with rg_needs_room()). */
+static PyObject *
+Ring_join(RingObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (rg_ready(self)) {
+        return NULL;
+    }
+    __atomic_fetch_add((uint64_t *)RG_AT(self, RG_JOINS), 1, __ATOMIC_SEQ_CST);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    uint64_t published = shm_load64(RG_AT(self, RG_PUBLISHED));
+    if (published >= SL_MAX_SEQ) {
+        PyErr_Format(E.layout_error, "broadcast %R: published count %llu is corrupt", self->name,
+                     (unsigned long long)published);
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(published);
 }
 
 /* wait_room(seen, seconds): the back-pressured publisher sleeps until the
@@ -1554,6 +1609,10 @@ static PyMethodDef Ring_methods[] = {
     {"wake_readers", (PyCFunction)Ring_wake_readers, METH_NOARGS, "futex wake every reader"},
     {"wait_room", (PyCFunction)(void (*)(void))Ring_wait_room, METH_FASTCALL,
      "wait_room(seen, seconds): sleep while the progress word equals seen"},
+    {"begin_scan", (PyCFunction)Ring_begin_scan, METH_NOARGS,
+     "begin_scan(): note the joins word before scanning the cursors"},
+    {"join", (PyCFunction)Ring_join, METH_NOARGS,
+     "join() -> published: announce a tethered subscriber (back-pressure)"},
     {"recv", (PyCFunction)Ring_recv, METH_NOARGS, "recv() -> bytes | code < 0"},
     {"recv_into", (PyCFunction)Ring_recv_into, METH_O, "recv_into(buffer) -> length | code < 0"},
     {"recv_view", (PyCFunction)Ring_recv_view, METH_NOARGS, "recv_view() -> length | code < 0"},

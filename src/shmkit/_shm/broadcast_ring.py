@@ -19,7 +19,7 @@ from ..errors import LayoutError
 # Params (immutable, in the segment header, covered by its CRC), little-endian:
 #
 #   offset size field
-#        0    4 version          PARAMS_VERSION (2: C seqlock, futex words, no semaphores)
+#        0    4 version          PARAMS_VERSION (3: C seqlock, futex words, joins word)
 #        4    4 flags            1 back-pressure, 2 checksum
 #        8    8 slot_size        payload bytes per slot
 #       16    8 stride           align64(64 + slot_size): slot header + payload
@@ -38,7 +38,9 @@ from ..errors import LayoutError
 #    88  attaches       publishers attached so far
 #    96  repairs        publish indexes rebuilt after a publisher died
 #   104  aborted        loans abandoned (block raised, handle closed)
-#   128  writer_waiting 1 while a back-pressured publisher sleeps on semaphore 0
+#   128  writer_waiting 1 while a back-pressured publisher sleeps on the progress word
+#   136  progress       (u32) bumped by readers that move while writer_waiting
+#   144  joins          bumped by each tethered subscriber joining a back-pressured ring
 #   192  publisher lock byte: the live publisher holds an OFD lock on it
 #   256  robust mutex (only where OFD locks are missing: claims slots under it)
 #   320  subscriber table, max_subscribers x 64 bytes, one cache line each:
@@ -66,10 +68,17 @@ from ..errors import LayoutError
 # Back-pressure: a waiting publisher stores writer_waiting = 1, fences, scans
 # the cursors, then futex-waits on progress; a reader stores its cursor
 # (release), fences, and if writer_waiting bumps progress and wakes it.
+# Joining a back-pressured ring: the subscriber stores its cursor and state,
+# fetch-adds joins (seq_cst), fences, reads published P, and protects from
+# message P + 1 - slots on. Before writing a message the publisher compares
+# joins (after the seq_cst fence that follows its previous store of
+# published) with the value it last scanned at; a change voids its cached
+# room and it re-scans (Dekker: either it sees the join or the joiner sees
+# every message it may write without a scan).
 # The CRC (checksum=True) is an integrity option only.
 
 PARAMS: Final = struct.Struct("<IIQQIIII")
-PARAMS_VERSION: Final = 2
+PARAMS_VERSION: Final = 3
 FLAG_BACKPRESSURE: Final = 1
 FLAG_CHECKSUM: Final = 2
 _KNOWN_FLAGS: Final = FLAG_BACKPRESSURE | FLAG_CHECKSUM
@@ -92,6 +101,7 @@ _REPAIRS: Final = 12
 _ABORTED: Final = 13
 _WRITER_WAITING: Final = 16
 _PROGRESS: Final = 17
+_JOINS: Final = 18
 _PUB_LOCK_BYTE: Final = 192
 _MUTEX_OFF: Final = 256
 # Subscriber entry words.
