@@ -10,6 +10,7 @@ import os
 import pickle
 import signal
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -498,7 +499,9 @@ def test_large_messages_are_copied_out_after_unlocking(name: str) -> None:
 
 
 def test_a_claim_is_released_only_when_its_process_is_dead(name: str) -> None:
-    """The space of a large message being copied out stays reserved while its taker lives."""
+    """The space of a large message being copied out stays reserved while its taker lives:
+    judged by the taker's attach slot (its OFD lock), or by pid only in the same PID
+    namespace; unknown is never released (issue 9 item 1)."""
     with Queue.create(name, 4 * ring._CLAIM_MIN, unlink_on_exit=True) as q:
         c = q._c
         q.put(b"a" * 100)
@@ -506,11 +509,20 @@ def test_a_claim_is_released_only_when_its_process_is_dead(name: str) -> None:
         h0 = c[ring._W_HEAD]
         assert q.get() == b"a" * 100
         me = _process.current()
-        # a pid no process has (within pid_max: beyond it a pid word is "unknown")
-        dead = next(
-            p for p in range(_process.PID_MAX - 1, 1, -1) if not os.path.exists(f"/proc/{p}")
+        child = subprocess.Popen([sys.executable, "-c", "pass"])
+        child.wait()
+        dead_pid = child.pid  # reaped: no such process (pid reuse this soon is unlikely)
+        ns = ring._TAG_NS | ring._pidns()
+        other_ns = ring._TAG_NS | ((ring._pidns() + 1) & ring._M31)
+        cases = (
+            (*ring.identity(q._seg), False),  # this handle: its attach slot is locked
+            (dead_pid | 7 << 32, 1, True),  # attach slot 6: free, so its holder is gone
+            (me.pid | ns << 32, me.start, False),  # no slot, our namespace, alive pid
+            (dead_pid | other_ns << 32, 1, False),  # another PID namespace: unknown
+            (dead_pid, 1, False),  # no tag at all: unknown, never acted on
+            (dead_pid | ns << 32, 1, True),  # no slot, our namespace, dead pid
         )
-        for pid, ticks, released in ((me.pid, me.start, False), (dead, 1, True)):
+        for pid, ticks, released in cases:
             assert q._lock_until(time.monotonic() + 1)
             try:
                 c[ring._W_CLAIM] = h0  # as if message "a" were still being copied out
@@ -521,7 +533,7 @@ def test_a_claim_is_released_only_when_its_process_is_dead(name: str) -> None:
                 q._unlock()
             assert q.statistics().bytes_used == (120 if released else 240)
             c[ring._W_STATE] &= ~ring._CLAIMED
-        assert q.statistics().recoveries == 1
+        assert q.statistics().recoveries == 2
         assert q.get() == b"b" * 100
 
 

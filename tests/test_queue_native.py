@@ -51,21 +51,21 @@ def r() -> _Ring:
 
 
 def test_put_get_roundtrip_and_store_order(r: _Ring) -> None:
-    assert r.ring.get() == _queue.EMPTY
-    assert r.ring.put(b"hello", 1) == _queue.OK
+    assert r.ring._r_get() == _queue.EMPTY
+    assert r.ring._r_put(b"hello", 1) == _queue.OK
     assert (r.word(TAIL), r.word(PUTS)) == (24, 1)
     w0 = r.word(r.rec(0))
     assert w0 == 5  # length 5, seq 0
     assert r.word(r.rec(0) + 8) == (w0 ^ 0 ^ SALT) & 0xFFFFFFFF
-    assert r.ring.get() == b"hello"
+    assert r.ring._r_get() == b"hello"
     assert (r.word(HEAD), r.word(GETS)) == (24, 1)
 
 
 def test_a_full_ring_says_full_and_a_wrapping_record_goes_general(r: _Ring) -> None:
-    assert r.ring.put(b"x" * 200, 1) == _queue.OK  # 216 of 256 bytes
-    assert r.ring.put(b"y" * 40, 1) == _queue.FULL
-    assert r.ring.get() == b"x" * 200
-    assert r.ring.put(b"y" * 40, 1) == _queue.GENERAL  # would wrap: the general path's job
+    assert r.ring._r_put(b"x" * 200, 1) == _queue.OK  # 216 of 256 bytes
+    assert r.ring._r_put(b"y" * 40, 1) == _queue.FULL
+    assert r.ring._r_get() == b"x" * 200
+    assert r.ring._r_put(b"y" * 40, 1) == _queue.GENERAL  # would wrap: the general path's job
 
 
 @pytest.mark.parametrize(
@@ -84,12 +84,12 @@ def test_a_corrupt_record_or_index_is_left_to_the_general_path(
     r: _Ring, what: str, forge: object
 ) -> None:
     """Nothing is returned, nothing consumed, nothing read or written out of bounds."""
-    r.ring.put(b"hello", 1)
+    r.ring._r_put(b"hello", 1)
     forge(r)  # type: ignore[operator]
     before = bytes(r.buf)
-    assert r.ring.get() == _queue.GENERAL, what
-    assert r.ring.get_many(10) == _queue.GENERAL, what
-    assert r.ring.get_into(bytearray(64)) == -_queue.GENERAL, what
+    assert r.ring._r_get() == _queue.GENERAL, what
+    assert r.ring._r_get_many(10) == _queue.GENERAL, what
+    assert r.ring._r_get_into(bytearray(64)) == -_queue.GENERAL, what
     assert bytes(r.buf) == before, what
 
 
@@ -102,13 +102,13 @@ def test_a_length_with_a_matching_check_word_is_still_bounded(
 ) -> None:
     """The check word covers the length, but a forged header can match it: the
     length alone is bounded by tail and the ring, and such a record is never read."""
-    r.ring.put(b"hello", 1)
+    r.ring._r_put(b"hello", 1)
     r.word(r.rec(0), length)  # seq 0
     r.word(r.rec(0) + 8, (length ^ 0 ^ SALT) & 0xFFFF_FFFF)  # its check word matches
     before = bytes(r.buf)
-    assert r.ring.get() == _queue.GENERAL, what
-    assert r.ring.get_many(10) == _queue.GENERAL, what
-    assert r.ring.get_into(bytearray(RING)) == -_queue.GENERAL, what
+    assert r.ring._r_get() == _queue.GENERAL, what
+    assert r.ring._r_get_many(10) == _queue.GENERAL, what
+    assert r.ring._r_get_into(bytearray(RING)) == -_queue.GENERAL, what
     assert bytes(r.buf) == before, what
 
 
@@ -121,11 +121,11 @@ def _batch(msgs: list[bytes]) -> bytes:
 
 
 def test_a_batch_record_is_taken_one_by_one_and_in_part(r: _Ring) -> None:
-    assert r.ring.put(_batch([b"a", b"bb", b"ccc"]), 3) == _queue.OK
+    assert r.ring._r_put(_batch([b"a", b"bb", b"ccc"]), 3) == _queue.OK
     assert r.word(PUTS) == 3
-    assert r.ring.get() == b"a"
+    assert r.ring._r_get() == b"a"
     assert r.word(HEAD) == 0  # the rest stays at head
-    assert r.ring.get_many(10) == ([b"bb", b"ccc"], False)
+    assert r.ring._r_get_many(10) == ([b"bb", b"ccc"], False)
     assert (r.word(HEAD), r.word(GETS)) == (r.word(TAIL), 3)
 
 
@@ -142,27 +142,27 @@ def test_a_batch_record_is_taken_one_by_one_and_in_part(r: _Ring) -> None:
 def test_a_malformed_batch_is_never_returned_even_in_part(
     r: _Ring, what: str, payload: bytes
 ) -> None:
-    assert r.ring.put(payload, 2) == _queue.OK
+    assert r.ring._r_put(payload, 2) == _queue.OK
     before = bytes(r.buf)
-    assert r.ring.get() == _queue.GENERAL, what
-    assert r.ring.get_many(10) == _queue.GENERAL, what
+    assert r.ring._r_get() == _queue.GENERAL, what
+    assert r.ring._r_get_many(10) == _queue.GENERAL, what
     assert bytes(r.buf) == before, what
 
 
 def test_get_into_a_small_buffer_takes_nothing(r: _Ring) -> None:
-    r.ring.put(b"x" * 40, 1)
-    assert r.ring.get_into(bytearray(8)) == -_queue.GENERAL
+    r.ring._r_put(b"x" * 40, 1)
+    assert r.ring._r_get_into(bytearray(8)) == -_queue.GENERAL
     buf = bytearray(64)
-    assert r.ring.get_into(buf) == 40 and buf[:40] == b"x" * 40
+    assert r.ring._r_get_into(buf) == 40 and buf[:40] == b"x" * 40
 
 
 def test_repair_due_or_busy_state_sends_everything_to_the_general_path(r: _Ring) -> None:
-    r.ring.put(b"hello", 1)
+    r.ring._r_put(b"hello", 1)
     r.word(STATE, 8)  # repair due
-    assert r.ring.get() == _queue.GENERAL
-    assert r.ring.put(b"x", 1) == _queue.GENERAL
+    assert r.ring._r_get() == _queue.GENERAL
+    assert r.ring._r_put(b"x", 1) == _queue.GENERAL
     r.word(STATE, 1)  # shut down
-    assert r.ring.put(b"x", 1) == _queue.GENERAL
+    assert r.ring._r_put(b"x", 1) == _queue.GENERAL
 
 
 @pytest.mark.parametrize(
@@ -183,19 +183,19 @@ def test_a_closed_ring_raises_closed() -> None:
     from shmkit.errors import Closed
 
     r = _Ring()
-    r.ring.close()
+    r.ring._r_close()
     with pytest.raises(Closed):
-        r.ring.put(b"x", 1)
+        r.ring._r_put(b"x", 1)
     with pytest.raises(Closed):
-        r.ring.get()
+        r.ring._r_get()
 
 
 def test_poll_sees_data_and_room(r: _Ring) -> None:
-    assert r.ring.poll(False, 0, 0.0) == 0
-    r.ring.put(b"x", 1)
-    assert r.ring.poll(False, 0, 0.001) == 1
-    assert r.ring.poll(True, 16, 0.001) == 1
-    assert r.ring.poll(True, RING, 0.0) == 0
+    assert r.ring._r_poll(False, 0, 0.0) == 0
+    r.ring._r_put(b"x", 1)
+    assert r.ring._r_poll(False, 0, 0.001) == 1
+    assert r.ring._r_poll(True, 16, 0.001) == 1
+    assert r.ring._r_poll(True, RING, 0.0) == 0
 
 
 # ------------------------------------------------------------------ T31

@@ -39,9 +39,8 @@ What other processes see and rely on:
 from __future__ import annotations
 
 import math
-import struct
+import os
 from collections.abc import Callable, Iterable
-from itertools import accumulate
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar, overload
 
@@ -49,7 +48,7 @@ from . import _codec, _mutex, _wait
 from ._codec import Codec
 from ._core import _queue
 from ._layout import Kind, align
-from ._shm.queue_repair import LockAndWait
+from ._shm.queue_general import GeneralPaths
 from ._shm.queue_ring import (  # noqa: F401  (the layout's names, for tests and tools)
     _AGAIN,
     _CLAIM_MIN,
@@ -83,7 +82,6 @@ from ._shm.queue_ring import (  # noqa: F401  (the layout's names, for tests and
     BufferTooSmall,
     QueueStatistics,
     _check_timeout,
-    _Claim,
     _init_body,
     _mono,
     _NoLock,
@@ -91,8 +89,9 @@ from ._shm.queue_ring import (  # noqa: F401  (the layout's names, for tests and
     _perf,
     _snapshot,
     describe,
+    identity,
 )
-from .errors import LayoutError, MessageTooLarge
+from .errors import LayoutError
 from .segment import Segment, open_or_create
 
 if TYPE_CHECKING:
@@ -136,7 +135,7 @@ def _reopen(name: str, codec: object, spin: float) -> Queue[Any]:
 # ----------------------------------------------------------------------------- Queue
 
 
-class Queue(LockAndWait, Generic[T]):
+class Queue(GeneralPaths, Generic[T]):
     """A handle on a named queue. Create with :meth:`create`, attach with :meth:`open`.
 
     ``T`` is what ``get()`` returns: ``bytes`` for the default codec. Handles
@@ -160,13 +159,11 @@ class Queue(LockAndWait, Generic[T]):
         "_name",
         "_pmutex",
         "_pthread",
-        "_q",
         "_raw",
         "_ring",
         "_rv",
         "_rw",
         "_seg",
-        "_spin",
         "_two",
         "_wslot",
     )
@@ -214,10 +211,13 @@ class Queue(LockAndWait, Generic[T]):
             rflags |= _queue.F_FLOCK
         elif not self._checksum:
             rflags |= _queue.F_FAST  # checksum queues take the general path
-        # The hot paths, each one C call (see _core/_queue.c).
-        self._q = _queue.Ring(
-            self._mm, hdr.body_off, ring, cap, rflags, self._mutex.core, self._pmutex.core
+        # The hot paths, each one C call (see _core/_queue.c): this object is the ring.
+        _queue.QueueCore.__init__(
+            self, self._mm, hdr.body_off, ring, cap, rflags, self._mutex.core, self._pmutex.core
         )
+        self._set_decode(self._decode)
+        word, ticks = identity(seg)
+        self._set_identity(word, ticks, os.getpid())
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -432,7 +432,7 @@ class Queue(LockAndWait, Generic[T]):
         # object is collected: a thread still inside an operation finishes it
         # and unlocks. (A flock mutex's lock file is closed now; closing it
         # releases the lock.)
-        self._q.close()
+        self._r_close()
         if not self._pthread:
             self._mutex.close()
         seg.close()
@@ -535,232 +535,74 @@ class Queue(LockAndWait, Generic[T]):
             except Exception:
                 pass
 
-    # ------------------------------------------------------------------ put
+    # ------------------------------------------------------------------ put & get
+    #
+    # put, put_nowait, put_many, get, get_nowait, get_into and get_many are the
+    # C base's (_core._queue.QueueCore): each is one C call from the call site
+    # when it can finish there (arguments and timeout checked first, then the
+    # fast path, a bounded spin, the large-message path); otherwise it calls
+    # the general paths in _shm/queue_general.py. Their signatures, for type
+    # checkers and readers (stdlib ``queue.Queue``'s, plus batches and get_into):
 
-    @overload
-    def put(self: Queue[bytes], item: BytesLike, timeout: float | None = None) -> None: ...
-    @overload
-    def put(self, item: T, timeout: float | None = None) -> None: ...
-    def put(self, item: Any, timeout: float | None = None) -> None:
-        """Append one message, waiting up to ``timeout`` seconds for room.
+    if TYPE_CHECKING:
 
-        Args:
-            item: for the default codec any bytes-like object (a numpy array is
-                sent as its raw bytes); otherwise what the codec accepts.
-            timeout: None waits as long as it takes, 0 does not wait.
+        @overload
+        def put(
+            self: Queue[bytes], item: BytesLike, block: bool = True, timeout: float | None = None
+        ) -> None: ...
+        @overload
+        def put(self, item: T, block: bool = True, timeout: float | None = None) -> None: ...
+        def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+            """Append one message, waiting up to ``timeout`` seconds for room.
 
-        Raises:
-            Full: no room before the deadline.
-            Closed: the queue was shut down, or this handle closed.
-            MessageTooLarge: the message is larger than ``capacity``.
-            TypeError: the codec cannot encode ``item``.
-        """
-        if type(item) is not bytes or self._encoded:
-            item = self._encode(item)  # raises TypeError before anything is touched
-        if timeout is not None:
-            timeout = _check_timeout(timeout)
-        # The fast path: one C call takes P, checks, copies, publishes and
-        # unlocks. Anything unusual (shut down, a large message, corrupt words,
-        # wrapping) goes to the general path, which validates everything and
-        # raises precise errors.
-        r = self._q.put(item, 1)
-        if not r:
-            return
-        spin = self._spin_now
-        if r == _FULL and timeout != 0 and spin:
-            start = _perf()
-            need = (len(item) + 23) & -8
-            if self._poll(True, need, spin if timeout is None else min(spin, timeout)):
-                r = self._q.put(item, 1)
-                if not r:
-                    return
-            if timeout is not None:
-                timeout = max(0.0, timeout - (_perf() - start))
-            spin = 0.0
-        self._put_slow(item, len(item), 1, timeout, spin)
+            ``block=False`` (or ``timeout=0``) does not wait. For the default codec
+            ``item`` is any bytes-like object (a numpy array goes as its raw bytes).
+            Raises Full, Closed, MessageTooLarge (larger than ``capacity``), TypeError.
+            """
 
-    def put_nowait(self, item: Any) -> None:
-        """``put(item, timeout=0)``: raise Full at once if there is no room."""
-        self.put(item, 0.0)
+        @overload
+        def put_nowait(self: Queue[bytes], item: BytesLike) -> None: ...
+        @overload
+        def put_nowait(self, item: T) -> None: ...
+        def put_nowait(self, item: Any) -> None:
+            """``put(item, block=False)``: raise Full at once if there is no room."""
 
-    @overload
-    def put_many(
-        self: Queue[bytes], items: Iterable[BytesLike], timeout: float | None = None
-    ) -> None: ...
-    @overload
-    def put_many(self, items: Iterable[T], timeout: float | None = None) -> None: ...
-    def put_many(self, items: Iterable[Any], timeout: float | None = None) -> None:
-        """Append several messages at once: all of them, contiguous and in order, or none.
+        @overload
+        def put_many(
+            self: Queue[bytes], items: Iterable[BytesLike], timeout: float | None = None
+        ) -> None: ...
+        @overload
+        def put_many(self, items: Iterable[T], timeout: float | None = None) -> None: ...
+        def put_many(self, items: Iterable[Any], timeout: float | None = None) -> None:
+            """Append several messages as one batch record: all, contiguous and in order, or none.
 
-        The batch is published under one lock acquisition with one store, so
-        no other producer's message lands in between, and a producer killed
-        midway publishes nothing.
+            Raises Full (nothing was put), MessageTooLarge (the batch can never
+            fit: split it), Closed, TypeError.
+            """
 
-        Raises:
-            Full: the whole batch did not fit before the deadline (nothing was put).
-            MessageTooLarge: the batch (with 16 bytes of header per message and
-                padding) can never fit in the ring; split it.
-            Closed, TypeError: as for ``put``.
-        """
-        if self._raw:
-            datas = [x if type(x) is bytes else _codec.as_bytes(x) for x in items]
-        else:
-            encode = self._encode
-            datas = [encode(x) for x in items]
-        if timeout is not None:
-            timeout = _check_timeout(timeout)
-        if not datas:
-            return
-        count = len(datas)
-        if count == 1:
-            data = datas[0]
-        else:
-            # One batch record: the message count, their end offsets, their bytes.
-            lens = list(map(len, datas))
-            if max(lens) > self._cap:
-                index = next(i for i, n in enumerate(lens) if n > self._cap)
-                raise MessageTooLarge(
-                    f"queue {self._name!r}: message {index} of the batch is {lens[index]} "
-                    f"bytes; the capacity is {self._cap}"
-                )
-            ends = struct.pack(f"<{count + 1}I", count, *accumulate(lens))
-            data = b"".join([ends, *datas])
-        if not self._q.put(data, count):
-            return
-        self._put_slow(data, len(data), count, timeout, self._spin_now)
+        def get(self, block: bool = True, timeout: float | None = None) -> T:
+            """Remove and return the oldest message, waiting up to ``timeout`` seconds.
 
-    # ------------------------------------------------------------------ get
+            Raises Empty, Closed (shut down and empty, or this handle closed),
+            LayoutError (corrupt control words; nothing is changed).
+            """
 
-    def get(self, timeout: float | None = None) -> T:
-        """Remove and return the oldest message, waiting up to ``timeout`` seconds.
+        def get_nowait(self) -> T:
+            """``get(block=False)``: raise Empty at once if nothing is queued."""
 
-        Raises:
-            Empty: nothing arrived before the deadline.
-            Closed: the queue was shut down and is empty, or this handle closed.
-            LayoutError: the queue's control words are corrupt (nothing is changed).
-        """
-        if timeout is not None:
-            timeout = _check_timeout(timeout)
-        # The fast path: one C call takes C, validates the record at head,
-        # copies it out, consumes it and unlocks. Anything else (wrapped,
-        # corrupt, checksum, large, shut down, a repair due) goes to the
-        # general path, which skips and counts bad records.
-        r = self._q.get()
-        if type(r) is not bytes:
-            spin = self._spin_now
-            if r == _EMPTY and timeout != 0 and spin:
-                start = _perf()
-                if self._poll(False, 0, spin if timeout is None else min(spin, timeout)):
-                    r = self._q.get()
-                if timeout is not None:
-                    timeout = max(0.0, timeout - (_perf() - start))
-                spin = 0.0
-            if type(r) is not bytes:
-                return self._get_slow(timeout, spin)
-        dec = self._decode
-        return r if dec is None else dec(r)  # type: ignore[return-value]
+        def get_many(self, max_items: int, timeout: float | None = None) -> list[T]:
+            """Remove up to ``max_items`` messages under one lock acquisition, oldest first.
 
-    def get_nowait(self) -> T:
-        """``get(timeout=0)``: raise Empty at once if nothing is queued."""
-        return self.get(0.0)
+            Waits (up to ``timeout``) only for the first. Raises Empty, Closed.
+            """
 
-    def _get_slow(self, timeout: float | None, spin: float) -> T:
-        out: list[Any] = []
+        def get_into(self, buffer: BytesLike, timeout: float | None = None) -> int:
+            """Copy the oldest message into ``buffer`` (writable, C-contiguous); its size.
 
-        def attempt() -> object:
-            return True if self._take_locked(1, out, None) else _AGAIN
-
-        try:
-            self._wait(attempt, self._can_get, timeout, putter=False, spin=spin, need=0)
-            data = out[0]
-            if type(data) is _Claim:
-                data = self._claimed(data, None)
-        except BaseException:
-            self._abandon_pending()
-            raise
-        dec = self._decode
-        return data if dec is None else dec(data)  # type: ignore[no-any-return]
-
-    def get_many(self, max_items: int, timeout: float | None = None) -> list[T]:
-        """Remove and return up to ``max_items`` messages under one lock acquisition.
-
-        Waits (up to ``timeout``) only for the first message; returns whatever
-        is queued then, oldest first, at most ``max_items``.
-
-        Raises:
-            Empty: nothing arrived before the deadline.
-            Closed: the queue was shut down and is empty, or this handle closed.
-        """
-        if isinstance(max_items, bool) or not isinstance(max_items, int):
-            raise TypeError(f"max_items must be an int, not {type(max_items).__name__}")
-        if max_items < 1:
-            raise ValueError(f"max_items must be at least 1, not {max_items}")
-        if timeout is not None:
-            timeout = _check_timeout(timeout)
-        dec = self._decode
-        r = self._q.get_many(max_items)
-        out: list[Any]
-        if type(r) is tuple:
-            out, more = r
-            if more:
-                # It stopped at a record that wraps, is large or is corrupt:
-                # the general path takes the rest now (and skips bad records).
-                self._take_more(max_items - len(out), out)
-            return out if dec is None else [dec(d) for d in out]  # type: ignore[return-value]
-        out = []
-
-        def attempt() -> object:
-            return True if self._take_locked(max_items, out, None) else _AGAIN
-
-        try:
-            self._wait(attempt, self._can_get, timeout, putter=False, spin=self._spin_now, need=0)
-            if type(out[0]) is _Claim:
-                out[0] = self._claimed(out[0], None)
-        except BaseException:
-            self._abandon_pending()
-            raise
-        return out if dec is None else [dec(d) for d in out]
-
-    def get_into(self, buffer: BytesLike, timeout: float | None = None) -> int:
-        """Copy the oldest message into ``buffer`` and return its size in bytes.
-
-        One copy, straight from shared memory into your writable buffer (a
-        bytearray, a numpy array, an mmap): no allocation, which matters for
-        large messages. The codec is bypassed: you get the raw bytes.
-
-        Raises:
-            BufferTooSmall: the message is larger than ``buffer``; it stays
-                queued and ``needed`` says how large it is.
-            TypeError: ``buffer`` is not a writable C-contiguous buffer.
-            Empty, Closed: as for ``get``.
-        """
-        try:
-            view = memoryview(buffer)  # type: ignore[arg-type]  # numpy: see BytesLike
-        except TypeError:
-            raise TypeError(
-                f"get_into needs a writable buffer, not {type(buffer).__name__}"
-            ) from None
-        if view.readonly or not view.c_contiguous:
-            raise TypeError("get_into needs a writable, C-contiguous buffer")
-        if timeout is not None:
-            timeout = _check_timeout(timeout)
-        view = view.cast("B")
-        n = self._q.get_into(view)
-        if n >= 0:
-            return int(n)
-        out: list[Any] = []
-
-        def attempt() -> object:
-            return True if self._take_locked(1, out, view) else _AGAIN
-
-        try:
-            self._wait(attempt, self._can_get, timeout, putter=False, spin=self._spin_now, need=0)
-            if type(out[0]) is _Claim:
-                return int(self._claimed(out[0], view))
-        except BaseException:
-            self._abandon_pending()
-            raise
-        return int(out[0])
+            One copy, no allocation; the codec is bypassed. Raises BufferTooSmall
+            (the message stays queued; ``needed`` says its size), TypeError,
+            Empty, Closed.
+            """
 
     # ------------------------------------------------------------------ inspection
 

@@ -1,7 +1,7 @@
 /* shmkit._core._queue — the Queue's hot paths, each one whole critical section.
  *
  *   Ring        built over a queue's mapping (see the layout comment in
- *               shmkit/_shm/queue_ring.py, QUE3). put / put_many / get /
+ *               shmkit/_shm/queue_ring.py, QUE4). put / put_many / get /
  *               get_many / get_into fast paths: trylock (bounded spin with
  *               pause), validate, copy, store in the documented order,
  *               unlock — one C call, so no Python code (and no signal
@@ -26,6 +26,8 @@
  * and counts it (or raises LayoutError for corrupt indices).
  */
 #include "shm.h"
+
+#include <structmember.h>
 
 #include <math.h>
 
@@ -96,9 +98,22 @@ typedef struct {
     PyObject *cmutex; /* _core.Mutex objects for the general path */
     PyObject *pmutex;
     uint64_t tc; /* tail as this handle's get last read it (a hint, under C) */
+    /* QueueCore (the public methods) only: */
+    PyObject *decode;  /* the codec's decode; NULL for raw bytes */
+    double spin;       /* base spin budget, seconds (Queue.spin) */
+    double spin_now;   /* adaptive budget (queue_repair._adapt_spin) */
+    double calm_until; /* no spinning before this (monotonic): a loaded machine */
+    uint64_t id_word;  /* who claims/reserves: pid | tag << 32 (queue_ring.identity) */
+    uint64_t id_ticks; /* and its start time */
+    long id_pid;       /* the process those were made for (a forked child differs) */
+    int pend;          /* our reservation (PEND_RES) / claim (PEND_CLAIM) left marked */
+    uint64_t pend_res_pos, pend_claim_pos;
+    uint64_t pend_res_who, pend_claim_who; /* the identity words they carry */
 } RingObject;
 
 #define W(self, off) ((self)->body + (off))
+
+static uint64_t drop_pending(RingObject *self);
 
 static inline uint64_t
 rd(const RingObject *self, int off)
@@ -190,8 +205,31 @@ repair_producers(RingObject *self)
 /* ================================================================ put */
 
 /* One record (a message, or a batch payload of `count`) at tail, under P. */
+/* A batch record's payload (k >= 2 bytes objects): u32 k, k u32 end offsets,
+ * the messages back to back (the layout put_many's Python path packs). */
+static void
+write_batch(char *p, PyObject *const *items, uint64_t k)
+{
+    uint32_t end = 0;
+    uint32_t k32 = (uint32_t)k;
+    memcpy(p, &k32, 4);
+    for (uint64_t j = 0; j < k; j++) {
+        end += (uint32_t)PyBytes_GET_SIZE(items[j]);
+        memcpy(p + 4 + 4 * j, &end, 4);
+    }
+    char *d = p + 4 + 4 * k;
+    shm_crash("queue.put.copying");
+    for (uint64_t j = 0; j < k; j++) {
+        Py_ssize_t m = PyBytes_GET_SIZE(items[j]);
+        memcpy(d, PyBytes_AS_STRING(items[j]), (size_t)m);
+        d += m;
+    }
+}
+
+/* `items` (put_many): write a batch of `count` bytes objects in place rather
+ * than `data` (n: the batch payload's size). */
 static int
-ring_put(RingObject *self, const char *data, uint64_t n, uint64_t count)
+ring_put(RingObject *self, const char *data, uint64_t n, uint64_t count, PyObject *const *items)
 {
     if (!(self->flags & F_FAST) || (count == 1 && n >= CLAIM_MIN) || n > UINT32_MAX) {
         return Q_GENERAL;
@@ -241,11 +279,17 @@ ring_put(RingObject *self, const char *data, uint64_t n, uint64_t count)
         else {
             char *r = self->ring + i;
             shm_crash("queue.put.reserved");
-            if (__builtin_expect(shm_crash_at != NULL || shm_stop_at != NULL, 0) && n > 1) {
+            if (items != NULL) {
+                write_batch(r + Q_HDR, items, count);
+            }
+            else if (__builtin_expect(shm_crash_at != NULL || shm_stop_at != NULL, 0) && n > 1) {
                 memcpy(r + Q_HDR, data, n / 2);
                 shm_crash("queue.put.copying");
+                shm_copy(r + Q_HDR, data, n);
             }
-            shm_copy(r + Q_HDR, data, n);
+            else {
+                shm_copy(r + Q_HDR, data, n);
+            }
             uint64_t w0 = n | (seq & M32) << 32;
             shm_set_relaxed64(r, w0);
             shm_set_relaxed64(r + 8, hcheck(w0, tail, count == 1 ? SALT : SALT_BATCH));
@@ -290,7 +334,7 @@ Ring_put(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (PyObject_GetBuffer(args[0], &src, PyBUF_CONTIG_RO) < 0) {
         return NULL;
     }
-    int r = ring_put(self, (const char *)src.buf, (uint64_t)src.len, (uint64_t)count);
+    int r = ring_put(self, (const char *)src.buf, (uint64_t)src.len, (uint64_t)count, NULL);
     PyBuffer_Release(&src);
     return PyLong_FromLong(r);
 }
@@ -446,6 +490,36 @@ front(RingObject *self, const take_t *t, const char **p, uint64_t *n, uint64_t *
     return 0;
 }
 
+/* One message from head: its bytes, or NULL with *status EMPTY / GENERAL
+ * (nothing touched) or -1 (an exception: nothing taken). */
+static PyObject *
+get_fast(RingObject *self, int *status)
+{
+    take_t t;
+    int r = take_begin(self, &t, 0);
+    if (r != Q_OK) {
+        *status = r;
+        return NULL;
+    }
+    const char *p;
+    uint64_t n, advance;
+    if (front(self, &t, &p, &n, &advance)) {
+        pthread_mutex_unlock(self->cm);
+        *status = Q_GENERAL;
+        return NULL;
+    }
+    shm_crash("queue.get.locked");
+    PyObject *out = PyBytes_FromStringAndSize(p, (Py_ssize_t)n);
+    if (out == NULL) {
+        pthread_mutex_unlock(self->cm); /* nothing taken */
+        *status = -1;
+        return NULL;
+    }
+    take_commit(self, &t, t.head + advance, t.gets + 1);
+    *status = Q_OK;
+    return out;
+}
+
 /* get() -> bytes | 1 empty | 2 general path */
 static PyObject *
 Ring_get(RingObject *self, PyObject *Py_UNUSED(ignored))
@@ -453,25 +527,30 @@ Ring_get(RingObject *self, PyObject *Py_UNUSED(ignored))
     if (ring_ready(self)) {
         return NULL;
     }
+    int status;
+    PyObject *out = get_fast(self, &status);
+    return out != NULL || status < 0 ? out : PyLong_FromLong(status);
+}
+
+/* One message into dst: its size | -EMPTY | -GENERAL (also: too small). */
+static long long
+get_into_fast(RingObject *self, Py_buffer *dst)
+{
     take_t t;
     int r = take_begin(self, &t, 0);
     if (r != Q_OK) {
-        return PyLong_FromLong(r);
+        return -r;
     }
     const char *p;
     uint64_t n, advance;
-    if (front(self, &t, &p, &n, &advance)) {
+    if (front(self, &t, &p, &n, &advance) || n > (uint64_t)dst->len) {
         pthread_mutex_unlock(self->cm);
-        return PyLong_FromLong(Q_GENERAL);
+        return -Q_GENERAL;
     }
     shm_crash("queue.get.locked");
-    PyObject *out = PyBytes_FromStringAndSize(p, (Py_ssize_t)n);
-    if (out == NULL) {
-        pthread_mutex_unlock(self->cm); /* nothing taken */
-        return NULL;
-    }
+    memcpy(dst->buf, p, n);
     take_commit(self, &t, t.head + advance, t.gets + 1);
-    return out;
+    return (long long)n;
 }
 
 /* get_into(buffer) -> size | -1 empty | -2 general path (also: too small) */
@@ -485,26 +564,7 @@ Ring_get_into(RingObject *self, PyObject *arg)
     if (PyObject_GetBuffer(arg, &dst, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
         return NULL;
     }
-    take_t t;
-    int r = take_begin(self, &t, 0);
-    long long res;
-    if (r != Q_OK) {
-        res = -r;
-    }
-    else {
-        const char *p;
-        uint64_t n, advance;
-        if (front(self, &t, &p, &n, &advance) || n > (uint64_t)dst.len) {
-            pthread_mutex_unlock(self->cm);
-            res = -Q_GENERAL;
-        }
-        else {
-            shm_crash("queue.get.locked");
-            memcpy(dst.buf, p, n);
-            take_commit(self, &t, t.head + advance, t.gets + 1);
-            res = (long long)n;
-        }
-    }
+    long long res = get_into_fast(self, &dst);
     PyBuffer_Release(&dst);
     return PyLong_FromLongLong(res);
 }
@@ -649,6 +709,29 @@ ready(RingObject *self, int putter, uint64_t need)
     return used <= self->size && self->size - used >= need;
 }
 
+/* Spin without any lock until ready: 1 ready | 0 not within seconds | -1 preempted. */
+static int
+poll_loop(RingObject *self, int putter, uint64_t need, double seconds)
+{
+    double last = shm_monotonic(), end = last + seconds;
+    for (;;) {
+        for (int k = 0; k < 32; k++) {
+            if (ready(self, putter, need)) {
+                return 1;
+            }
+            SHM_PAUSE();
+        }
+        double now = shm_monotonic();
+        if (now - last > PREEMPTED) {
+            return -1;
+        }
+        if (now >= end) {
+            return 0;
+        }
+        last = now;
+    }
+}
+
 /* poll(putter, need, seconds) -> 1 ready | 0 not within seconds | -1 preempted.
  * Spins without any lock (pause between looks). Gives up at once when a gap
  * between two looks shows this thread was descheduled: there are fewer free
@@ -666,23 +749,7 @@ Ring_poll(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (putter < 0 || PyErr_Occurred() || ring_ready(self)) {
         return NULL;
     }
-    double last = shm_monotonic(), end = last + seconds;
-    for (;;) {
-        for (int k = 0; k < 32; k++) {
-            if (ready(self, putter, need)) {
-                return PyLong_FromLong(1);
-            }
-            SHM_PAUSE();
-        }
-        double now = shm_monotonic();
-        if (now - last > PREEMPTED) {
-            return PyLong_FromLong(-1);
-        }
-        if (now >= end) {
-            return PyLong_FromLong(0);
-        }
-        last = now;
-    }
+    return PyLong_FromLong(poll_loop(self, putter, need, seconds));
 }
 
 static int
@@ -815,6 +882,13 @@ Ring_lock(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
             wr(self, Q_PDIED, 1);
         }
     }
+    if (is_c && self->pend) {
+        /* both held now: a reservation or claim we gave up on is dropped first */
+        uint64_t st = drop_pending(self);
+        if (st >> ST_PW_SHIFT) {
+            wake(self, Q_PWAKE, INT_MAX);
+        }
+    }
     return PyLong_FromLong(got);
 }
 
@@ -875,6 +949,982 @@ Ring_unlock(RingObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* ================================================================ large messages */
+
+/* Messages of CLAIM_MIN bytes or more are copied outside the locks (see
+ * queue_ring.py, "Large messages"): a producer reserves the space at tail
+ * under both locks, copies with the GIL released, and publishes under both
+ * locks; a consumer claims the record at head under both locks (taking it:
+ * head, gets), copies it out with the GIL released, and clears the claim
+ * under both locks. Who reserved or claimed is recorded as an identity the
+ * Python side judges by the attach slot's OFD lock (queue_ring.identity). */
+
+#define Q_RECOV 264
+#define Q_CLAIM_ID 296
+#define Q_CLAIM_TICKS 304
+#define Q_RES_ID 312
+#define Q_RES_TICKS 320
+#define SLICE 0.05
+#define PEND_RES 1
+#define PEND_CLAIM 2
+/* A large put found no room / a large get nothing: spin this long at most
+ * (one 1 MiB copy on the other side takes ~0.1 ms), then the general path. */
+#define LARGE_SPIN 2e-3
+/* put_large: the locks stayed busy past the deadline; nothing was put. */
+#define Q_LOCKED_OUT 3
+
+static PyObject *Full, *Empty;
+
+typedef struct {
+    PyObject *t, *v, *tb;
+} exc_t;
+
+/* Copy n bytes into / out of the ring from index idx (< size), wrapping at its end. */
+static void
+ring_write(RingObject *self, uint64_t idx, const char *src, uint64_t n)
+{
+    uint64_t k = n < self->size - idx ? n : self->size - idx;
+    shm_copy(self->ring + idx, src, k);
+    if (n > k) {
+        shm_copy(self->ring, src + k, n - k);
+    }
+}
+
+static void
+ring_read(const RingObject *self, uint64_t idx, char *dst, uint64_t n)
+{
+    uint64_t k = n < self->size - idx ? n : self->size - idx;
+    memcpy(dst, self->ring + idx, k);
+    if (n > k) {
+        memcpy(dst + k, self->ring, n - k);
+    }
+}
+
+/* The same with the GIL released (the caller keeps the view pinned). */
+static void
+ring_write_nogil(RingObject *self, uint64_t idx, const char *src, uint64_t n)
+{
+    Py_BEGIN_ALLOW_THREADS
+    ring_write(self, idx, src, n);
+    Py_END_ALLOW_THREADS
+}
+
+static void
+ring_read_nogil(const RingObject *self, uint64_t idx, char *dst, uint64_t n)
+{
+    Py_BEGIN_ALLOW_THREADS
+    ring_read(self, idx, dst, n);
+    Py_END_ALLOW_THREADS
+}
+
+static void
+unlock_both(RingObject *self)
+{
+    pthread_mutex_unlock(self->cm);
+    pthread_mutex_unlock(self->pm);
+}
+
+/* After taking P or C from a dead holder: record it exactly as the fast
+ * paths do (pdied / repair due); the general path's next holder repairs. */
+static void
+record_death(RingObject *self, int producer)
+{
+    if (producer) {
+        repair_producers(self);
+        wr(self, Q_PDIED, 1);
+    }
+    else {
+        wr(self, Q_STATE, rd(self, Q_STATE) | ST_REPAIR);
+    }
+}
+
+/* Take m by `end` (monotonic; < 0: no deadline): spin, then sleep in slices
+ * with the GIL released. 0 held | 1 timed out | -1 exception (nothing held). */
+static int
+lock_until(RingObject *self, pthread_mutex_t *m, double end, int producer)
+{
+    for (;;) {
+        int got = lock_fast(m);
+        if (got == SHM_BUSY) {
+            double left = end < 0 ? SLICE : end - shm_monotonic();
+            if (left <= 0) {
+                return 1;
+            }
+            Py_BEGIN_ALLOW_THREADS
+            got = shm_mutex_timedlock(m, left < SLICE ? left : SLICE);
+            Py_END_ALLOW_THREADS
+        }
+        if (got == SHM_OK || got == SHM_OWNER_DIED) {
+            if (got == SHM_OWNER_DIED) {
+                record_death(self, producer);
+            }
+            return 0;
+        }
+        if (got < 0) {
+            shm_mutex_error(&E, got);
+            return -1;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return -1;
+        }
+    }
+}
+
+/* Both locks (P, then C) by `end`, to end a reservation or claim. A signal
+ * handler's exception (Ctrl-C) meanwhile is kept in *x and leaves one more
+ * second. 0 held | 1 not held. */
+static int
+lock_both_until(RingObject *self, double end, exc_t *x)
+{
+    for (int producer = 1; producer >= 0; producer--) {
+        for (;;) {
+            int r = lock_until(self, producer ? self->pm : self->cm, end, producer);
+            if (r == 0) {
+                break;
+            }
+            if (r < 0 && x->t == NULL) {
+                PyErr_Fetch(&x->t, &x->v, &x->tb);
+                double more = shm_monotonic() + 1.0;
+                end = (end < 0 || more < end) ? more : end;
+                continue;
+            }
+            if (r < 0) {
+                PyErr_Clear(); /* a second one: the first is raised */
+            }
+            if (!producer) {
+                pthread_mutex_unlock(self->pm);
+            }
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Both locks, spinning only: 0 held | 1 busy (none held). */
+static int
+lock_both_fast(RingObject *self)
+{
+    int got = lock_fast(self->pm);
+    if (got == SHM_BUSY || got < 0) {
+        return 1;
+    }
+    if (got == SHM_OWNER_DIED) {
+        record_death(self, 1);
+    }
+    got = lock_fast(self->cm);
+    if (got == SHM_BUSY || got < 0) {
+        pthread_mutex_unlock(self->pm);
+        return 1;
+    }
+    if (got == SHM_OWNER_DIED) {
+        record_death(self, 0);
+    }
+    return 0;
+}
+
+/* Drop a reservation or claim of ours that an earlier call left marked
+ * (both locks held); the state word after. */
+static uint64_t
+drop_pending(RingObject *self)
+{
+    uint64_t st = rd(self, Q_STATE);
+    if ((self->pend & PEND_RES) && (st & ST_RESERVED) && rd(self, Q_RES_ID) == self->pend_res_who &&
+        rd(self, Q_TAIL) == self->pend_res_pos) {
+        st &= ~(uint64_t)ST_RESERVED; /* never published: tail and puts are before it */
+    }
+    if ((self->pend & PEND_CLAIM) && (st & ST_CLAIMED) &&
+        rd(self, Q_CLAIM_ID) == self->pend_claim_who &&
+        rd(self, Q_CLAIM) == self->pend_claim_pos) {
+        st &= ~(uint64_t)ST_CLAIMED;
+    }
+    self->pend = 0;
+    wr(self, Q_STATE, st);
+    return st;
+}
+
+static int
+large_ok(RingObject *self)
+{
+    return (self->flags & (F_FAST | F_TWO)) == (F_FAST | F_TWO) && self->id_pid == (long)getpid();
+}
+
+/* Reserve room for a large record at tail (both locks held): OK (reserved;
+ * *tail, *seq say where), FULL or GENERAL. */
+static int
+reserve(RingObject *self, uint64_t rec, uint64_t *tail, uint64_t *seq)
+{
+    uint64_t st = self->pend ? drop_pending(self) : rd(self, Q_STATE);
+    uint64_t head = rd(self, Q_HEAD), size = self->size;
+    uint64_t from = (st & ST_CLAIMED) ? rd(self, Q_CLAIM) : head;
+    *tail = rd(self, Q_TAIL);
+    *seq = rd(self, Q_PUTS);
+    if ((st & (ST_SHUT | ST_RESERVED | ST_REPAIR)) || rd(self, Q_PDIED) ||
+        ((*tail | head | from) & 7) || *tail - head > size || head - from > size ||
+        *tail - from > size || *seq == UINT64_MAX || *tail > UINT64_MAX - rec) {
+        return Q_GENERAL; /* the general path repairs, raises or waits */
+    }
+    if (size - (*tail - from) < rec) {
+        return Q_FULL;
+    }
+    shm_crash("queue.put.reserved");
+    /* the identity first, the bit last: a reader that sees the bit sees who */
+    wr(self, Q_RES_ID, self->id_word);
+    wr(self, Q_RES_TICKS, self->id_ticks);
+    wr(self, Q_STATE, st | ST_RESERVED);
+    shm_crash("queue.put.reserving");
+    return Q_OK;
+}
+
+/* A large put: OK | FULL | GENERAL (nothing done) | Q_LOCKED_OUT (not put:
+ * the locks stayed busy; our reservation is dropped later) | -1 exception. */
+static int
+put_large(RingObject *self, const char *data, uint64_t n, double end)
+{
+    uint64_t rec = (n + 23) & ~(uint64_t)7;
+    uint64_t tail, seq;
+    if (!large_ok(self) || n > self->cap || lock_both_fast(self)) {
+        return Q_GENERAL;
+    }
+    int r = reserve(self, rec, &tail, &seq);
+    unlock_both(self);
+    if (r != Q_OK) {
+        return r;
+    }
+    /* [tail, tail + rec) is ours alone until the bit is cleared */
+    shm_crash("queue.put.res_copying");
+    uint64_t i = tail % self->size, s = (i + Q_HDR) % self->size;
+    if (__builtin_expect(shm_crash_at != NULL || shm_stop_at != NULL, 0)) {
+        ring_write(self, s, data, n / 2);
+        shm_crash("queue.put.copying");
+        ring_write(self, (s + n / 2) % self->size, data + n / 2, n - n / 2);
+    }
+    else {
+        ring_write_nogil(self, s, data, n);
+    }
+    uint64_t w0 = n | (seq & M32) << 32;
+    shm_set_relaxed64(self->ring + i, w0);
+    shm_set_relaxed64(self->ring + (i + 8) % self->size, hcheck(w0, tail, SALT));
+    shm_crash("queue.put.res_copied");
+    exc_t x = {NULL, NULL, NULL};
+    if (lock_both_until(self, end, &x)) {
+        self->pend |= PEND_RES;
+        self->pend_res_pos = tail;
+        self->pend_res_who = self->id_word;
+        if (x.t != NULL) {
+            PyErr_Restore(x.t, x.v, x.tb);
+            return -1;
+        }
+        return Q_LOCKED_OUT;
+    }
+    uint64_t st = rd(self, Q_STATE);
+    int published = 0;
+    if ((st & ST_RESERVED) && rd(self, Q_RES_ID) == self->id_word &&
+        rd(self, Q_RES_TICKS) == self->id_ticks) {
+        if (rd(self, Q_TAIL) == tail && rd(self, Q_PUTS) == seq) {
+            wr(self, Q_PUTS, seq + 1);
+            shm_crash("queue.put.counted");
+            /* release: publishes the payload and header written outside the
+             * lock; pairs with the acquire load of tail in the consumers' paths */
+            shm_store64(W(self, Q_TAIL), tail + rec);
+            shm_crash("queue.put.published");
+            published = 1;
+        }
+        st &= ~(uint64_t)ST_RESERVED;
+        wr(self, Q_STATE, st);
+    }
+    unlock_both(self);
+    if (published && ((st >> ST_GW_SHIFT) & ST_GW_MASK)) {
+        wake(self, Q_GWAKE, 1);
+    }
+    if (st >> ST_PW_SHIFT) {
+        wake(self, Q_PWAKE, INT_MAX); /* producers that waited for the reservation */
+    }
+    if (x.t != NULL) {
+        PyErr_Restore(x.t, x.v, x.tb);
+        return -1;
+    }
+    return published ? Q_OK : Q_GENERAL; /* not ours any more: put it again */
+}
+
+/* Claim the large record at head (both locks held): OK (taken: *pos, *n),
+ * EMPTY or GENERAL. `room`: the caller's buffer size (or UINT64_MAX). */
+static int
+claim(RingObject *self, uint64_t room, uint64_t *pos, uint64_t *n, PyObject **bytes)
+{
+    uint64_t st = self->pend ? drop_pending(self) : rd(self, Q_STATE);
+    uint64_t head = rd(self, Q_HEAD), tail = rd(self, Q_TAIL), gets = rd(self, Q_GETS);
+    uint64_t size = self->size, used = tail - head;
+    if ((st & (ST_SHUT | ST_CLAIMED | ST_REPAIR)) || rd(self, Q_PDIED) || ((head | tail) & 7) ||
+        used > size || gets == UINT64_MAX) {
+        return Q_GENERAL;
+    }
+    if (used == 0) {
+        return Q_EMPTY;
+    }
+    uint64_t i = head % size;
+    uint64_t w0 = shm_relaxed64(self->ring + i), w1 = shm_relaxed64(self->ring + (i + 8) % size);
+    uint64_t len = w0 & M32, rec = (len + 23) & ~(uint64_t)7;
+    if (w1 != hcheck(w0, head, SALT) || (w0 >> 32) != (gets & M32) || len < CLAIM_MIN ||
+        len > self->cap || rec > used || len > room) {
+        return Q_GENERAL; /* small, batch, corrupt, or too large for the buffer */
+    }
+    if (room == UINT64_MAX) {
+        *bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len); /* before anything is taken */
+        if (*bytes == NULL) {
+            return -1;
+        }
+    }
+    shm_crash("queue.get.locked");
+    /* the claim's fields first, the bit last; then head, then gets */
+    wr(self, Q_CLAIM, head);
+    wr(self, Q_CLAIM_ID, self->id_word);
+    wr(self, Q_CLAIM_TICKS, self->id_ticks);
+    wr(self, Q_STATE, st | ST_CLAIMED);
+    shm_crash("queue.get.claiming");
+    shm_crash("queue.get.copied");
+    /* release: pairs with the producers' acquire of head (the claim still
+     * keeps them off this record's space) */
+    shm_store64(W(self, Q_HEAD), head + rec);
+    shm_crash("queue.get.advanced");
+    wr(self, Q_GETS, gets + 1);
+    shm_crash("queue.get.counted");
+    *pos = head;
+    *n = len;
+    return Q_OK;
+}
+
+/* A large get into dst (or a new bytes object, *out): OK | EMPTY | GENERAL
+ * (nothing taken) | -1 exception (the message, if taken, is lost: at most once). */
+static int
+get_large(RingObject *self, Py_buffer *dst, PyObject **out, uint64_t *nout, double end)
+{
+    uint64_t pos, n;
+    PyObject *b = NULL;
+    if (!large_ok(self) || lock_both_fast(self)) {
+        return Q_GENERAL;
+    }
+    int r = claim(self, dst != NULL ? (uint64_t)dst->len : UINT64_MAX, &pos, &n, &b);
+    unlock_both(self);
+    if (r != Q_OK) {
+        return r;
+    }
+    shm_crash("queue.get.claim_copying");
+    char *to = dst != NULL ? (char *)dst->buf : PyBytes_AS_STRING(b);
+    ring_read_nogil(self, (pos % self->size + Q_HDR) % self->size, to, n);
+    shm_crash("queue.get.claim_copied");
+    exc_t x = {NULL, NULL, NULL};
+    if (lock_both_until(self, end, &x)) {
+        self->pend |= PEND_CLAIM; /* cleared by our next locked call, or at our death */
+        self->pend_claim_pos = pos;
+        self->pend_claim_who = self->id_word;
+    }
+    else {
+        uint64_t st = rd(self, Q_STATE);
+        if ((st & ST_CLAIMED) && rd(self, Q_CLAIM) == pos && rd(self, Q_CLAIM_ID) == self->id_word) {
+            st &= ~(uint64_t)ST_CLAIMED; /* the space is free again */
+            wr(self, Q_STATE, st);
+        }
+        unlock_both(self);
+        if (st >> ST_PW_SHIFT) {
+            wake(self, Q_PWAKE, INT_MAX);
+        }
+    }
+    if (x.t != NULL) {
+        Py_XDECREF(b);
+        PyErr_Restore(x.t, x.v, x.tb);
+        return -1;
+    }
+    *out = b;
+    *nout = n;
+    return Q_OK;
+}
+
+/* _copy_in(index, data): the general path's reserved record, copied in (GIL
+ * released). _copy_out(index, n, buffer | None) -> bytes | n: a claimed one, out. */
+static PyObject *
+Ring_copy_in(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_copy_in(index, data)");
+        return NULL;
+    }
+    unsigned long long idx = PyLong_AsUnsignedLongLong(args[0]);
+    if (PyErr_Occurred() || ring_ready(self)) {
+        return NULL;
+    }
+    Py_buffer src;
+    if (PyObject_GetBuffer(args[1], &src, PyBUF_CONTIG_RO) < 0) {
+        return NULL;
+    }
+    if (idx >= self->size || (uint64_t)src.len > self->cap) {
+        PyBuffer_Release(&src);
+        PyErr_SetString(E.layout_error, "copy outside the ring");
+        return NULL;
+    }
+    self->v.inflight++;
+    if (__builtin_expect(shm_crash_at != NULL || shm_stop_at != NULL, 0) && src.len > 1) {
+        uint64_t h = (uint64_t)src.len / 2;
+        ring_write(self, idx, src.buf, h);
+        shm_crash("queue.put.copying");
+        ring_write(self, (idx + h) % self->size, (const char *)src.buf + h, (uint64_t)src.len - h);
+    }
+    else {
+        ring_write_nogil(self, idx, src.buf, (uint64_t)src.len);
+    }
+    shm_view_leave(&self->v);
+    PyBuffer_Release(&src);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Ring_copy_out(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "_copy_out(index, n, buffer)");
+        return NULL;
+    }
+    unsigned long long idx = PyLong_AsUnsignedLongLong(args[0]);
+    unsigned long long n = PyLong_AsUnsignedLongLong(args[1]);
+    if (PyErr_Occurred() || ring_ready(self)) {
+        return NULL;
+    }
+    if (idx >= self->size || n > self->cap) {
+        PyErr_SetString(E.layout_error, "copy outside the ring");
+        return NULL;
+    }
+    Py_buffer dst;
+    PyObject *b = NULL;
+    char *to;
+    if (args[2] == Py_None) {
+        b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
+        if (b == NULL) {
+            return NULL;
+        }
+        to = PyBytes_AS_STRING(b);
+    }
+    else {
+        if (PyObject_GetBuffer(args[2], &dst, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+            return NULL;
+        }
+        if ((uint64_t)dst.len < n) {
+            PyBuffer_Release(&dst);
+            PyErr_SetString(PyExc_ValueError, "buffer too small");
+            return NULL;
+        }
+        to = dst.buf;
+    }
+    self->v.inflight++;
+    ring_read_nogil(self, idx, to, n);
+    shm_view_leave(&self->v);
+    if (b != NULL) {
+        return b;
+    }
+    PyBuffer_Release(&dst);
+    return PyLong_FromUnsignedLongLong(n);
+}
+
+/* _leave(reservation, pos, who): the general path gave up ending a reservation
+ * (or claim) of ours: the next locked call of this handle drops it. */
+static PyObject *
+Ring_leave(RingObject *self, PyObject *args)
+{
+    int res;
+    unsigned long long pos, who;
+    if (!PyArg_ParseTuple(args, "pKK", &res, &pos, &who)) {
+        return NULL;
+    }
+    if (res) {
+        self->pend |= PEND_RES;
+        self->pend_res_pos = pos;
+        self->pend_res_who = who;
+    }
+    else {
+        self->pend |= PEND_CLAIM;
+        self->pend_claim_pos = pos;
+        self->pend_claim_who = who;
+    }
+    Py_RETURN_NONE;
+}
+
+/* ================================================================ QueueCore */
+
+/* The public put/get family of shmkit.Queue, each one C call from the call
+ * site in the common case: arguments and timeout checked first, then the
+ * fast path, a bounded spin, the large-message path; only what none of
+ * them can finish goes to the Python general path (_put_py, _put_slow,
+ * _get_slow, _get_into_py, _get_many_py, _put_many_py on the subclass). */
+
+static PyObject *S_put_py, *S_put_slow, *S_get_slow, *S_get_into_py, *S_get_many_py,
+    *S_put_many_py;
+
+/* Keyword/positional arguments by name; out[j] NULL when not given. */
+static int
+parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+           const char *const *names, int n_names, int required, PyObject **out)
+{
+    if (nargs > n_names) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments (%zd given)", fname,
+                     n_names, nargs);
+        return -1;
+    }
+    for (int j = 0; j < n_names; j++) {
+        out[j] = j < nargs ? args[j] : NULL;
+    }
+    Py_ssize_t nk = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t i = 0; i < nk; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+        int j = 0;
+        while (j < n_names && PyUnicode_CompareWithASCIIString(key, names[j]) != 0) {
+            j++;
+        }
+        if (j == n_names) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R", fname,
+                         key);
+            return -1;
+        }
+        if (out[j] != NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'", fname,
+                         names[j]);
+            return -1;
+        }
+        out[j] = args[nargs + i];
+    }
+    for (int j = 0; j < required; j++) {
+        if (out[j] == NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fname,
+                         names[j]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* timeout (validated first: shm_parse_timeout) and block=False meaning 0. */
+static int
+block_timeout(PyObject *block, PyObject *timeout, double *t)
+{
+    if (shm_parse_timeout(timeout, t)) {
+        return -1;
+    }
+    if (block != NULL) {
+        int b = PyObject_IsTrue(block);
+        if (b < 0) {
+            return -1;
+        }
+        if (!b) {
+            *t = 0;
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+timeout_obj(double t)
+{
+    return t < 0 ? Py_NewRef(Py_None) : PyFloat_FromDouble(t);
+}
+
+/* self.<name>(a, b, ...) through vectorcall (the general path). */
+static PyObject *
+call_py(RingObject *self, PyObject *name, PyObject *a, PyObject *b, PyObject *c, PyObject *d)
+{
+    PyObject *argv[5] = {(PyObject *)self, a, b, c, d};
+    size_t n = 1 + (a != NULL) + (b != NULL) + (c != NULL) + (d != NULL);
+    return PyObject_VectorcallMethod(name, argv, n | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* Spin without a lock while full/empty, up to `budget` (and *t), unless a
+ * recent spin found this thread descheduled. 1 ready. Takes the time from *t. */
+static int
+spin_wait(RingObject *self, int putter, uint64_t need, double *t, double budget)
+{
+    if (budget <= 0 || *t == 0) {
+        return 0;
+    }
+    double now = shm_monotonic();
+    if (now < self->calm_until) {
+        return 0;
+    }
+    double secs = (*t > 0 && *t < budget) ? *t : budget;
+    int r = poll_loop(self, putter, need, secs);
+    double after = shm_monotonic();
+    if (r < 0) {
+        self->calm_until = after; /* queue_ring._CALM: 0 */
+        self->spin_now = self->spin;
+    }
+    if (*t > 0) {
+        *t = *t - (after - now) > 0 ? *t - (after - now) : 0;
+    }
+    return r > 0;
+}
+
+static PyObject *
+locked_out(RingObject *self, PyObject *exc, const char *what)
+{
+    (void)self;
+    PyErr_Format(exc, "queue: its lock stayed held (a participant is stopped or very slow); %s",
+                 what);
+    return NULL;
+}
+
+static PyObject *
+put_impl(RingObject *self, PyObject *item, double t)
+{
+    if (ring_ready(self)) {
+        return NULL;
+    }
+    if (self->decode != NULL || !PyBytes_CheckExact(item)) {
+        PyObject *to = timeout_obj(t);
+        PyObject *r = to == NULL ? NULL : call_py(self, S_put_py, item, to, NULL, NULL);
+        Py_XDECREF(to);
+        return r;
+    }
+    const char *data = PyBytes_AS_STRING(item);
+    uint64_t n = (uint64_t)PyBytes_GET_SIZE(item);
+    uint64_t rec = (n + 23) & ~(uint64_t)7;
+    double spin = self->spin_now;
+    double end = t < 0 ? -1 : shm_monotonic() + t + SLICE;
+    int r = ring_put(self, data, n, 1, NULL);
+    if (r == Q_GENERAL && n >= CLAIM_MIN) {
+        Py_INCREF(item); /* bytes: immutable, kept alive while the GIL is released */
+        self->v.inflight++;
+        r = put_large(self, data, n, end);
+        if (r == Q_FULL && spin_wait(self, 1, rec, &t, spin > LARGE_SPIN ? spin : LARGE_SPIN)) {
+            r = put_large(self, data, n, end);
+        }
+        shm_view_leave(&self->v);
+        Py_DECREF(item);
+        if (r < 0) {
+            return NULL;
+        }
+        if (r == Q_LOCKED_OUT) {
+            return locked_out(self, Full, "the message was not put");
+        }
+        spin = 0;
+    }
+    else if (r == Q_FULL) {
+        if (spin_wait(self, 1, rec, &t, spin)) {
+            r = ring_put(self, data, n, 1, NULL);
+        }
+        spin = 0; /* spun already (or the machine is loaded) */
+    }
+    if (r == Q_OK) {
+        Py_RETURN_NONE;
+    }
+    PyObject *nobj = PyLong_FromUnsignedLongLong(n);
+    PyObject *one = PyLong_FromLong(1);
+    PyObject *to = timeout_obj(t);
+    PyObject *sp = PyFloat_FromDouble(spin);
+    PyObject *res = NULL;
+    if (nobj != NULL && one != NULL && to != NULL && sp != NULL) {
+        PyObject *argv[6] = {(PyObject *)self, item, nobj, one, to, sp};
+        res = PyObject_VectorcallMethod(S_put_slow, argv, 6 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                        NULL);
+    }
+    Py_XDECREF(nobj);
+    Py_XDECREF(one);
+    Py_XDECREF(to);
+    Py_XDECREF(sp);
+    return res;
+}
+
+static PyObject *
+decoded(RingObject *self, PyObject *b)
+{
+    if (b == NULL || self->decode == NULL) {
+        return b;
+    }
+    PyObject *r = PyObject_CallOneArg(self->decode, b);
+    Py_DECREF(b);
+    return r;
+}
+
+static PyObject *
+get_impl(RingObject *self, double t)
+{
+    if (ring_ready(self)) {
+        return NULL;
+    }
+    int status;
+    PyObject *b = get_fast(self, &status);
+    if (b != NULL || status < 0) {
+        return decoded(self, b);
+    }
+    double spin = self->spin_now;
+    if (status == Q_EMPTY && spin_wait(self, 0, 0, &t, spin)) {
+        b = get_fast(self, &status);
+        if (b != NULL || status < 0) {
+            return decoded(self, b);
+        }
+    }
+    if (status == Q_EMPTY) {
+        spin = 0;
+    }
+    if (status == Q_GENERAL) {
+        uint64_t n;
+        self->v.inflight++;
+        int r = get_large(self, NULL, &b, &n, t < 0 ? -1 : shm_monotonic() + t + SLICE);
+        shm_view_leave(&self->v);
+        if (r < 0 || r == Q_OK) {
+            return decoded(self, b);
+        }
+    }
+    PyObject *to = timeout_obj(t);
+    PyObject *sp = PyFloat_FromDouble(spin);
+    PyObject *res = to == NULL || sp == NULL ? NULL : call_py(self, S_get_slow, to, sp, NULL, NULL);
+    Py_XDECREF(to);
+    Py_XDECREF(sp);
+    return res;
+}
+
+/* put(item, block=True, timeout=None) */
+static PyObject *
+Q_put(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"item", "block", "timeout"};
+    PyObject *a[3];
+    double t;
+    if (parse_args("put", args, nargs, kwnames, names, 3, 1, a) ||
+        block_timeout(a[1], a[2], &t)) {
+        return NULL;
+    }
+    return put_impl(self, a[0], t);
+}
+
+static PyObject *
+Q_put_nowait(RingObject *self, PyObject *item)
+{
+    return put_impl(self, item, 0);
+}
+
+/* get(block=True, timeout=None) */
+static PyObject *
+Q_get(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"block", "timeout"};
+    PyObject *a[2];
+    double t;
+    if (parse_args("get", args, nargs, kwnames, names, 2, 0, a) ||
+        block_timeout(a[0], a[1], &t)) {
+        return NULL;
+    }
+    return get_impl(self, t);
+}
+
+static PyObject *
+Q_get_nowait(RingObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return get_impl(self, 0);
+}
+
+/* get_into(buffer, timeout=None) -> size */
+static PyObject *
+Q_get_into(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"buffer", "timeout"};
+    PyObject *a[2];
+    double t;
+    if (parse_args("get_into", args, nargs, kwnames, names, 2, 1, a) ||
+        shm_parse_timeout(a[1], &t) || ring_ready(self)) {
+        return NULL;
+    }
+    Py_buffer dst;
+    double spin = self->spin_now;
+    if (PyObject_GetBuffer(a[0], &dst, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) == 0) {
+        long long n = get_into_fast(self, &dst);
+        if (n == -Q_EMPTY && spin_wait(self, 0, 0, &t, spin)) {
+            n = get_into_fast(self, &dst);
+        }
+        if (n == -Q_EMPTY) {
+            spin = 0;
+        }
+        if (n == -Q_GENERAL) {
+            uint64_t got;
+            PyObject *none = NULL;
+            self->v.inflight++;
+            int r = get_large(self, &dst, &none, &got, t < 0 ? -1 : shm_monotonic() + t + SLICE);
+            shm_view_leave(&self->v);
+            n = r == Q_OK ? (long long)got : r < 0 ? -3 : -r;
+        }
+        PyBuffer_Release(&dst);
+        if (n >= 0) {
+            return PyLong_FromLongLong(n);
+        }
+        if (n == -3) {
+            return NULL;
+        }
+    }
+    else {
+        PyErr_Clear(); /* the general path says precisely what is wrong with it */
+    }
+    PyObject *to = timeout_obj(t);
+    PyObject *sp = PyFloat_FromDouble(spin);
+    PyObject *res =
+        to == NULL || sp == NULL ? NULL : call_py(self, S_get_into_py, a[0], to, sp, NULL);
+    Py_XDECREF(to);
+    Py_XDECREF(sp);
+    return res;
+}
+
+/* get_many(max_items, timeout=None) -> list */
+static PyObject *
+Q_get_many(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"max_items", "timeout"};
+    PyObject *a[2];
+    double t;
+    if (parse_args("get_many", args, nargs, kwnames, names, 2, 1, a)) {
+        return NULL;
+    }
+    if (PyBool_Check(a[0]) || !PyLong_Check(a[0])) {
+        PyErr_Format(PyExc_TypeError, "max_items must be an int, not %.50s",
+                     Py_TYPE(a[0])->tp_name);
+        return NULL;
+    }
+    Py_ssize_t limit = PyLong_AsSsize_t(a[0]);
+    if (limit == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (limit < 1) {
+        PyErr_Format(PyExc_ValueError, "max_items must be at least 1, not %zd", limit);
+        return NULL;
+    }
+    if (shm_parse_timeout(a[1], &t) || ring_ready(self)) {
+        return NULL;
+    }
+    PyObject *r = Ring_get_many(self, a[0]);
+    if (r == NULL) {
+        return NULL;
+    }
+    if (PyTuple_Check(r) && PyTuple_GET_ITEM(r, 1) == Py_False) {
+        PyObject *out = Py_NewRef(PyTuple_GET_ITEM(r, 0));
+        Py_DECREF(r);
+        if (self->decode != NULL) {
+            for (Py_ssize_t i = 0; i < PyList_GET_SIZE(out); i++) {
+                PyObject *d = PyObject_CallOneArg(self->decode, PyList_GET_ITEM(out, i));
+                if (d == NULL) {
+                    Py_DECREF(out);
+                    return NULL;
+                }
+                PyList_SetItem(out, i, d);
+            }
+        }
+        return out;
+    }
+    PyObject *to = timeout_obj(t);
+    PyObject *res = to == NULL ? NULL : call_py(self, S_get_many_py, a[0], to, r, NULL);
+    Py_XDECREF(to);
+    Py_DECREF(r);
+    return res;
+}
+
+/* put_many(items, timeout=None) */
+static PyObject *
+Q_put_many(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"items", "timeout"};
+    PyObject *a[2];
+    double t;
+    if (parse_args("put_many", args, nargs, kwnames, names, 2, 1, a) ||
+        shm_parse_timeout(a[1], &t) || ring_ready(self)) {
+        return NULL;
+    }
+    if (self->decode == NULL && (PyList_CheckExact(a[0]) || PyTuple_CheckExact(a[0]))) {
+        PyObject *const *items = PySequence_Fast_ITEMS(a[0]);
+        Py_ssize_t k = PySequence_Fast_GET_SIZE(a[0]);
+        uint64_t total = 0;
+        int plain = k >= 2;
+        for (Py_ssize_t j = 0; j < k && plain; j++) {
+            plain = PyBytes_CheckExact(items[j]) && (uint64_t)PyBytes_GET_SIZE(items[j]) <= self->cap;
+            total += plain ? (uint64_t)PyBytes_GET_SIZE(items[j]) : 0;
+        }
+        /* the list cannot change meanwhile: no Python code runs in ring_put */
+        if (plain && total <= UINT32_MAX &&
+            ring_put(self, NULL, 4 + 4 * (uint64_t)k + total, (uint64_t)k, items) == Q_OK) {
+            Py_RETURN_NONE;
+        }
+    }
+    PyObject *to = timeout_obj(t);
+    PyObject *res = to == NULL ? NULL : call_py(self, S_put_many_py, a[0], to, NULL, NULL);
+    Py_XDECREF(to);
+    return res;
+}
+
+/* _set_identity(word, ticks, pid): who this handle is in claims and reservations. */
+static PyObject *
+Q_set_identity(RingObject *self, PyObject *args)
+{
+    unsigned long long word, ticks;
+    long pid;
+    if (!PyArg_ParseTuple(args, "KKl", &word, &ticks, &pid)) {
+        return NULL;
+    }
+    self->id_word = word;
+    self->id_ticks = ticks;
+    self->id_pid = pid;
+    Py_RETURN_NONE;
+}
+
+/* _set_decode(decode | None): the codec's decode (None: raw bytes). */
+static PyObject *
+Q_set_decode(RingObject *self, PyObject *arg)
+{
+    Py_XSETREF(self->decode, arg == Py_None ? NULL : Py_NewRef(arg));
+    Py_RETURN_NONE;
+}
+
+/* _pending() -> (reservation pos | None, claim pos | None) left marked */
+static PyObject *
+Q_pending(RingObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return Py_BuildValue("(NN)",
+                         (self->pend & PEND_RES) ? PyLong_FromUnsignedLongLong(self->pend_res_pos)
+                                                 : Py_NewRef(Py_None),
+                         (self->pend & PEND_CLAIM)
+                             ? PyLong_FromUnsignedLongLong(self->pend_claim_pos)
+                             : Py_NewRef(Py_None));
+}
+
+static PyMethodDef QueueCore_methods[] = {
+    {"put", (PyCFunction)(void (*)(void))Q_put, METH_FASTCALL | METH_KEYWORDS,
+     "put(item, block=True, timeout=None): append one message, waiting up to timeout "
+     "seconds for room (block=False: not at all).\n\nRaises Full, Closed, MessageTooLarge, "
+     "TypeError (see shmkit.Queue)."},
+    {"put_nowait", (PyCFunction)Q_put_nowait, METH_O,
+     "put_nowait(item): put(item, block=False): raise Full at once if there is no room."},
+    {"get", (PyCFunction)(void (*)(void))Q_get, METH_FASTCALL | METH_KEYWORDS,
+     "get(block=True, timeout=None): remove and return the oldest message, waiting up to "
+     "timeout seconds (block=False: not at all).\n\nRaises Empty, Closed, LayoutError."},
+    {"get_nowait", (PyCFunction)Q_get_nowait, METH_NOARGS,
+     "get_nowait(): get(block=False): raise Empty at once if nothing is queued."},
+    {"get_into", (PyCFunction)(void (*)(void))Q_get_into, METH_FASTCALL | METH_KEYWORDS,
+     "get_into(buffer, timeout=None) -> int: copy the oldest message into a writable "
+     "C-contiguous buffer and return its size (one copy, no allocation; the codec is "
+     "bypassed).\n\nRaises BufferTooSmall (the message stays queued), TypeError, Empty, "
+     "Closed."},
+    {"get_many", (PyCFunction)(void (*)(void))Q_get_many, METH_FASTCALL | METH_KEYWORDS,
+     "get_many(max_items, timeout=None) -> list: up to max_items messages under one lock "
+     "acquisition; waits (up to timeout) only for the first.\n\nRaises Empty, Closed."},
+    {"put_many", (PyCFunction)(void (*)(void))Q_put_many, METH_FASTCALL | METH_KEYWORDS,
+     "put_many(items, timeout=None): append several messages as one batch record: all of "
+     "them, contiguous and in order, or none.\n\nRaises Full (nothing was put), "
+     "MessageTooLarge, Closed, TypeError."},
+    {"_set_identity", (PyCFunction)Q_set_identity, METH_VARARGS,
+     "_set_identity(word, ticks, pid)"},
+    {"_set_decode", (PyCFunction)Q_set_decode, METH_O, "_set_decode(decode | None)"},
+    {"_r_pending", (PyCFunction)Q_pending, METH_NOARGS,
+     "_r_pending() -> (reservation, claim) positions this handle left marked"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef QueueCore_members[] = {
+    {"_spin", T_DOUBLE, offsetof(RingObject, spin), 0, "base spin budget (seconds)"},
+    {"_spin_now", T_DOUBLE, offsetof(RingObject, spin_now), 0, "adaptive spin budget"},
+    {"_calm_until", T_DOUBLE, offsetof(RingObject, calm_until), 0,
+     "no spinning before this monotonic time"},
+    {NULL, 0, 0, 0, NULL},
+};
+
 /* ================================================================ life cycle */
 
 static int
@@ -925,6 +1975,7 @@ Ring_dealloc(RingObject *self)
     shm_view_close(&self->v);
     Py_XDECREF(self->cmutex);
     Py_XDECREF(self->pmutex);
+    Py_XDECREF(self->decode);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -942,23 +1993,29 @@ Ring_get_closed(RingObject *self, void *Py_UNUSED(c))
 }
 
 static PyMethodDef Ring_methods[] = {
-    {"put", (PyCFunction)(void (*)(void))Ring_put, METH_FASTCALL,
+    {"_r_put", (PyCFunction)(void (*)(void))Ring_put, METH_FASTCALL,
      "put(data, count) -> 0 published | 1 full | 2 general path"},
-    {"get", (PyCFunction)Ring_get, METH_NOARGS, "get() -> bytes | 1 empty | 2 general path"},
-    {"get_into", (PyCFunction)Ring_get_into, METH_O,
+    {"_r_get", (PyCFunction)Ring_get, METH_NOARGS, "get() -> bytes | 1 empty | 2 general path"},
+    {"_r_get_into", (PyCFunction)Ring_get_into, METH_O,
      "get_into(buffer) -> size | -1 empty | -2 general path"},
-    {"get_many", (PyCFunction)Ring_get_many, METH_O,
+    {"_r_get_many", (PyCFunction)Ring_get_many, METH_O,
      "get_many(limit) -> (list, more) | 1 empty | 2 general path"},
-    {"poll", (PyCFunction)(void (*)(void))Ring_poll, METH_FASTCALL,
+    {"_r_poll", (PyCFunction)(void (*)(void))Ring_poll, METH_FASTCALL,
      "poll(putter, need, seconds) -> 1 ready | 0 not yet | -1 preempted"},
-    {"wake_value", (PyCFunction)Ring_wake_value, METH_O, "wake_value(putter) -> futex word"},
-    {"wake", (PyCFunction)(void (*)(void))Ring_wake, METH_FASTCALL, "wake(putter, n)"},
-    {"sleep", (PyCFunction)(void (*)(void))Ring_sleep, METH_FASTCALL,
+    {"_r_wake_value", (PyCFunction)Ring_wake_value, METH_O, "wake_value(putter) -> futex word"},
+    {"_r_wake", (PyCFunction)(void (*)(void))Ring_wake, METH_FASTCALL, "wake(putter, n)"},
+    {"_r_sleep", (PyCFunction)(void (*)(void))Ring_sleep, METH_FASTCALL,
      "sleep(putter, expected, seconds) -> False on timeout"},
-    {"lock", (PyCFunction)(void (*)(void))Ring_lock, METH_FASTCALL,
+    {"_r_lock", (PyCFunction)(void (*)(void))Ring_lock, METH_FASTCALL,
      "lock(producer, timeout) -> OK | OWNER_DIED | BUSY"},
-    {"unlock", (PyCFunction)Ring_unlock, METH_O, "unlock(bad): release C then P if held"},
-    {"close", (PyCFunction)Ring_close, METH_NOARGS, "release the mapping"},
+    {"_r_unlock", (PyCFunction)Ring_unlock, METH_O, "unlock(bad): release C then P if held"},
+    {"_r_close", (PyCFunction)Ring_close, METH_NOARGS, "release the mapping"},
+    {"_r_leave", (PyCFunction)Ring_leave, METH_VARARGS,
+     "_r_leave(reservation, pos, who): drop it at this handle's next locked call"},
+    {"_r_copy_in", (PyCFunction)(void (*)(void))Ring_copy_in, METH_FASTCALL,
+     "_copy_in(index, data): copy a reserved record's payload in (GIL released)"},
+    {"_r_copy_out", (PyCFunction)(void (*)(void))Ring_copy_out, METH_FASTCALL,
+     "_copy_out(index, n, buffer | None) -> bytes | n: a claimed payload, out"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -972,12 +2029,24 @@ static PyTypeObject RingType = {
     .tp_doc = "Ring(buffer, body_offset, ring, capacity, flags, cmutex, pmutex): a queue's "
               "hot paths.",
     .tp_basicsize = sizeof(RingObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Ring_init,
     .tp_dealloc = (destructor)Ring_dealloc,
     .tp_methods = Ring_methods,
     .tp_getset = Ring_getset,
+};
+
+/* The base of shmkit.Queue: its public put/get family, each one C call. */
+static PyTypeObject QueueCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmkit._core._queue.QueueCore",
+    .tp_doc = "The C base of shmkit.Queue: put/get/put_nowait/get_nowait/get_into/get_many/"
+              "put_many in C, falling back to the subclass's general path.",
+    .tp_basicsize = sizeof(RingObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_base = &RingType,
+    .tp_methods = QueueCore_methods,
+    .tp_members = QueueCore_members,
 };
 
 /* ================================================================ module */
@@ -1023,7 +2092,27 @@ PyInit__queue(void)
         return NULL;
     }
     shm_crash_load();
-    if (PyType_Ready(&RingType) < 0) {
+    if (PyType_Ready(&RingType) < 0 || PyType_Ready(&QueueCoreType) < 0) {
+        return NULL;
+    }
+    PyObject *errors = PyImport_ImportModule("shmkit.errors");
+    if (errors == NULL) {
+        return NULL;
+    }
+    Full = PyObject_GetAttrString(errors, "Full");
+    Empty = PyObject_GetAttrString(errors, "Empty");
+    Py_DECREF(errors);
+    if (Full == NULL || Empty == NULL) {
+        return NULL;
+    }
+    S_put_py = PyUnicode_InternFromString("_put_py");
+    S_put_slow = PyUnicode_InternFromString("_put_slow");
+    S_get_slow = PyUnicode_InternFromString("_get_slow");
+    S_get_into_py = PyUnicode_InternFromString("_get_into_py");
+    S_get_many_py = PyUnicode_InternFromString("_get_many_py");
+    S_put_many_py = PyUnicode_InternFromString("_put_many_py");
+    if (!S_put_py || !S_put_slow || !S_get_slow || !S_get_into_py || !S_get_many_py ||
+        !S_put_many_py) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&queue_module);
@@ -1031,6 +2120,8 @@ PyInit__queue(void)
         return NULL;
     }
     if (PyModule_AddObjectRef(m, "Ring", (PyObject *)&RingType) < 0 ||
+        PyModule_AddObjectRef(m, "QueueCore", (PyObject *)&QueueCoreType) < 0 ||
+        PyModule_AddIntConstant(m, "LOCKED_OUT", Q_LOCKED_OUT) < 0 ||
         PyModule_AddIntConstant(m, "OK", Q_OK) < 0 ||
         PyModule_AddIntConstant(m, "FULL", Q_FULL) < 0 ||
         PyModule_AddIntConstant(m, "EMPTY", Q_EMPTY) < 0 ||

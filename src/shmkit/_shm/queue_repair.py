@@ -17,8 +17,7 @@ from typing import Any, TypeVar
 
 from .. import _process, _wait
 from .._mutex import BUSY, Mutex
-from ..errors import Closed, Empty, Full, LayoutError, MessageTooLarge
-from ..segment import Segment
+from ..errors import Closed, Empty, Full
 from .queue_ring import (
     _AGAIN,
     _ARMED,
@@ -29,6 +28,7 @@ from .queue_ring import (
     _GETW_MASK,
     _GW,
     _GWM,
+    _HDR,
     _M31,
     _M32,
     _M64,
@@ -37,6 +37,7 @@ from .queue_ring import (
     _REAP_EVERY,
     _REPAIR,
     _RESERVED,
+    _SALT,
     _SHUT,
     _SLOTS,
     _SPIN_MAX,
@@ -48,6 +49,7 @@ from .queue_ring import (
     _W_PUTS,
     _W_RECOV,
     _W_RES_PID,
+    _W_RING,
     _W_STATE,
     _W_TAIL,
     _W_WAITERS,
@@ -64,19 +66,20 @@ __all__ = ["LockAndWait"]
 T2 = TypeVar("T2")
 
 
+def _deadline(timeout: float | None) -> float:
+    """The latest a blocking call may run (monotonic): its timeout plus one slice."""
+    return math.inf if timeout is None else _mono() + timeout + _wait.SLICE
+
+
 class LockAndWait(RingProtocol):
     """Both locks, the waits, repair, and the large-message reservations and claims."""
 
-    __slots__ = ("_calm_until", "_last_reap", "_slot_clean", "_spin_now")
-    _calm_until: float
+    __slots__ = ("_last_reap", "_slot_clean")
     _last_reap: float
     _slot_clean: bool
-    _spin_now: float
     _mutex: Mutex
     _pmutex: Mutex
     _pthread: bool
-    _seg: Segment | None
-    _spin: float
     _two: bool
     _wslot: int
 
@@ -89,20 +92,24 @@ class LockAndWait(RingProtocol):
         """
         if _mono() < self._calm_until:
             return False
-        r = self._q.poll(putter, need, seconds)
+        r = self._r_poll(putter, need, seconds)
         if r < 0:
             self._calm_until = _mono() + _CALM
             self._spin_now = self._spin
         return r > 0
 
-    def _locked_cleanup(self, fn: Callable[[], T2]) -> tuple[T2 | _NoLock, BaseException | None]:
-        """Run ``fn`` under the lock to end our reservation or claim, even through a Ctrl-C.
+    def _locked_cleanup(
+        self, fn: Callable[[], T2], end: float
+    ) -> tuple[T2 | _NoLock, BaseException | None]:
+        """Run ``fn`` under the lock by ``end`` to end our reservation or claim, through a Ctrl-C.
 
-        A Ctrl-C while waiting gives the lock one more second, then gives up:
-        the reservation or claim then stays until this process exits, when
-        others see it dead and release it.
+        ``end`` is the caller's deadline plus one slice (a blocking call
+        returns within its timeout plus one slice, even when a lock holder
+        is stopped). A Ctrl-C while waiting gives the lock at most one more
+        second. When the lock stays busy, the reservation or claim stays
+        marked and this handle drops it at its next locked call (``Ring.lock``
+        does), or others release it once this process is dead.
         """
-        end = math.inf
         interrupted: BaseException | None = None
         while True:
             try:
@@ -111,7 +118,7 @@ class LockAndWait(RingProtocol):
                 if interrupted is not None:
                     return _NOLOCK, interrupted
                 interrupted = exc
-                end = _mono() + 1.0
+                end = min(end, _mono() + 1.0)
 
     def _check_claim(self) -> None:
         """A waiter: is a claim or reservation in the way held by a dead process?"""
@@ -169,7 +176,7 @@ class LockAndWait(RingProtocol):
             r = attempt()
             if r is _AGAIN:
                 self._register(putter, 1)
-                wake_value = self._q.wake_value(putter)
+                wake_value = self._r_wake_value(putter)
             return r
 
         r = self._run_locked(lock_end, attempt_or_register)
@@ -184,7 +191,7 @@ class LockAndWait(RingProtocol):
             nonlocal registered, wake_value
             r = attempt()
             if r is _AGAIN:
-                wake_value = self._q.wake_value(putter)
+                wake_value = self._r_wake_value(putter)
             else:
                 self._register(putter, -1)
                 registered = False
@@ -195,7 +202,7 @@ class LockAndWait(RingProtocol):
                 remaining = end - _mono()
                 if remaining <= 0:
                     break
-                woken = self._q.sleep(putter, wake_value, min(remaining, _wait.SLICE))
+                woken = self._r_sleep(putter, wake_value, min(remaining, _wait.SLICE))
                 self._check_open()
                 if not ready():
                     if not woken:
@@ -203,7 +210,7 @@ class LockAndWait(RingProtocol):
                         if _mono() - self._last_reap > _REAP_EVERY:
                             self._reap_soon()
                     else:
-                        wake_value = self._q.wake_value(putter)
+                        wake_value = self._r_wake_value(putter)
                     continue
                 r = self._run_locked(max(end, _mono() + _wait.SLICE), attempt_and_leave)
                 if r is not _AGAIN and r is not _NOLOCK:
@@ -235,7 +242,7 @@ class LockAndWait(RingProtocol):
             bad = False
             raise
         finally:
-            self._q.unlock(bad)
+            self._r_unlock(bad)
 
     def _adapt_spin(self, waited: float) -> None:
         """After sleeping ``waited`` seconds: spin longer if the peer was just slow to answer.
@@ -323,7 +330,7 @@ class LockAndWait(RingProtocol):
     def _lock_until(self, end: float) -> bool:
         """Take both locks (P, then C) by ``end`` (monotonic); repair first if a holder died.
 
-        Every caller releases with ``self._q.unlock(bad)`` in a ``finally``
+        Every caller releases with ``self._r_unlock(bad)`` in a ``finally``
         (one C call: C then P, whichever this thread holds), ``bad`` unless the
         critical section ended normally or by a deliberate error: an exception
         that split it (a signal handler's) marks the repair due.
@@ -332,20 +339,20 @@ class LockAndWait(RingProtocol):
             if self._two and not self._take(True, end):
                 return False
             if not self._take(False, end):
-                self._q.unlock(False)
+                self._r_unlock(False)
                 return False
             c = self._c
             # A dead holder was recorded (pdied, repair due) by the C lock() itself.
             if c[_W_STATE] & _REPAIR or c[_W_PDIED]:
                 self._recover()
         except BaseException:
-            self._q.unlock(True)  # nothing held on the way out; a repair left due
+            self._r_unlock(True)  # nothing held on the way out; a repair left due
             raise
         return True
 
     def _unlock(self) -> None:
         """Release both locks (C, then P) after a clean critical section: one C call."""
-        self._q.unlock(False)
+        self._r_unlock(False)
 
     def _take(self, producer: bool, end: float) -> bool:
         """Take P (``producer``) or C by ``end``; False on timeout."""
@@ -353,7 +360,7 @@ class LockAndWait(RingProtocol):
             left = end - _mono()
             if left <= 0:
                 return False
-            got = self._q.lock(producer, None if left == math.inf else min(left, _wait.SLICE))
+            got = self._r_lock(producer, None if left == math.inf else min(left, _wait.SLICE))
             if got != BUSY:
                 return True
             self._check_open()
@@ -427,33 +434,48 @@ class LockAndWait(RingProtocol):
         space comes back and nobody waits for a live process that gave up.
         """
         op = self._pending_ops().pop(threading.get_ident(), None)
+        end = _mono() + 1.0
         if type(op) is _Reservation:
-            self._finish_reservation(op, False)
+            self._finish_reservation(op, False, end)
         elif type(op) is _Claim:
-            self._finish_claim(op)
+            self._finish_claim(op, end)
 
-    def _fill_reservation(self, res: _Reservation, data: Any) -> None:
-        """Write a reserved record (no lock held), then publish it."""
+    def _fill_reservation(self, res: _Reservation, data: Any, end: float) -> None:
+        """Write a reserved record (no lock held, in C with the GIL released), then publish it."""
         self._pending_ops().pop(threading.get_ident(), None)  # the finally below owns it now
         published = False
         try:
             if _ARMED:
                 _qcrash("queue.put.res_copying")
-            self._write_record(res.pos, res.seq, data, res.n)
+            ring = self._ring
+            i = res.pos % ring
+            self._r_copy_in((i + _HDR) % ring, data)
+            w0 = res.n | (res.seq & _M32) << 32
+            wi = i >> 3
+            c = self._c
+            c[_W_RING + wi] = w0
+            c[_W_RING + (wi + 1) % self._rw] = (w0 ^ res.pos ^ _SALT) & _M32
             if _ARMED:
                 _qcrash("queue.put.res_copied")
             published = True
         finally:
-            self._finish_reservation(res, published)
+            if not self._finish_reservation(res, published, end) and published:
+                raise Full(
+                    f"queue {self._name!r}: its lock stayed held past the deadline (a "
+                    "participant is stopped or very slow); the message was not put"
+                )
 
-    def _finish_reservation(self, res: _Reservation, publish: bool) -> None:
-        """Publish (or drop) our reserved record and clear the reservation, under the lock."""
+    def _finish_reservation(self, res: _Reservation, publish: bool, end: float) -> bool:
+        """Publish (or drop) our reserved record and clear the reservation, under the lock.
+
+        False if the lock stayed busy until ``end`` (nothing published; the
+        reservation is dropped by this handle's next locked call).
+        """
 
         def finish() -> int:
             c = self._c
             st: int = c[_W_STATE]
-            me = _process.current()
-            if st & _RESERVED and c[_W_RES_PID] == me.pid:
+            if st & _RESERVED and c[_W_RES_PID] == res.who:
                 if publish and (c[_W_TAIL], c[_W_PUTS]) == (res.pos, res.seq):
                     c[_W_PUTS] = res.seq + 1
                     if _ARMED:
@@ -465,7 +487,9 @@ class LockAndWait(RingProtocol):
                 c[_W_STATE] = st
             return st
 
-        got, interrupted = self._locked_cleanup(finish)
+        got, interrupted = self._locked_cleanup(finish, end)
+        if isinstance(got, _NoLock):
+            self._r_leave(True, res.pos, res.who)
         st = 0 if isinstance(got, _NoLock) else got
         if st & _GETW_MASK:
             self._wake(False, (st >> _GW) & _GWM, 1)
@@ -473,94 +497,37 @@ class LockAndWait(RingProtocol):
             self._wake(True, (st >> 32) & _M31, _M31)
         if interrupted is not None:
             raise interrupted
+        return not isinstance(got, _NoLock)
 
-    def _claimed(self, claim: _Claim, into: memoryview | None) -> bytes | int:
-        """Copy a claimed record's payload out (no lock held), then release the claim."""
+    def _claimed(self, claim: _Claim, into: memoryview | None, end: float) -> bytes | int:
+        """Copy a claimed record's payload out (no lock held; in C, the GIL released), then
+        release the claim."""
         self._pending_ops().pop(threading.get_ident(), None)  # the finally below owns it now
         try:
             if _ARMED:
                 _qcrash("queue.get.claim_copying")
-            ring = self._ring
-            base = self._base
-            s, n = claim.start, claim.n
-            k = min(n, ring - s)  # the payload may wrap around the ring's end
-            if into is not None:
-                into[:k] = self._rv[base + s : base + s + k]
-                if k < n:
-                    into[k:n] = self._rv[base : base + n - k]
-                data: bytes | int = n
-            elif k == n:
-                data = self._mm[base + s : base + s + n]
-            else:  # one allocation and one copy, straight from the two parts
-                rv = self._rv
-                data = b"".join((rv[base + s : base + ring], rv[base : base + n - k]))
+            data: bytes | int = self._r_copy_out(claim.start, claim.n, into)
             if _ARMED:
                 _qcrash("queue.get.claim_copied")
         finally:
-            self._finish_claim(claim)
+            self._finish_claim(claim, end)
         return data
 
-    def _finish_claim(self, claim: _Claim) -> None:
+    def _finish_claim(self, claim: _Claim, end: float) -> None:
         """Clear our claim (one store under the lock): the ring space is free again."""
 
         def finish() -> int:
             c = self._c
             st: int = c[_W_STATE]
-            me = _process.current()
-            if st & _CLAIMED and (c[_W_CLAIM], c[_W_CLAIM_PID]) == (claim.pos, me.pid):
+            if st & _CLAIMED and (c[_W_CLAIM], c[_W_CLAIM_PID]) == (claim.pos, claim.who):
                 st &= ~_CLAIMED
                 c[_W_STATE] = st
             return st
 
-        st, interrupted = self._locked_cleanup(finish)
-        if not isinstance(st, _NoLock) and st >= _PUTW_ONE:
+        st, interrupted = self._locked_cleanup(finish, end)
+        if isinstance(st, _NoLock):
+            self._r_leave(False, claim.pos, claim.who)  # dropped by our next locked call
+        elif st >= _PUTW_ONE:
             self._wake(True, (st >> 32) & _M31, _M31)
         if interrupted is not None:
             raise interrupted
-
-    def _put_slow(self, data: Any, n: int, count: int, timeout: float | None, spin: float) -> None:
-        """Publish one record (a message, or a batch of ``count``), waiting for room."""
-        if count == 1 and n > self._cap:
-            raise MessageTooLarge(
-                f"queue {self._name!r}: message is {n} bytes; the capacity is {self._cap}"
-            )
-        total = (n + 23) & -8
-        if total > self._ring:
-            raise MessageTooLarge(
-                f"queue {self._name!r}: a batch of {count} messages needs {total} bytes "
-                f"with headers; the ring holds {self._ring}"
-            )
-
-        def attempt() -> object:
-            return self._write_locked(data, n, count)
-
-        def ready() -> bool:
-            c = self._c
-            st = c[_W_STATE]
-            if st & _SHUT:
-                return True
-            free_from = c[_W_CLAIM] if st & _CLAIMED else c[_W_HEAD]
-            return not st & _RESERVED and self._ring - (c[_W_TAIL] - free_from) >= total
-
-        try:
-            r = self._wait(attempt, ready, timeout, putter=True, spin=spin, need=total)
-            if type(r) is _Reservation:
-                self._fill_reservation(r, data)
-        except BaseException:
-            self._abandon_pending()
-            raise
-
-    def _take_more(self, limit: int, out: list[Any]) -> None:
-        """get_many after its fast path: up to ``limit`` more under both locks, if free soon."""
-        try:
-            try:
-                self._run_locked(
-                    _mono() + _wait.SLICE, lambda: self._take_locked(limit, out, None)
-                )
-            except (LayoutError, Closed):
-                pass  # reported by the next call; these are already taken
-            if out and type(out[-1]) is _Claim:
-                out[-1] = self._claimed(out[-1], None)
-        except BaseException:
-            self._abandon_pending()
-            raise

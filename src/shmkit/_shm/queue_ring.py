@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import mmap
 import operator
+import os
 import struct
 import threading
 import time
@@ -18,7 +19,7 @@ import zlib
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
-from .. import _crash, _mutex, _process, _wait
+from .. import _crash, _layout, _mutex, _ofd, _process, _wait
 from .._core import _queue
 from .._layout import Kind, align
 from ..errors import Closed, LayoutError, MessageTooLarge
@@ -28,13 +29,14 @@ __all__ = ["BufferTooSmall", "QueueStatistics", "RingProtocol", "describe"]
 
 # Queue parameters, stored once in the segment header's params (never change):
 # offset size field
-#      0    4 magic     b"QUE3" (the digit is the body layout version)
+#      0    4 magic     b"QUE4" (the digit is the body layout version; 4: claim and
+#                       reservation identities are attach slots, not bare pids)
 #      4    4 flags     bit 0: every record carries a CRC32 of its payload
 #      8    8 ring      ring bytes = capacity + 16 (one record header)
 #     16    8 capacity  largest message in bytes (a multiple of 8)
 #     24   16 codec     the creator's codec name, ASCII, NUL-padded (informational)
 _PARAMS: Final = struct.Struct("<4sIQQ16s")
-_MAGIC: Final = b"QUE3"
+_MAGIC: Final = b"QUE4"
 _F_CRC: Final = 1
 
 # Body, from body_off (64-aligned); control words are little-endian u64:
@@ -54,9 +56,15 @@ _F_CRC: Final = 1
 #    280    8 dirty     flock backend only: 1 while held (tells the next holder of a death)
 #    288    8 claim     while claimed: stream position of the claimed record; the
 #                       ring is free only from here on (not from head)
-#    296    8 claim_pid    the claiming process (pid, start time): a claim whose
-#    304    8 claim_ticks  process is dead is released by whoever notices
-#    312    8 res_pid      the reserving producer (pid, start time): likewise
+#    296    8 claim_id     who claims: pid (its own namespace's) | tag << 32, where
+#                          tag = its attach slot + 1 (alive = that slot's OFD lock is
+#                          held and the slot still records this pid and start), or
+#                          1 << 31 | its PID namespace's id when it has no slot (the pid
+#                          is then judged only by processes of that namespace); a
+#                          claim whose process is dead is released by whoever notices,
+#                          one whose liveness is unknown never (see identity())
+#    304    8 claim_ticks  its start time
+#    312    8 res_id       the reserving producer, likewise
 #    320    8 res_ticks
 #    328    4 gwake     futex word consumers sleep on (u32; bumped to wake them)
 #    332    4 pwake     futex word producers sleep on
@@ -232,23 +240,25 @@ _NOLOCK: Final = _NoLock()
 class _Reservation:
     """Space reserved at tail for one large record, written after unlocking."""
 
-    __slots__ = ("n", "pos", "seq")
+    __slots__ = ("n", "pos", "seq", "who")
 
-    def __init__(self, pos: int, seq: int, n: int) -> None:
+    def __init__(self, pos: int, seq: int, n: int, who: int) -> None:
         self.pos = pos  # stream position of the record (tail when reserved)
         self.seq = seq  # its sequence number (puts when reserved)
         self.n = n
+        self.who = who  # the identity word recorded (identity())
 
 
 class _Claim:
     """A record taken under the lock whose payload is copied out after unlocking."""
 
-    __slots__ = ("n", "pos", "start")
+    __slots__ = ("n", "pos", "start", "who")
 
-    def __init__(self, pos: int, start: int, n: int) -> None:
+    def __init__(self, pos: int, start: int, n: int, who: int) -> None:
         self.pos = pos  # stream position of the record (the claim word)
         self.start = start  # ring index of its payload
         self.n = n
+        self.who = who  # the identity word recorded (identity())
 
 
 class BufferTooSmall(MessageTooLarge):
@@ -422,7 +432,63 @@ def _init_body(mm: mmap.mmap, body_off: int) -> None:
     _mutex.Mutex.initialize(mm, body_off + _P_MUTEX)  # used in two-lock mode only
 
 
-class RingProtocol:
+#: Identity tags (high 32 bits of a claim's or reservation's identity word).
+_TAG_NS: Final = 1 << 31  # no attach slot: | the pid namespace's id (31 bits)
+_pidns_cache: list[int] = [0, 0]  # pid, namespace id
+
+
+def _pidns() -> int:
+    """This process's PID namespace (31 bits of its inode; 0 if unknown)."""
+    pid = os.getpid()
+    if _pidns_cache[0] != pid:
+        try:
+            ns = os.stat("/proc/self/ns/pid").st_ino & _M31
+        except OSError:
+            ns = 0
+        _pidns_cache[:] = [pid, ns]
+    return _pidns_cache[1]
+
+
+def identity(seg: Segment | None) -> tuple[int, int]:
+    """Who reserves or claims: (pid | tag << 32, start time), as recorded in the segment.
+
+    The tag is the handle's attach slot + 1: others judge it alive by that
+    slot's OFD lock, which the kernel drops when the process dies, in any
+    PID namespace. A handle without a slot (a forked child's inherited one,
+    a full table) records its PID namespace instead; its pid is trusted
+    only by processes of the same namespace, and is "unknown" (alive) to others.
+    """
+    me = _process.current()
+    slot: int = getattr(seg, "_slot", -1) if seg is not None else -1
+    tag = slot + 1 if slot >= 0 else _TAG_NS | _pidns()
+    return (me.pid & _M32) | tag << 32, me.start
+
+
+def holder_liveness(seg: Segment | None, word: int, ticks: int) -> _process.Liveness:
+    """Is the reserver or claimer recorded as ``word``/``ticks`` alive? Never DEAD on a guess."""
+    unknown = _process.Liveness.UNKNOWN
+    tag, pid = word >> 32, word & _M32
+    if seg is None or seg.header is None:
+        return unknown
+    hdr = seg.header
+    if 1 <= tag <= hdr.attach_slots:
+        slot = tag - 1
+        if slot == getattr(seg, "_slot", -1):
+            return _process.Liveness.ALIVE  # this very handle's slot: us
+        fd = seg._lock_fd
+        if fd is None:
+            return unknown
+        off = hdr.attach_off + slot * _layout.ATTACH_SLOT
+        rpid, rstart, _boot = _layout.ATTACH_SLOT_STRUCT.unpack_from(seg.mmap, off)
+        if (rpid, rstart) != (pid, ticks):
+            return _process.Liveness.DEAD  # it detached (or died): the slot is free or another's
+        return _process.Liveness.ALIVE if _ofd.is_locked(fd, off) else _process.Liveness.DEAD
+    if tag & _TAG_NS and (tag & _M31) == _pidns() != 0 and 0 < pid <= _process.PID_MAX:
+        return _process.liveness(pid, ticks)
+    return unknown  # another PID namespace, or a word we cannot read: never acted on
+
+
+class RingProtocol(_queue.QueueCore):
     """Reading and writing records with the queue's locks held (mixed into Queue)."""
 
     def _pending_ops(self) -> dict[int, _Reservation | _Claim]:
@@ -440,7 +506,7 @@ class RingProtocol:
     _base: int
     _mm: mmap.mmap
     _name: str
-    _q: _queue.Ring
+    _seg: Segment | None
     _ring: int
     _rv: memoryview
     _rw: int
@@ -478,13 +544,13 @@ class RingProtocol:
             _qcrash("queue.put.reserved")
         if count == 1 and n >= _CLAIM_MIN and not self._checksum:
             # Large: reserve the space now, write it after unlocking (see above).
-            me = _process.current()
-            res = _Reservation(tail, puts, n)
+            word, ticks = identity(self._seg)
+            res = _Reservation(tail, puts, n, word)
             # Remembered before it is marked, so an exception from here until
             # the copy's try/finally (a Ctrl-C) can drop it: _abandon_pending.
             self._pending_ops()[threading.get_ident()] = res
-            c[_W_RES_PID] = me.pid
-            c[_W_RES_TICKS] = me.start
+            c[_W_RES_PID] = word
+            c[_W_RES_TICKS] = ticks
             c[_W_STATE] = st | _RESERVED
             if _ARMED:
                 _qcrash("queue.put.reserving")
@@ -544,8 +610,8 @@ class RingProtocol:
         dead = 0
         for bit, pid_word in ((_CLAIMED, _W_CLAIM_PID), (_RESERVED, _W_RES_PID)):
             if st & bit:
-                pid, ticks = c[pid_word], c[pid_word + 1]
-                if _process.liveness(pid, ticks) is _process.Liveness.DEAD:
+                word, ticks = c[pid_word], c[pid_word + 1]
+                if holder_liveness(self._seg, word, ticks) is _process.Liveness.DEAD:
                     dead |= bit
         if not dead:
             return False
@@ -646,12 +712,12 @@ class RingProtocol:
                     break  # return what we have; the next call claims this one
                 # Take it now, copy it after unlocking (see Claims): the claim
                 # fields first, the flag last, then the usual head/gets stores.
-                me = _process.current()
-                claim = _Claim(head, s, n)
+                word, ticks = identity(self._seg)
+                claim = _Claim(head, s, n, word)
                 self._pending_ops()[threading.get_ident()] = claim  # see _abandon_pending
                 c[_W_CLAIM] = head
-                c[_W_CLAIM_PID] = me.pid
-                c[_W_CLAIM_TICKS] = me.start
+                c[_W_CLAIM_PID] = word
+                c[_W_CLAIM_TICKS] = ticks
                 c[_W_STATE] |= _CLAIMED
                 if _ARMED:
                     _qcrash("queue.get.claiming")
@@ -793,4 +859,4 @@ class RingProtocol:
 
     def _wake(self, putter: bool, waiters: int, most: int) -> None:
         """Wake up to ``min(most, waiters)`` sleepers of one side (a hint)."""
-        self._q.wake(putter, min(most, waiters))
+        self._r_wake(putter, min(most, waiters))
