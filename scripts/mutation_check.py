@@ -167,14 +167,16 @@ CATALOGUE: tuple[Mutation, ...] = (
     Mutation(
         "queue-put-many-loop",
         "put_many publishes its items one by one (another producer's message lands between)",
-        Q,
-        "        if not datas:\n            return\n        count = len(datas)\n",
-        "        if not datas:\n            return\n"
-        "        if len(datas) > 1:\n"
-        "            for d in datas:\n"
-        "                self.put(d, timeout)\n"
-        "            return\n"
-        "        count = len(datas)\n",
+        QC,
+        "        if (plain && total <= UINT32_MAX &&\n",
+        "        for (Py_ssize_t j = 0; plain && j < k; j++) {\n"
+        "            ring_put(self, PyBytes_AS_STRING(items[j]),\n"
+        "                     (uint64_t)PyBytes_GET_SIZE(items[j]), 1, NULL);\n"
+        "        }\n"
+        "        if (plain) {\n"
+        "            Py_RETURN_NONE;\n"
+        "        }\n"
+        "        if (plain && total <= UINT32_MAX &&\n",
         (
             "tests/test_queue_procs.py::"
             "test_put_many_batches_arrive_contiguous_and_in_order_with_concurrent_producers",
@@ -381,10 +383,23 @@ CATALOGUE: tuple[Mutation, ...] = (
     Mutation(
         "timeout-queue-get",
         "Queue.get validates its timeout only when it has to wait",
-        Q,
-        "        if timeout is not None:\n            timeout = _check_timeout(timeout)\n"
-        "        # The fast path: one C call takes C,",
-        "        # The fast path: one C call takes C,",
+        QC,
+        "    if (parse_args(\"get\", args, nargs, kwnames, names, 2, 0, a) ||\n"
+        "        block_timeout(a[0], a[1], &t)) {\n"
+        "        return NULL;\n"
+        "    }\n",
+        "    if (parse_args(\"get\", args, nargs, kwnames, names, 2, 0, a)) {\n"
+        "        return NULL;\n"
+        "    }\n"
+        "    int st0;\n"
+        "    PyObject *b0 = ring_ready(self) ? NULL : get_fast(self, &st0);\n"
+        "    if (b0 != NULL) {\n"
+        "        return decoded(self, b0);\n"
+        "    }\n"
+        "    PyErr_Clear();\n"
+        "    if (block_timeout(a[0], a[1], &t)) {\n"
+        "        return NULL;\n"
+        "    }\n",
         TIMEOUTS,
     ),
     Mutation(

@@ -23,6 +23,7 @@ import pytest
 import shmkit
 from shmkit import _codec, _process
 from shmkit import queue as qmod
+from shmkit._shm import queue_liveness as live
 from shmkit._shm import queue_ring as ring
 from shmkit.errors import (
     Closed,
@@ -512,10 +513,10 @@ def test_a_claim_is_released_only_when_its_process_is_dead(name: str) -> None:
         child = subprocess.Popen([sys.executable, "-c", "pass"])
         child.wait()
         dead_pid = child.pid  # reaped: no such process (pid reuse this soon is unlikely)
-        ns = ring._TAG_NS | ring._pidns()
-        other_ns = ring._TAG_NS | ((ring._pidns() + 1) & ring._M31)
+        ns = live._TAG_NS | live._pidns()
+        other_ns = live._TAG_NS | ((live._pidns() + 1) & ring._M31)
         cases = (
-            (*ring.identity(q._seg), False),  # this handle: its attach slot is locked
+            (*live.identity(q._seg), False),  # this handle: its attach slot is locked
             (dead_pid | 7 << 32, 1, True),  # attach slot 6: free, so its holder is gone
             (me.pid | ns << 32, me.start, False),  # no slot, our namespace, alive pid
             (dead_pid | other_ns << 32, 1, False),  # another PID namespace: unknown
@@ -952,3 +953,33 @@ def test_bench_queue_quick_runs_and_cleans_up(capsys: pytest.CaptureFixture[str]
     assert "failed" not in out
     assert "shmkit Queue" in out and "tutorial" in out
     assert ours() <= before
+
+
+def test_put_and_get_take_the_stdlib_queue_signatures(name: str) -> None:
+    """put(item, block=True, timeout=None) and get(block=True, timeout=None), as queue.Queue
+    (issue 10 item 4); block=False never waits; the timeout is checked first either way."""
+    with Queue.create(name, 64, unlink_on_exit=True) as q:
+        q.put(b"a", True, 1.0)
+        q.put(b"b", block=False)
+        q.put(item=b"c", timeout=0.5)
+        assert q.get(False) == b"a"
+        assert q.get(True, 1.0) == b"b"
+        assert q.get(block=True, timeout=0) == b"c"
+        with pytest.raises(shmkit.Empty):
+            q.get(False)
+        with pytest.raises(shmkit.Empty):
+            q.get(block=False, timeout=10)  # block=False: the timeout does not make it wait
+        q.put(b"x" * 40)
+        with pytest.raises(shmkit.Full):
+            q.put(b"y" * 40, False)
+        bads: tuple[Any, ...] = (-1, float("nan"), "1", True)
+        for bad in bads:
+            with pytest.raises((ValueError, TypeError)):
+                q.get(True, bad)  # a message is queued: still rejected first
+            with pytest.raises((ValueError, TypeError)):
+                q.put(b"z", True, bad)
+        with pytest.raises(TypeError):
+            q.put(b"z", True, None, 1)  # type: ignore[call-overload]
+        with pytest.raises(TypeError):
+            q.get(bogus=1)  # type: ignore[call-arg]
+        assert q.get_nowait() == b"x" * 40

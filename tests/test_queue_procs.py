@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from shmkit import Empty, Queue
+from shmkit import Empty, Full, Queue
+from shmkit._shm import queue_ring as ring
 
 from .helpers import ROOT, finish, kill, read_line, run_all, spawn, wait_stopped
 
@@ -236,3 +237,160 @@ def test_ctrl_c_inside_a_critical_section_leaves_the_queue_usable(
         assert drained in (originals, originals[1:]), [d[:1] for d in drained]
     else:
         assert drained in ([originals[0]], [originals[0], b"c" * size]), [d[:1] for d in drained]
+
+
+# ------------------------------------------------------------------ PID namespaces (issue 9, 1)
+
+NS_CHILD = """
+import sys
+from shmkit import Queue
+op, name, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+q = Queue.open(name)
+print("open", flush=True)
+if op == "get":
+    got = q.get(timeout=10)
+    print(len(got), got == b"A" * size, flush=True)
+else:
+    q.put(b"C" * size, timeout=10)
+    print("put", flush=True)
+q.close()
+"""
+
+
+def _unshare_pid() -> list[str] | None:
+    """A command prefix that runs a child in a new PID namespace (None: not possible here)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        return None
+    for cmd in (["unshare", "-p", "-f", "--mount-proc"], ["unshare", "-Urp", "-f", "--mount-proc"]):
+        probe = subprocess.run([*cmd, "true"], capture_output=True, timeout=10, check=False)
+        if probe.returncode == 0:
+            return cmd
+    return None
+
+
+_UNSHARE = _unshare_pid()
+
+
+@pytest.mark.skipif(_UNSHARE is None, reason="unshare(1) cannot make a PID namespace here")
+@pytest.mark.parametrize("op", ["get", "put"])
+def test_a_slow_peer_in_another_pid_namespace_keeps_its_claim_or_reservation(
+    name: str, op: str
+) -> None:
+    """A consumer (producer) in another PID namespace claims (reserves) a 256 KiB message
+    and is slow to copy it: a producer in this namespace, which cannot see its pid, judges
+    it by its attach slot's OFD lock, so never releases the claim (reservation) nor
+    overwrites the record; the peer then gets exactly its message (publishes exactly
+    its one). Issue 9 item 1: judged by the pid alone, the claim was released after 0.1 s."""
+    import subprocess
+
+    assert _UNSHARE is not None
+    size = 256 << 10
+    point = "queue.get.claim_copying" if op == "get" else "queue.put.res_copying"
+    with Queue.create(name, 2 * (size + 16), unlink_on_exit=True) as q:
+        if op == "get":
+            q.put(b"A" * size)
+            q.put(b"B" * size)
+        env = dict(os.environ, SHMKIT_STOP_AT=point)
+        env["PYTHONPATH"] = os.path.join(ROOT, "src") + os.pathsep + ROOT
+        # sh stays PID 1 of the namespace (a PID 1 cannot stop itself), python is its child.
+        child = subprocess.Popen(
+            [*_UNSHARE, "sh", "-c", 'python3 -c "$0" "$@"; exit $?', NS_CHILD, op, name, str(size)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**env, "PATH": os.path.dirname(sys.executable) + os.pathsep + env["PATH"]},
+            start_new_session=True,
+        )
+        try:
+            assert read_line(child) == "open"
+            flag = ring._CLAIMED if op == "get" else ring._RESERVED
+            end = time.monotonic() + 20
+            while not q._c[ring._W_STATE] & flag:  # the peer is stopped inside its copy
+                assert time.monotonic() < end, "the peer never claimed/reserved"
+                time.sleep(0.01)
+            time.sleep(0.05)
+            # This process needs the space (or the tail) the peer holds: it must wait for it.
+            t0 = time.monotonic()
+            with pytest.raises(Full):
+                q.put(b"D" * (size if op == "get" else 100), timeout=0.6)
+            assert time.monotonic() - t0 < 0.6 + 0.3  # within its timeout plus a slice
+            assert q._c[ring._W_STATE] & flag, "a live peer's claim/reservation was released"
+            assert q.statistics().recoveries == 0
+            os.killpg(child.pid, signal.SIGCONT)
+            if op == "get":
+                assert read_line(child) == f"{size} True"
+                assert q.get(timeout=5) == b"B" * size
+            else:
+                assert read_line(child) == "put"
+                assert q.get(timeout=5) == b"C" * size
+            assert child.wait(10) == 0
+        finally:
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            child.wait(10)
+            for pipe in (child.stdin, child.stdout, child.stderr):
+                if pipe is not None:
+                    pipe.close()
+        stats = q.statistics()
+        assert stats.messages == 0 and stats.recoveries == 0 and stats.corrupt_records == 0
+
+
+STOPPED_HOLDER_CHILD = """
+import sys, time
+from shmkit import Full, Queue
+name, size = sys.argv[1], int(sys.argv[2])
+q = Queue.open(name)
+print("open", flush=True)
+try:
+    q.put(b"L" * size, timeout=1.0)
+    print("put", flush=True)
+except Full:
+    print("full", flush=True)
+sys.stdin.readline()
+q.put(b"again", timeout=2)
+print("again", flush=True)
+q.close()
+"""
+
+
+def test_a_large_put_returns_within_its_timeout_when_the_lock_holder_is_stopped(
+    name: str,
+) -> None:
+    """Issue 9 item 5: a producer that reserved a 256 KiB record finds both locks held
+    (their holder stopped) when it comes to publish: put(timeout=1.0) raises Full within
+    its timeout plus one slice instead of waiting forever; the message was not put, and
+    its reservation is dropped by its next call (the queue stays usable)."""
+    size = 256 << 10
+    with Queue.create(name, 4 * size, unlink_on_exit=True) as q:
+        child = spawn(
+            STOPPED_HOLDER_CHILD, name, str(size), env={"SHMKIT_STOP_AT": "queue.put.res_copying"}
+        )
+        try:
+            assert read_line(child) == "open"
+            wait_stopped(child)
+            assert q._c[ring._W_STATE] & ring._RESERVED
+            assert q._lock_until(time.monotonic() + 5)  # "the holder": this process, idle
+            try:
+                t0 = time.monotonic()
+                child.send_signal(signal.SIGCONT)
+                assert read_line(child) == "full"
+                assert time.monotonic() - t0 < 1.0 + 0.05 + 0.5
+            finally:
+                q._unlock()
+            assert child.stdin is not None
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            assert read_line(child) == "again"
+            assert q.get(timeout=2) == b"again"
+            finish(child)
+        finally:
+            kill(child)
+        stats = q.statistics()
+        assert stats.messages == 0 and stats.bytes_used == 0 and stats.corrupt_records == 0
+        assert not q._c[ring._W_STATE] & (ring._RESERVED | ring._CLAIMED)

@@ -49,6 +49,7 @@ from ._codec import Codec
 from ._core import _queue
 from ._layout import Kind, align
 from ._shm.queue_general import GeneralPaths
+from ._shm.queue_liveness import identity
 from ._shm.queue_ring import (  # noqa: F401  (the layout's names, for tests and tools)
     _AGAIN,
     _CLAIM_MIN,
@@ -89,7 +90,6 @@ from ._shm.queue_ring import (  # noqa: F401  (the layout's names, for tests and
     _perf,
     _snapshot,
     describe,
-    identity,
 )
 from .errors import LayoutError
 from .segment import Segment, open_or_create
