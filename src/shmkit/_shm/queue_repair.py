@@ -554,9 +554,7 @@ class LockAndWait(RingProtocol):
         """get_many after its fast path: up to ``limit`` more under both locks, if free soon."""
         try:
             try:
-                self._run_locked(
-                    _mono() + _wait.SLICE, lambda: self._take_locked(limit, out, None)
-                )
+                self._run_locked(_mono() + _wait.SLICE, lambda: self._take_locked(limit, out, None))
             except (LayoutError, Closed):
                 pass  # reported by the next call; these are already taken
             if out and type(out[-1]) is _Claim:
