@@ -84,6 +84,7 @@ from .errors import (
     Timeout as Timeout,
 )
 from .latest import Latest as Latest
+from .mapping import SharedDict as SharedDict
 from .ndarray import SharedArray as SharedArray
 from .queue import Queue as Queue
 from .segment import Segment as Segment
@@ -102,6 +103,7 @@ __all__ = [
     "Queue",
     "SharedArray",
     "Latest",
+    "SharedDict",
     "Broadcast",
     "Publisher",
     "Subscriber",

@@ -774,11 +774,12 @@ dk_begin(DictObject *self, int got)
 {
     char *dirty = AT(self, D_DIRTY);
     if (got == SHM_OWNER_DIED || shm_relaxed64(dirty)) {
+        /* Counted first: a repairer killed inside the repair is a death too. */
+        dk_add(self, D_DEATHS, 1);
         shm_set_relaxed64(dirty, 1);
         if (dk_rebuild(self)) {
             return -1;
         }
-        dk_add(self, D_DEATHS, 1);
     }
     shm_set_relaxed64(dirty, 1);
     /* Everything this writer stores comes after every slot change before it. */
@@ -818,7 +819,7 @@ dk_store(DictObject *self, const dkey *k, const char *val, uint64_t vlen, int64_
         }
         uint64_t tombs = shm_relaxed64(AT(self, D_TOMBS));
         int empty = ins >= 0 && shm_relaxed64(&idx[ins]) == S_EMPTY;
-        if (ins < 0 || (empty && count + tombs + 1 > self->nslots - self->nslots / 8)) {
+        if (ins < 0 || (empty && count + tombs + 1 > self->nslots / 16 * 13)) {
             dk_compact(self);
             idx = dk_index(self, shm_relaxed64(AT(self, D_EPOCH)));
             uint64_t dummy;
@@ -1041,7 +1042,10 @@ dk_write(DictObject *self, int op, PyObject *key, PyObject *data, uint64_t expec
         PyErr_SetString(PyExc_PermissionError, "dict is open readonly");
         return NULL;
     }
-    if (key != Py_None && dk_key(self, key, &k)) {
+    /* SET, POP, SETDEFAULT and CAS name a key (None is refused like any
+     * non-str/bytes key); the whole-table ops take none. */
+    int keyed = op == OP_SET || op == OP_POP || op == OP_SETDEFAULT || op == OP_CAS;
+    if (keyed && dk_key(self, key, &k)) {
         return NULL;
     }
     if (data != Py_None) {
@@ -1085,7 +1089,7 @@ dk_write(DictObject *self, int op, PyObject *key, PyObject *data, uint64_t expec
     if (dk_begin(self, got) == 0) {
         /* Only bytes, str and int are made in here: none is tracked by the
          * GC, so no collection (and no finalizer) can run under the lock. */
-        res = dk_op_locked(self, op, key != Py_None ? &k : NULL, have_val ? src.buf : NULL,
+        res = dk_op_locked(self, op, keyed ? &k : NULL, have_val ? src.buf : NULL,
                            have_val ? src.len : 0, have_val, expect, &changed, &popped, &cas);
         dk_end(self); /* every error above leaves the table consistent */
     }
