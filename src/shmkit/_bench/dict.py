@@ -411,6 +411,21 @@ def _flatness(console: Any, ours: dict[int, dict[str, tuple[float, float]]]) -> 
                 f"{lo:,} keys",
                 highlight=False,
             )
+    # The floor set by the memory hierarchy: a process-local dict in the same loop.
+    local = {n: _local_get_rate(n) for n in (lo, hi)}
+    console.print(
+        f"reference, a plain process-local dict: get at {hi:,} keys costs "
+        f"{local[lo] / local[hi]:.2f}x that at {lo:,} keys "
+        f"({local[lo]:,.0f} and {local[hi]:,.0f} gets/s)",
+        highlight=False,
+    )
+
+
+def _local_get_rate(n: int) -> float:
+    keys = [f"key:{i:08d}" for i in range(n)]
+    local = dict.fromkeys(keys, VALUE)
+    random.shuffle(keys)
+    return _rates(_loop(local.__getitem__, keys, 1000, 0.5))[0]
 
 
 if __name__ == "__main__":
