@@ -2,7 +2,7 @@
 # Build the C core under AddressSanitizer + UndefinedBehaviorSanitizer in a
 # scratch virtual environment and run the suites that drive it hardest: the
 # core and lock tests, the Queue crash, stress and model tests, the
-# Broadcast/Latest tests and both torn-read hunts.
+# Broadcast/Latest tests, the SharedDict tests and both torn-read hunts.
 #
 #   bash scripts/sanitize.sh            # about 10 minutes on 2 cores
 #
@@ -36,7 +36,8 @@ run python -m pytest -q -p no:cacheprovider -o addopts="" -m "not slow" \
     tests/test_core.py tests/test_sync.py tests/test_queue.py tests/test_queue_crash.py \
     tests/property/test_queue_model.py tests/test_latest.py tests/test_broadcast.py \
     tests/test_broadcast_crash.py tests/test_queue_native.py tests/test_seqlock.py \
-    tests/test_overwritten_mid_copy.py tests/test_queue_corruption.py
+    tests/test_overwritten_mid_copy.py tests/test_queue_corruption.py \
+    tests/test_mapping.py tests/test_mapping_crash.py tests/property/test_dict_model.py
 run python scripts/queue_stress.py --preset small
 run python scripts/queue_stress.py --preset small --kill 3
 run python scripts/torn_hunt_latest.py --seconds 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import signal
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ from shmkit.errors import (
 )
 from shmkit.mapping import SharedDict
 
-from .helpers import finish, read_line, run_all, spawn
+from .helpers import finish, read_line, run_all, spawn, wait_stopped
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -417,3 +418,70 @@ def test_update_with_from_4_processes_is_exact_and_readers_never_see_torn_values
 @pytest.mark.timeout(1200)
 def test_update_with_4_processes_1000_counters_1000_times(name: str) -> None:
     _counters(name, writers=4, keys=1000, rounds=1000)
+
+
+def test_reader_stopped_mid_copy_never_returns_a_torn_value(d: SharedDict[bytes]) -> None:
+    d["k"] = b"A" * 1000
+    child = spawn(
+        """
+        import sys
+        from shmkit.mapping import SharedDict
+        d = SharedDict.open(sys.argv[1])
+        print(d["k"].decode(), flush=True)  # stops itself after copying, before re-checking
+        """,
+        d.name,
+        env={"SHMKIT_STOP_AT": "dict.get.copied"},
+    )
+    try:
+        wait_stopped(child)
+        # Overwrite it, free its block and reuse that block for another key.
+        for letter in b"BCD":
+            d["k"] = bytes([letter]) * 1000
+            d[f"other{letter}"] = b"Z" * 1000
+        child.send_signal(signal.SIGCONT)
+        got = read_line(child)
+        assert got == "D" * 1000
+        assert d._c_retries == 0  # the retries were the child's
+    finally:
+        finish(child)
+
+
+def test_a_raising_signal_handler_never_leaves_the_lock_held(d: SharedDict[bytes]) -> None:
+    child = spawn(
+        """
+        import signal, sys, time
+        from shmkit.mapping import SharedDict
+        d = SharedDict.open(sys.argv[1])
+        class Tick(Exception):
+            pass
+        def tick(signum, frame):
+            # Raise anywhere but in this module-level loop (the pattern of T31 in
+            # test_seqlock): it lands right after the C calls in body() and shmkit.
+            if frame is not None and frame.f_code.co_name not in ("<module>", "tick"):
+                raise Tick
+        def body(i):
+            d["k%d" % (i % 50)] = b"x" * (i % 300)
+            d.get("k%d" % (i % 7))
+            d.pop("k%d" % (i % 11), None)
+            d.update_with("n", lambda v: b"%d" % (int(v or 0) + 1))
+        signal.signal(signal.SIGALRM, tick)
+        signal.setitimer(signal.ITIMER_REAL, 50e-6, 50e-6)
+        end = time.monotonic() + 1.0
+        ops = ticks = 0
+        while time.monotonic() < end:
+            try:
+                body(ops)
+                ops += 1
+            except Tick:
+                ticks += 1
+        signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        print(ops, ticks, flush=True)
+        """,
+        d.name,
+    )
+    ops, ticks = map(int, finish(child, timeout=60).split())
+    assert ops > 0 and ticks > 0
+    d.set("after", b"ok", timeout=2.0)  # LockTimeout if anything was left held
+    assert d["after"] == b"ok" and d.verify() == []
+    assert d.statistics().writer_deaths == 0

@@ -27,6 +27,7 @@ import importlib
 import multiprocessing as mp
 import os
 import random
+import secrets
 import shutil
 import subprocess
 import sys
@@ -44,6 +45,11 @@ VALUE = b"v" * 64
 
 
 # ------------------------------------------------------------ the maps, one adapter each
+
+
+def _tag() -> str:
+    # pid plus randomness: benchmarks in other PID namespaces share /dev/shm.
+    return f"{os.getpid()}-{secrets.token_hex(4)}"
 
 
 class Peer:
@@ -71,7 +77,7 @@ class ShmkitPeer(Peer):
     label = "shmkit SharedDict"
 
     def create(self, n: int) -> None:
-        self.name = f"bench-dict-{os.getpid()}"
+        self.name = f"bench-dict-{_tag()}"
         self.d = SharedDict.create(self.name, capacity=n, size=n * 160 + (1 << 16))
 
     def open(self) -> Any:
@@ -113,7 +119,7 @@ class UltraDictPeer(Peer):
 
     def create(self, n: int) -> None:
         UltraDict = importlib.import_module("UltraDict").UltraDict
-        self.name = f"bud{os.getpid()}"
+        self.name = f"bud{_tag()}"
         self.d = UltraDict(name=self.name, create=True, buffer_size=1 << 22, shared_lock=True)
 
     def open(self) -> Any:
@@ -137,7 +143,7 @@ class SmdPeer(Peer):
 
     def create(self, n: int) -> None:
         SharedMemoryDict = importlib.import_module("shared_memory_dict").SharedMemoryDict
-        self.name = f"bsmd{os.getpid()}"
+        self.name = f"bsmd{_tag()}"
         self.size = n * 120 + (1 << 16)
         self.d = SharedMemoryDict(name=self.name, size=self.size)
 
@@ -411,6 +417,21 @@ def _flatness(console: Any, ours: dict[int, dict[str, tuple[float, float]]]) -> 
                 f"{lo:,} keys",
                 highlight=False,
             )
+    # The floor set by the memory hierarchy: a process-local dict in the same loop.
+    local = {n: _local_get_rate(n) for n in (lo, hi)}
+    console.print(
+        f"reference, a plain process-local dict: get at {hi:,} keys costs "
+        f"{local[lo] / local[hi]:.2f}x that at {lo:,} keys "
+        f"({local[lo]:,.0f} and {local[hi]:,.0f} gets/s)",
+        highlight=False,
+    )
+
+
+def _local_get_rate(n: int) -> float:
+    keys = [f"key:{i:08d}" for i in range(n)]
+    local = dict.fromkeys(keys, VALUE)
+    random.shuffle(keys)
+    return _rates(_loop(local.__getitem__, keys, 1000, 0.5))[0]
 
 
 if __name__ == "__main__":

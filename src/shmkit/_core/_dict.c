@@ -301,6 +301,7 @@ dk_read_once(DictObject *self, const dkey *k, int want_val, PyObject **val, uint
                 return RD_ERROR;
             }
             memcpy(PyBytes_AS_STRING(out), b + B_HEAD + (klen & ~KSTR), vlen);
+            shm_crash("dict.get.copied");
         }
         /* acquire fence: the copy above happens before the re-loads below;
          * pairs with the release fence every block modification starts with */
