@@ -7,6 +7,7 @@ import os
 import pickle
 import signal
 import time
+from collections.abc import Callable
 from contextlib import closing
 
 import posix_ipc
@@ -327,11 +328,12 @@ def test_timeouts_are_honoured(name: str, t: float) -> None:
         holder = spawn(HOLDER, name)
         read_line(holder)
         try:
-            for wait in (
+            waits: tuple[Callable[[], bool], ...] = (
                 lambda: lock.acquire(timeout=t),
                 lambda: sem.acquire(timeout=t),
                 lambda: ev.wait(timeout=t),
-            ):
+            )
+            for wait in waits:
                 t0 = time.monotonic()
                 assert wait() is False
                 elapsed = time.monotonic() - t0

@@ -40,11 +40,11 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, overload
 
 from . import _dtype, _mutex, _ofd, _process, _wait
 from ._core._seqlock import LatestBase
+from ._handle import Handle
 from ._layout import Kind
 from ._shm.latest_slot import (
     C_ARRAY,
@@ -117,7 +117,7 @@ class LatestStats:
     starved: int  # this handle: ReadStarved raised
 
 
-class Latest(LatestBase, Generic[T]):
+class Latest(LatestBase, Handle, Generic[T]):
     """The newest value of a bytes or numpy value, shared by name.
 
     ``Latest[bytes]`` when created with ``size=``, ``Latest[NDArray]`` with
@@ -424,25 +424,6 @@ class Latest(LatestBase, Generic[T]):
         self._src = ()
         seg.close()
 
-    def unlink(self) -> None:
-        """Destroy the name for everyone. Open handles keep working."""
-        Segment.remove(self._name)
-
-    def __enter__(self) -> Latest[T]:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if self.__dict__.get("_seg") is not None:
-            try:
-                self.close()
-            except Exception:
-                pass  # interpreter shutdown: modules may already be gone
-
     def __reduce__(self) -> tuple[Any, ...]:
         return (_reopen, (self._name, self.readonly))
 
@@ -456,14 +437,6 @@ class Latest(LatestBase, Generic[T]):
         return f"<Latest {self._name!r} {what} slots={self._nslots}{state}>"
 
     # ------------------------------------------------------------ properties
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def closed(self) -> bool:
-        return self._seg is None
 
     @property
     def size(self) -> int:

@@ -37,16 +37,16 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Final, TypeVar, overload
 
 from . import _codec, _mutex, _wait
 from ._codec import Codec
 from ._core import _dict
 from ._core._dict import DictBase
+from ._handle import Handle
 from ._layout import Kind
 from ._shm import dict_table as fmt
-from .errors import Closed, LayoutError, LockTimeout, PermissionDenied, ReadStarved, Timeout
+from .errors import LayoutError, LockTimeout, PermissionDenied, ReadStarved, Timeout
 from .segment import Segment, open_or_create
 
 __all__ = ["DictStats", "SharedDict", "describe"]
@@ -80,7 +80,7 @@ class DictStats:
     retries: int  # this handle: reads retried because a writer changed the entry
 
 
-class SharedDict(DictBase, MutableMapping[Key, V]):
+class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
     """A ``MutableMapping`` of str/bytes keys in shared memory, shared by name.
 
     ``d[k]``, ``k in d``, ``len(d)`` and ``d.get(k)`` are lock-free C calls;
@@ -91,6 +91,8 @@ class SharedDict(DictBase, MutableMapping[Key, V]):
     ``max_key`` or an entry larger than the heap, Full when ``capacity``
     entries or the heap are used up, TypeError for keys other than str/bytes.
     """
+
+    _WHAT = "dict"
 
     def __init__(self, seg: Segment, params: fmt.DictParams, codec: Codec[Any]) -> None:
         assert seg.header is not None
@@ -235,25 +237,6 @@ class SharedDict(DictBase, MutableMapping[Key, V]):
             mutex.close()
         seg.close()
 
-    def unlink(self) -> None:
-        """Destroy the name for everyone. Open handles keep working."""
-        Segment.remove(self._name)
-
-    def __enter__(self) -> SharedDict[V]:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if self.__dict__.get("_seg") is not None:
-            try:
-                self.close()
-            except Exception:
-                pass  # interpreter shutdown: modules may already be gone
-
     def __reduce__(self) -> tuple[Any, ...]:
         codec: object = self._codec.name if self._codec.name in _PLAIN else self._codec
         return (_reopen, (self._name, codec, self.readonly))
@@ -266,14 +249,6 @@ class SharedDict(DictBase, MutableMapping[Key, V]):
         )
 
     # ------------------------------------------------------------ properties
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def closed(self) -> bool:
-        return self._seg is None
 
     @property
     def capacity(self) -> int:
@@ -294,10 +269,6 @@ class SharedDict(DictBase, MutableMapping[Key, V]):
         return self._codec
 
     # ------------------------------------------------------------ slow paths (C calls these)
-
-    def _check_open(self) -> None:
-        if self._seg is None:
-            raise Closed(f"dict {self._name!r} is closed")
 
     def _read_slow(self, key: Key) -> tuple[int, bytes] | None:
         """A read writers kept overtaking: retry with backoff, ReadStarved after a while."""

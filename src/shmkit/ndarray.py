@@ -42,11 +42,11 @@ import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _dtype, _mutex, _process, _wait
 from ._dtype import ArrayMeta
+from ._handle import Handle
 from ._layout import Kind, align
 from .errors import AlreadyExists, Closed, LayoutError, LockTimeout, NotFound, PermissionDenied
 from .segment import Segment
@@ -125,7 +125,7 @@ def _view(
     return arr.reshape(meta.shape, order=meta.order)  # type: ignore[call-overload,no-any-return]
 
 
-class SharedArray:
+class SharedArray(Handle):
     """A numpy ndarray in named shared memory; its shape, dtype and order are in the header.
 
     Attributes:
@@ -298,18 +298,6 @@ class SharedArray:
         _live.discard(self)
         seg.close()
 
-    def unlink(self) -> None:
-        """Destroy the name for everyone. Open handles and views keep working."""
-        Segment.remove(self._name)
-
-    def __enter__(self) -> SharedArray:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
     def __reduce__(self) -> tuple[Any, ...]:
         return (_reopen, (self._name, self.readonly))
 
@@ -322,14 +310,6 @@ class SharedArray:
         )
 
     # ------------------------------------------------------------ data
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def closed(self) -> bool:
-        return self._seg is None
 
     @property
     def array(self) -> NDArray[Any]:

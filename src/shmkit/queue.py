@@ -41,12 +41,12 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar, overload
 
 from . import _codec, _mutex, _wait
 from ._codec import Codec
 from ._core import _queue
+from ._handle import Handle
 from ._layout import Kind, align
 from ._shm.queue_general import GeneralPaths
 from ._shm.queue_liveness import identity
@@ -135,7 +135,7 @@ def _reopen(name: str, codec: object, spin: float) -> Queue[Any]:
 # ----------------------------------------------------------------------------- Queue
 
 
-class Queue(GeneralPaths, Generic[T]):
+class Queue(GeneralPaths, Handle, Generic[T]):
     """A handle on a named queue. Create with :meth:`create`, attach with :meth:`open`.
 
     ``T`` is what ``get()`` returns: ``bytes`` for the default codec. Handles
@@ -437,10 +437,6 @@ class Queue(GeneralPaths, Generic[T]):
             self._mutex.close()
         seg.close()
 
-    def unlink(self) -> None:
-        """Remove the queue's name for everyone; attached handles keep working."""
-        Segment.remove(self._name)
-
     def shutdown(self, immediate: bool = False) -> None:
         """Close the queue for everyone (like ``queue.Queue.shutdown`` in Python 3.13).
 
@@ -476,18 +472,9 @@ class Queue(GeneralPaths, Generic[T]):
         return bool(self._c[_W_STATE] & _SHUT)
 
     @property
-    def name(self) -> str:
-        return self._name
-
-    @property
     def capacity(self) -> int:
         """Bytes of message data the queue holds; also the largest message."""
         return self._cap
-
-    @property
-    def closed(self) -> bool:
-        """True after ``close()`` on this handle."""
-        return self._seg is None
 
     @property
     def codec(self) -> Codec[Any]:
@@ -509,14 +496,6 @@ class Queue(GeneralPaths, Generic[T]):
     def spin(self, seconds: float) -> None:
         self._spin = self._spin_now = _check_spin(seconds)
 
-    def __enter__(self) -> Queue[T]:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
     def __reduce__(self) -> tuple[Any, ...]:
         codec: object = self._codec.name if type(self._codec) in _PLAIN_CODECS else self._codec
         return (_reopen, (self._name, codec, self._spin))
@@ -527,13 +506,6 @@ class Queue(GeneralPaths, Generic[T]):
             return f"<Queue {self._name!r} {state} codec={self._codec.name!r}>"
         except Exception:
             return f"<Queue at {id(self):#x}>"
-
-    def __del__(self) -> None:
-        if getattr(self, "_seg", None) is not None:
-            try:
-                self.close()
-            except Exception:
-                pass
 
     # ------------------------------------------------------------------ put & get
     #

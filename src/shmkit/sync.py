@@ -32,11 +32,12 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, ClassVar, Final
+from typing import ClassVar, Final
 
 import posix_ipc
 
 from . import _core, _mutex, _names, _platform, _process, _wait
+from ._handle import Handle
 from ._layout import Kind
 from .errors import (
     Closed,
@@ -50,54 +51,10 @@ from .segment import Segment, create_semaphore, open_or_create
 __all__ = ["Event", "Lock", "Semaphore"]
 
 
-class _Named:
-    """Shared plumbing: a Segment holding the object's state and semaphores."""
+class _Named(Handle):
+    """A named synchronisation object: a Segment holding its state and semaphores."""
 
     KIND: ClassVar[Kind]
-    _seg: Segment | None
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    _name: str
-
-    @property
-    def closed(self) -> bool:
-        return self._seg is None
-
-    def _check_open(self) -> None:
-        self._segment()
-
-    def _segment(self) -> Segment:
-        seg = self._seg
-        if seg is None:
-            raise Closed(f"{type(self).__name__.lower()} {self._name!r} is closed")
-        return seg
-
-    def close(self) -> None:
-        """Detach this handle (idempotent). The object stays until ``unlink()``."""
-        seg, self._seg = self._seg, None
-        if seg is not None:
-            seg.close()
-
-    def unlink(self) -> None:
-        """Remove the object's name (segment and semaphores) for everyone."""
-        Segment.remove(self._name)
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self).open, (self._name,))  # type: ignore[attr-defined]
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self._name!r}{' closed' if self._seg is None else ''}>"
 
 
 # --------------------------------------------------------------------- Semaphore
