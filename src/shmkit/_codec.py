@@ -52,6 +52,19 @@ class Codec(Protocol[T]):
         ...
 
 
+def flat_view(data: Any, what: str) -> memoryview:
+    """``data`` as a flat byte view; TypeError naming ``what`` for a non-contiguous buffer."""
+    view = memoryview(data)
+    if view.ndim != 1 or view.format != "B":
+        try:
+            view = view.cast("B")
+        except TypeError:
+            raise TypeError(
+                f"{what} must be C-contiguous buffers (use numpy.ascontiguousarray or bytes())"
+            ) from None
+    return view
+
+
 def as_bytes(item: Buffer) -> bytes | bytearray | memoryview:
     """Return ``item`` as a flat, C-contiguous byte buffer whose ``len`` is its size in bytes.
 

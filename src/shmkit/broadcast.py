@@ -96,15 +96,13 @@ from ._shm.broadcast_ring import (
 )
 from ._shm.broadcast_views import Loan, Message, array_maker, check_int
 from .errors import (
-    AlreadyExists,
     Closed,
     Full,
     LayoutError,
     LockTimeout,
     MessageTooLarge,
-    NotFound,
 )
-from .segment import Segment
+from .segment import Segment, open_or_create
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -128,6 +126,7 @@ __all__ = [
     "parse_params",
     "parse_image",
 ]
+
 
 class PublisherBusy(LockTimeout):
     """Another live process is this broadcast's publisher (only one at a time)."""
@@ -240,37 +239,32 @@ class Broadcast:
         back-pressure setting (max_subscribers and checksum are the creator's).
         """
         want = _make_params(slot_size, slots, max_subscribers, backpressure, checksum)
-        for _ in range(20):
-            try:
-                return cls.create(
-                    name,
-                    slot_size,
-                    slots,
-                    max_subscribers=max_subscribers,
-                    mode=mode,
-                    backpressure=backpressure,
-                    checksum=checksum,
-                )
-            except AlreadyExists:
-                pass
-            try:
-                bc = cls.open(name)
-            except NotFound:
-                continue  # a creator failed half-way and removed it: try again
+
+        def create() -> Broadcast:
+            return cls.create(
+                name,
+                slot_size,
+                slots,
+                max_subscribers=max_subscribers,
+                mode=mode,
+                backpressure=backpressure,
+                checksum=checksum,
+            )
+
+        def check(bc: Broadcast) -> None:
             have = bc._params
             if (have.slot_size, have.slots, have.backpressure) != (
                 want.slot_size,
                 want.slots,
                 want.backpressure,
             ):
-                bc.close()
                 raise LayoutError(
                     f"broadcast {name!r} exists with {have.slots}x{have.slot_size} B slots"
                     f"{', back-pressure' if have.backpressure else ', lossy'}; asked for "
                     f"{want.slots}x{want.slot_size} B{', back-pressure' if backpressure else ''}"
                 )
-            return bc
-        raise NotFound(f"broadcast {name!r} kept appearing and vanishing")
+
+        return open_or_create(create, lambda: cls.open(name), f"broadcast {name!r}", check)
 
     def publisher(self, timeout: float | None = 0.0) -> Publisher:
         """Become the publisher (the ring's one live writer).
@@ -481,7 +475,6 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
 
 
 # ---------------------------------------------------------------------------- publisher

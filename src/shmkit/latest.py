@@ -35,51 +35,46 @@ share one Latest; ``set`` never waits for a reader.
 from __future__ import annotations
 
 import os
-import struct
 import threading
 import time
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, overload
 
-from . import _dtype, _mutex, _ofd, _process, _wait
+from . import _dtype, _mutex, _ofd, _wait
+from ._codec import flat_view
 from ._core._seqlock import LatestBase
 from ._handle import Handle
 from ._layout import Kind
+from ._shm import latest_writers as writers
 from ._shm.latest_slot import (
     C_ARRAY,
     C_CHECKSUM,
     C_FLOCK,
     DEATHS_AT,
     DEFAULT_SLOTS,
-    MAX_SIZE,
-    MAX_SLOTS,
-    MIN_SLOTS,
     PARAMS_VERSION,
     SLOT_HEAD,
-    VERSION_AT,
     WRITERS,
     WTABLE,
     LatestParams,
     body_size,
-    make_params,
+    new_params,
     parse_params,
-    slot_offset,
 )
+from ._shm.latest_writers import describe
 from .errors import (
-    AlreadyExists,
     Closed,
     Full,
     LayoutError,
     LockTimeout,
     MessageTooLarge,
-    NotFound,
     PeerDied,
     PermissionDenied,
     ReadStarved,
     Timeout,
 )
-from .segment import Segment
+from .segment import Segment, open_or_create
 
 if TYPE_CHECKING:
     import numpy as np
@@ -248,7 +243,7 @@ class Latest(LatestBase, Handle, Generic[T]):
                 corruption; the seqlock alone rules out torn reads on every CPU).
             mode: permission bits (0o600: this user only).
         """
-        params = cls._make_params(
+        params = new_params(
             size=size, shape=shape, dtype=dtype, order=order, slots=slots, checksum=checksum
         )
         parsed = parse_params(params, body_size(params), f"latest {name!r}")
@@ -270,40 +265,6 @@ class Latest(LatestBase, Handle, Generic[T]):
             seg.unlink()
             seg.close()
             raise
-
-    @staticmethod
-    def _make_params(
-        *,
-        size: int | None,
-        shape: int | tuple[int, ...] | list[int] | None,
-        dtype: DTypeLike | None,
-        order: str,
-        slots: int,
-        checksum: bool | None,
-    ) -> bytes:
-        if isinstance(slots, bool) or not isinstance(slots, int):
-            raise TypeError(f"slots must be an int, not {type(slots).__name__}")
-        if not MIN_SLOTS <= slots <= MAX_SLOTS:
-            raise ValueError(f"slots must be between {MIN_SLOTS} and {MAX_SLOTS}, not {slots}")
-        meta = b""
-        array = False
-        if size is not None:
-            if shape is not None or dtype is not None:
-                raise TypeError("give either size= (bytes values) or shape= and dtype=, not both")
-            if isinstance(size, bool) or not isinstance(size, int):
-                raise TypeError(f"size must be an int, not {type(size).__name__}")
-            if not 0 <= size <= MAX_SIZE:
-                raise ValueError(f"size must be between 0 and {MAX_SIZE}, not {size}")
-        else:
-            if shape is None or dtype is None:
-                raise TypeError("give size= (bytes values) or both shape= and dtype=")
-            dims, dt, order = _dtype.normalize(shape, dtype, order)
-            meta = _dtype.encode_meta(dims, dt, order)
-            size = _dtype.parse_meta(meta, "new latest")[0].nbytes
-            if size > MAX_SIZE:
-                raise ValueError(f"an array of {size} bytes is beyond shmkit's limit")
-            array = True
-        return make_params(size, slots, bool(checksum), meta, array)
 
     @classmethod
     def open(cls, name: str, *, readonly: bool = False) -> Latest[Any]:
@@ -366,37 +327,32 @@ class Latest(LatestBase, Handle, Generic[T]):
         Raises LayoutError if it exists with another size, shape, dtype or
         order (its slot count and checksum setting are the creator's).
         """
-        want = cls._make_params(
+        want = new_params(
             size=size, shape=shape, dtype=dtype, order=order, slots=slots, checksum=checksum
         )
-        for _ in range(20):
-            try:
-                if size is not None:
-                    return cls.create(name, size=size, slots=slots, checksum=checksum, mode=mode)
-                assert shape is not None and dtype is not None
-                return cls.create(
-                    name,
-                    shape=shape,
-                    dtype=dtype,
-                    order=order,
-                    slots=slots,
-                    checksum=checksum,
-                    mode=mode,
-                )
-            except AlreadyExists:
-                pass
-            try:
-                latest = cls.open(name)
-            except NotFound:
-                continue
+
+        def create() -> Latest[Any]:
+            if size is not None:
+                return cls.create(name, size=size, slots=slots, checksum=checksum, mode=mode)
+            assert shape is not None and dtype is not None
+            return cls.create(
+                name,
+                shape=shape,
+                dtype=dtype,
+                order=order,
+                slots=slots,
+                checksum=checksum,
+                mode=mode,
+            )
+
+        def check(latest: Latest[Any]) -> None:
             assert latest._seg is not None and latest._seg.header is not None
             have = latest._seg.header.params
             # Compare what values look like: flags' array bit, size and the array meta.
             if (have[4] & 2, have[16:]) != (want[4] & 2, want[16:]):
-                latest.close()
                 raise LayoutError(f"latest {name!r} exists with another value size or type")
-            return latest
-        raise NotFound(f"latest {name!r} kept appearing and vanishing")
+
+        return open_or_create(create, lambda: cls.open(name), f"latest {name!r}", check)
 
     def close(self) -> None:
         """Detach this handle (idempotent). The value stays until ``unlink()``.
@@ -474,7 +430,7 @@ class Latest(LatestBase, Handle, Generic[T]):
         if self._params.array is not None:
             data = self._array_bytes(data)
         elif type(data) is not bytes:
-            data = _as_bytes(data)
+            data = flat_view(data, "Latest values")
         if len(data) > self._size:
             raise MessageTooLarge(f"latest {self._name!r}: {len(data)} bytes > size {self._size}")
         timeout = _wait.check_timeout(timeout)
@@ -546,17 +502,7 @@ class Latest(LatestBase, Handle, Generic[T]):
         if fd is None:
             self._wslot = WRITERS  # no OFD locks here: liveness unknown, never reported dead
             return
-        mine = -1
-        for i in range(WRITERS):
-            word = (WTABLE + 16 * i) // 8
-            off = self._base + WTABLE + 16 * i
-            if mine < 0 and _ofd.try_lock(fd, off):
-                mine = i
-                me = _process.current()
-                ctl[word] = me.pid
-                ctl[word + 1] = me.start
-            elif ctl[word] and not _ofd.is_locked(fd, off):
-                ctl[word] = ctl[word + 1] = 0  # a writer that died between sets
+        mine = writers.claim(ctl, fd, self._base)
         if mine < 0:
             raise Full(f"latest {self._name!r} already has {WRITERS} live writers")
         self._wslot = mine
@@ -713,7 +659,7 @@ class Latest(LatestBase, Handle, Generic[T]):
         fd = self._lock_fd_or_none()
         if ctl is None or fd is None:
             return [], []
-        return _scan_writers(ctl, fd, self._base, self._wslot)
+        return writers.scan(ctl, fd, self._base, self._wslot)
 
     def writers(self) -> list[tuple[int, bool]]:
         """``(pid, alive)`` for every writer entry (alive: its process still runs)."""
@@ -754,15 +700,6 @@ class Latest(LatestBase, Handle, Generic[T]):
             self._mutex.after_fork_in_child()
 
 
-def _as_bytes(data: Any) -> memoryview:
-    try:
-        return memoryview(data).cast("B")
-    except TypeError:
-        raise TypeError(
-            "a Latest value must be a C-contiguous buffer (use numpy.ascontiguousarray or bytes())"
-        ) from None
-
-
 def _raw_bytes(arr: Any, order: str | None = None) -> Any:
     """A flat uint8 view of an array's memory, in ``order`` (default: its own); no copy."""
     if order is None:
@@ -773,70 +710,8 @@ def _raw_bytes(arr: Any, order: str | None = None) -> Any:
     return arr.reshape(-1, order=order).view("u1")
 
 
-def _scan_writers(ctl: memoryview, fd: int, base: int, mine: int) -> tuple[list[int], list[int]]:
-    live: list[int] = []
-    dead: list[int] = []
-    for i in range(WRITERS):
-        word = (WTABLE + 16 * i) // 8
-        pid = ctl[word]
-        if i == mine:
-            live.append(pid)
-        elif _ofd.is_locked(fd, base + WTABLE + 16 * i):
-            live.append(pid)  # may still be 0 for an instant while a writer claims it
-        elif pid and ctl[word] == pid:
-            # Re-read after the probe: a closing writer clears its entry before unlocking.
-            dead.append(pid)
-    return live, dead
-
-
 def _reopen(name: str, readonly: bool) -> Latest[Any]:
     return Latest.open(name, readonly=readonly)
-
-
-def describe(seg: Segment) -> dict[str, object]:
-    """JSON-serialisable facts about an opened LATEST segment (for ``shmkit info``).
-
-    Needs no numpy. Raises LayoutError if ``seg`` is not a valid Latest.
-    """
-    header = seg.header
-    if header is None or header.kind != Kind.LATEST:
-        raise LayoutError(f"{seg.name!r} is not a latest")
-    p = parse_params(header.params, header.body_size, f"latest {seg.name!r}")
-    mm = seg.mmap
-    base = header.body_off
-    version, deaths = struct.unpack_from("<QQ", mm, base + VERSION_AT)
-    length = None
-    if version:
-        seq, n = struct.unpack_from("<QQ", mm, base + slot_offset(p, version))
-        length = n if seq == 2 * version + 2 and n <= p.size else None
-    writers: list[dict[str, object]] = []
-    fd = _ofd.open_for_locks(seg.sysname)
-    try:
-        for i in range(p.nwriters):
-            pid, start = struct.unpack_from("<QQ", mm, base + WTABLE + 16 * i)
-            locked = fd is not None and _ofd.is_locked(fd, base + WTABLE + 16 * i)
-            if pid or locked:
-                alive = locked or (fd is None and _process.liveness(pid, start).value != "dead")
-                writers.append({"pid": pid, "alive": alive})
-    finally:
-        if fd is not None:
-            os.close(fd)
-    (waiters,) = struct.unpack_from("<I", mm, base + VERSION_AT + 24)
-    info: dict[str, object] = {
-        "kind": "latest",
-        "values": "array" if p.array is not None else "bytes",
-        "size": p.size,
-        "slots": p.nslots,
-        "checksum": p.checksum,
-        "version": version,
-        "length": length,
-        "writer_deaths": deaths,
-        "writers": writers,
-        "waiters": waiters,
-    }
-    if p.array is not None:
-        info.update(shape=list(p.array.shape), dtype=p.array.spec, order=p.array.order)
-    return info
 
 
 def _after_fork_in_child() -> None:

@@ -48,8 +48,8 @@ from . import _dtype, _mutex, _process, _wait
 from ._dtype import ArrayMeta
 from ._handle import Handle
 from ._layout import Kind, align
-from .errors import AlreadyExists, Closed, LayoutError, LockTimeout, NotFound, PermissionDenied
-from .segment import Segment
+from .errors import Closed, LayoutError, LockTimeout, PermissionDenied
+from .segment import Segment, open_or_create
 
 if TYPE_CHECKING:
     import numpy as np
@@ -260,23 +260,20 @@ class SharedArray(Handle):
         Raises LayoutError if it exists with another shape, dtype or order.
         """
         dims, dt, order = _dtype.normalize(shape, dtype, order)
-        for _ in range(20):
-            try:
-                return cls._create(name, shape=dims, dt=dt, order=order, src=None, mode=mode)
-            except AlreadyExists:
-                pass
-            try:
-                sa = cls.open(name)
-            except NotFound:
-                continue  # its creator failed and cleaned up: try again
+
+        def check(sa: SharedArray) -> None:
             if (sa.shape, sa.dtype, sa.order) != (dims, dt, order):
-                sa.close()
                 raise LayoutError(
                     f"array {name!r} exists as {sa._meta.shape} {sa._dtype} order {sa.order}, "
                     f"not {dims} {dt} order {order}"
                 )
-            return sa
-        raise NotFound(f"array {name!r} kept appearing and vanishing")
+
+        return open_or_create(
+            lambda: cls._create(name, shape=dims, dt=dt, order=order, src=None, mode=mode),
+            lambda: cls.open(name),
+            f"array {name!r}",
+            check,
+        )
 
     def close(self) -> None:
         """Detach this handle (idempotent); releases the lock if this handle holds it.

@@ -69,11 +69,18 @@ class Attachment:
     liveness: _process.Liveness
 
 
-def open_or_create(create: Callable[[], T], open_: Callable[[], T], what: str) -> T:
+def open_or_create(
+    create: Callable[[], T],
+    open_: Callable[[], T],
+    what: str,
+    check: Callable[[T], None] | None = None,
+) -> T:
     """Create, or open if it exists; safe when many processes race for the same name.
 
     A creator that fails half-way unlinks what it made, so an opener can see
     NotFound after AlreadyExists: then the whole dance is tried again.
+    ``check`` vets an object that was opened rather than created (e.g. that
+    it has the asked-for size): if it raises, the handle is closed first.
     """
     for _ in range(20):
         try:
@@ -81,9 +88,16 @@ def open_or_create(create: Callable[[], T], open_: Callable[[], T], what: str) -
         except AlreadyExists:
             pass
         try:
-            return open_()
+            obj = open_()
         except NotFound:
             continue
+        if check is not None:
+            try:
+                check(obj)
+            except BaseException:
+                obj.close()  # type: ignore[attr-defined]
+                raise
+        return obj
     raise NotFound(f"{what} kept appearing and vanishing")
 
 
@@ -395,9 +409,7 @@ class Segment:
                 )
                 if pid == 0 and not held:
                     continue
-                out.append(
-                    Attachment(slot, pid, start, _slot_liveness(held, pid, start, boot))
-                )
+                out.append(Attachment(slot, pid, start, _slot_liveness(held, pid, start, boot)))
         finally:
             if own_probe and probe_fd is not None:
                 os.close(probe_fd)

@@ -45,7 +45,7 @@ VALID_ARRAY = [
 
 
 def _latest_params(**kwargs: Any) -> bytes:
-    return latest.Latest._make_params(
+    return latest_slot.new_params(
         size=kwargs.get("size"),
         shape=kwargs.get("shape"),
         dtype=kwargs.get("dtype"),

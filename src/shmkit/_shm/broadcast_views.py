@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .._codec import flat_view
 from ..errors import MessageTooLarge, Overrun
 
 if TYPE_CHECKING:
@@ -31,16 +32,7 @@ def check_int(value: object, what: str, low: int, high: int) -> int:
 
 def as_bytes(data: Any) -> memoryview:
     """``data`` as a flat byte view (TypeError for a non-contiguous buffer)."""
-    view = memoryview(data)
-    if view.ndim != 1 or view.format != "B":
-        try:
-            view = view.cast("B")
-        except TypeError:
-            raise TypeError(
-                "broadcast messages must be C-contiguous buffers "
-                "(use numpy.ascontiguousarray or bytes())"
-            ) from None
-    return view
+    return flat_view(data, "broadcast messages")
 
 
 def array_maker(

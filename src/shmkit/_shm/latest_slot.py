@@ -57,12 +57,15 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from .. import _dtype
 from .._dtype import ArrayMeta
 from .._layout import MAX_BODY, align
 from ..errors import LayoutError
+
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
 
 PARAMS: Final = struct.Struct("<IIIIQ")
 PARAMS_VERSION: Final = 2
@@ -155,3 +158,38 @@ def make_params(
 def slot_offset(p: LatestParams, version: int) -> int:
     """Body offset of the slot that holds ``version``."""
     return p.slots_off + (version % p.nslots) * p.stride
+
+
+def new_params(
+    *,
+    size: int | None,
+    shape: int | tuple[int, ...] | list[int] | None,
+    dtype: DTypeLike | None,
+    order: str,
+    slots: int,
+    checksum: bool | None,
+) -> bytes:
+    """Validate a new Latest's arguments and pack its params (bytes or array values)."""
+    if isinstance(slots, bool) or not isinstance(slots, int):
+        raise TypeError(f"slots must be an int, not {type(slots).__name__}")
+    if not MIN_SLOTS <= slots <= MAX_SLOTS:
+        raise ValueError(f"slots must be between {MIN_SLOTS} and {MAX_SLOTS}, not {slots}")
+    meta = b""
+    array = False
+    if size is not None:
+        if shape is not None or dtype is not None:
+            raise TypeError("give either size= (bytes values) or shape= and dtype=, not both")
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError(f"size must be an int, not {type(size).__name__}")
+        if not 0 <= size <= MAX_SIZE:
+            raise ValueError(f"size must be between 0 and {MAX_SIZE}, not {size}")
+    else:
+        if shape is None or dtype is None:
+            raise TypeError("give size= (bytes values) or both shape= and dtype=")
+        dims, dt, order = _dtype.normalize(shape, dtype, order)
+        meta = _dtype.encode_meta(dims, dt, order)
+        size = _dtype.parse_meta(meta, "new latest")[0].nbytes
+        if size > MAX_SIZE:
+            raise ValueError(f"an array of {size} bytes is beyond shmkit's limit")
+        array = True
+    return make_params(size, slots, bool(checksum), meta, array)
