@@ -29,13 +29,17 @@ def lock_path(sysname: str) -> str | None:
     return os.path.join(_platform.SHM_DIR, sysname.lstrip("/"))
 
 
-def open_for_locks(sysname: str) -> int | None:
-    """A fresh open file description of the segment, for OFD locks (None if unsupported)."""
+def open_for_locks(sysname: str, *, probe_only: bool = False) -> int | None:
+    """A fresh open file description of the segment, for OFD locks (None if unsupported).
+
+    ``probe_only`` opens it read-only: enough to ask who holds a lock
+    (``is_locked``), not to take one.
+    """
     path = lock_path(sysname)
     if path is None or not _platform.OFD_LOCKS:
         return None
     try:
-        return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        return os.open(path, (os.O_RDONLY if probe_only else os.O_RDWR) | os.O_CLOEXEC)
     except OSError:
         return None
 

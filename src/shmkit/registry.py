@@ -21,8 +21,9 @@ from typing import Any, Final
 
 from . import _layout, _mutex, _names, _platform, _process
 from ._layout import Kind
+from ._sysobj import unlink_all
 from .errors import LayoutError, NotFound, NotReady, ShmkitError
-from .segment import Segment, _unlink_all
+from .segment import Segment
 
 __all__ = ["Entry", "describe", "discover", "find", "gc", "remove"]
 
@@ -202,7 +203,7 @@ def _remove_parts(entry: Entry) -> list[str]:
     segment = entry.parts[0] if entry.state != "orphan-semaphore" else ""
     if segment:
         nsems = len(entry.parts) - 1
-        if _unlink_all(segment, max(nsems, _names.MAX_SEMS)):
+        if unlink_all(segment, max(nsems, _names.MAX_SEMS)):
             removed.append(segment)
         removed += entry.parts[1:]
     else:

@@ -33,8 +33,16 @@ from typing import Any, Final, TypeVar
 
 import posix_ipc
 
-from . import _crash, _layout, _mutex, _names, _ofd, _platform, _process
+from . import _crash, _layout, _names, _ofd, _process
 from ._layout import Kind
+from ._sysobj import (
+    create_semaphore,
+    reserve,
+    unlink_all,
+    unlink_sem,
+    unlink_sems,
+    unlink_shm,
+)
 from .errors import (
     AlreadyExists,
     Closed,
@@ -44,7 +52,6 @@ from .errors import (
     LayoutError,
     NotFound,
     NotReady,
-    ShmFull,
     translate,
 )
 
@@ -117,23 +124,6 @@ def _check_size(size: object, what: str = "size") -> int:
     if size > _layout.MAX_BODY:
         raise ValueError(f"{what} {size} is larger than shmkit's limit of {_layout.MAX_BODY} bytes")
     return size
-
-
-def _reserve(fd: int, total: int, what: str) -> None:
-    """Allocate every page now, so a full /dev/shm fails here and not as SIGBUS later."""
-    if _platform.FALLOCATE:
-        try:
-            os.posix_fallocate(fd, 0, total)
-        except OSError as exc:
-            raise ShmFull(
-                exc.errno, f"{what}: cannot reserve {total} bytes ({exc.strerror})"
-            ) from exc
-    else:
-        os.ftruncate(fd, total)
-
-
-def _shm_path(sysname: str) -> str:
-    return os.path.join(_platform.SHM_DIR or "/dev/shm", sysname.lstrip("/"))
 
 
 def _slot_liveness(held: bool, pid: int, start: int, boot: bytes) -> _process.Liveness:
@@ -256,8 +246,8 @@ class Segment:
         except (LayoutError, NotReady, InvalidName):
             pass
         except NotFound:
-            return _unlink_sems(sysname, nsems) > 0
-        return _unlink_all(sysname, nsems)
+            return unlink_sems(sysname, nsems) > 0
+        return unlink_all(sysname, nsems)
 
     def close(self) -> None:
         """Detach this handle. Idempotent. Never unlinks unless ``unlink_on_exit`` was set."""
@@ -321,7 +311,7 @@ class Segment:
 
     def _unlink_names(self) -> None:
         nsems = self.header.nsems if self.header is not None else 0
-        _unlink_all(self.sysname, nsems)
+        unlink_all(self.sysname, nsems)
 
     def __enter__(self) -> Segment:
         return self
@@ -390,15 +380,11 @@ class Segment:
         out = []
         base = self.header.attach_off
         probe_fd = self._lock_fd
-        own_probe = False
-        if probe_fd is None and _platform.OFD_LOCKS:
-            # Not attached (the registry): a read-only descriptor of our own can
-            # still ask the kernel which slots are locked.
-            try:
-                probe_fd = os.open(_shm_path(self.sysname), os.O_RDONLY | os.O_CLOEXEC)
-                own_probe = True
-            except OSError:
-                probe_fd = None
+        own_probe = probe_fd is None
+        if own_probe:
+            # Not attached (the registry): a descriptor of our own can still
+            # ask the kernel which slots are locked.
+            probe_fd = _ofd.open_for_locks(self.sysname, probe_only=True)
         try:
             for slot in range(self.header.attach_slots):
                 off = base + slot * _layout.ATTACH_SLOT
@@ -461,7 +447,7 @@ class Segment:
         sems: list[posix_ipc.Semaphore] = []
         try:
             os.fchmod(fd, mode)  # exact mode: umask can only narrow, never widen
-            _reserve(fd, total, what)
+            reserve(fd, total, what)
             mm = _mm.mmap(fd, total)
             for index, value in enumerate(sem_values):
                 with translate(f"{what} semaphore {index}"):
@@ -479,11 +465,11 @@ class Segment:
             )
         except BaseException:
             for index in range(len(sems)):
-                _unlink_sem(_names.semaphore_name(sysname, index))
+                unlink_sem(_names.semaphore_name(sysname, index))
             for sem in sems:
                 sem.close()
             shm.close_fd()
-            _unlink_shm(sysname)
+            unlink_shm(sysname)
             raise
         shm.close_fd()
         header = _layout.parse(_head(mm), total, what)
@@ -628,11 +614,11 @@ class Segment:
             shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600)
         try:
             os.fchmod(shm.fd, mode)
-            _reserve(shm.fd, size, what)
+            reserve(shm.fd, size, what)
             mm = _mm.mmap(shm.fd, size)
         except BaseException:
             shm.close_fd()
-            _unlink_shm(name)
+            unlink_shm(name)
             raise
         shm.close_fd()
         return cls(
@@ -665,56 +651,9 @@ class Segment:
         )
 
 
-def create_semaphore(sysname: str, mode: int, value: int) -> posix_ipc.Semaphore:
-    """Create the named semaphore ``sysname`` (O_EXCL) with exactly ``mode``, whatever the umask.
-
-    sem_open applies the umask, which can only narrow a mode (even the owner's
-    bits): create it 0600, then chmod its file (Linux: /dev/shm/sem.<name>) to
-    the exact mode, as segments are fchmod-ed. Where semaphores have no file
-    (macOS) the mode is what sem_open makes of it.
-    """
-    if _platform.SHM_DIR is None:
-        return posix_ipc.Semaphore(sysname, posix_ipc.O_CREX, mode=mode, initial_value=value)
-    sem = posix_ipc.Semaphore(sysname, posix_ipc.O_CREX, mode=0o600, initial_value=value)
-    try:
-        os.chmod(os.path.join(_platform.SHM_DIR, "sem." + sysname.lstrip("/")), mode)
-    except BaseException:
-        sem.close()
-        _unlink_sem(sysname)
-        raise
-    return sem
-
-
 def _head(mm: _mm.mmap) -> bytes:
     """A bounded copy of the header region (never a view: a failed parse must not pin mm)."""
     return mm[: _layout.HEADER_SIZE + _layout.MAX_NAME_BYTES + _layout.MAX_PARAMS + 64]
-
-
-def _unlink_shm(sysname: str) -> bool:
-    try:
-        posix_ipc.unlink_shared_memory(sysname)
-    except posix_ipc.ExistentialError:
-        return False
-    return True
-
-
-def _unlink_sem(sysname: str) -> bool:
-    try:
-        posix_ipc.unlink_semaphore(sysname)
-    except posix_ipc.ExistentialError:
-        return False
-    return True
-
-
-def _unlink_sems(sysname: str, nsems: int) -> int:
-    return sum(_unlink_sem(_names.semaphore_name(sysname, i)) for i in range(nsems))
-
-
-def _unlink_all(sysname: str, nsems: int) -> bool:
-    removed = _unlink_shm(sysname)
-    _unlink_sems(sysname, max(nsems, 0))
-    _mutex.remove_lock_files(sysname, 4)
-    return removed
 
 
 def _after_fork_in_child() -> None:

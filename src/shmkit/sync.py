@@ -39,6 +39,7 @@ import posix_ipc
 from . import _core, _mutex, _names, _platform, _process, _wait
 from ._handle import Handle
 from ._layout import Kind
+from ._sysobj import create_semaphore
 from .errors import (
     Closed,
     LayoutError,
@@ -46,7 +47,7 @@ from .errors import (
     Timeout,
     translate,
 )
-from .segment import Segment, create_semaphore, open_or_create
+from .segment import Segment, open_or_create
 
 __all__ = ["Event", "Lock", "Semaphore"]
 
