@@ -13,7 +13,6 @@ from ._layout import Kind as Kind
 from .broadcast import Broadcast as Broadcast
 from .broadcast import Message as Message
 from .broadcast import Publisher as Publisher
-from .broadcast import PublisherBusy as PublisherBusy
 from .broadcast import Subscriber as Subscriber
 from .broadcast import publisher as publisher
 from .broadcast import subscribe as subscribe
@@ -70,6 +69,9 @@ from .errors import (
 )
 from .errors import (
     PermissionDenied as PermissionDenied,
+)
+from .errors import (
+    PublisherBusy as PublisherBusy,
 )
 from .errors import (
     ReadStarved as ReadStarved,

@@ -63,7 +63,6 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -75,6 +74,7 @@ from ._shm.broadcast_control import (
     Control,
     SubscriberInfo,
     collect,
+    describe,
     live,
     open_segment,
 )
@@ -99,8 +99,8 @@ from .errors import (
     Closed,
     Full,
     LayoutError,
-    LockTimeout,
     MessageTooLarge,
+    PublisherBusy,
 )
 from .segment import Segment, open_or_create
 
@@ -126,10 +126,6 @@ __all__ = [
     "parse_params",
     "parse_image",
 ]
-
-
-class PublisherBusy(LockTimeout):
-    """Another live process is this broadcast's publisher (only one at a time)."""
 
 
 _FORKED: Final = "inherited across fork() (open a new handle in the child)"
@@ -401,23 +397,6 @@ def _make_params(
     max_subscribers = check_int(max_subscribers, "max_subscribers", 1, MAX_SUBSCRIBERS)
     # the seqlock alone rules out torn reads on every CPU: the CRC is opt-in integrity
     return Params(slot_size, slots, max_subscribers, bool(backpressure), bool(checksum))
-
-
-def describe(seg: Segment) -> dict[str, object]:
-    """JSON-serialisable statistics of an open BROADCAST segment (for ``shmkit info``).
-
-    Works on a read-only handle; never writes to the segment.
-    """
-    if seg.header is None or seg.header.kind != Kind.BROADCAST:
-        raise LayoutError(f"segment {seg.name!r} is not a broadcast")
-    params = parse_params(seg.header.params, seg.header.body_size, f"broadcast {seg.name!r}")
-    ctl = Control(seg, params, owned=False)  # the caller owns seg
-    try:
-        stats = asdict(collect(ctl, ctl.publisher_alive(), -1))
-        stats["subscribers"] = list(stats["subscribers"])  # JSON arrays, not tuples
-        return stats
-    finally:
-        ctl.close()
 
 
 def publisher(

@@ -51,6 +51,7 @@ __all__ = [
     "InsecurePermissions",
     "Timeout",
     "LockTimeout",
+    "PublisherBusy",
     "NotReady",
     "ReadStarved",
     "Closed",
@@ -114,6 +115,10 @@ class Timeout(ShmkitError, TimeoutError):
 
 class LockTimeout(Timeout):
     """A lock stayed held by a live process until the deadline."""
+
+
+class PublisherBusy(LockTimeout):
+    """Another live process is this broadcast's publisher (only one at a time)."""
 
 
 class NotReady(Timeout):

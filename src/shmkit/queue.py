@@ -49,6 +49,7 @@ from ._core import _queue
 from ._handle import Handle
 from ._layout import Kind, align
 from ._shm.queue_general import GeneralPaths
+from ._shm.queue_info import QueueStatistics, describe, parse_params, snapshot
 from ._shm.queue_liveness import identity
 from ._shm.queue_ring import (  # noqa: F401  (the layout's names, for tests and tools)
     _AGAIN,
@@ -81,15 +82,11 @@ from ._shm.queue_ring import (  # noqa: F401  (the layout's names, for tests and
     DEFAULT_SPIN,
     MAX_CAPACITY,
     BufferTooSmall,
-    QueueStatistics,
     _check_timeout,
     _init_body,
     _mono,
     _NoLock,
-    _parse_params,
     _perf,
-    _snapshot,
-    describe,
 )
 from .errors import LayoutError
 from .segment import Segment, open_or_create
@@ -171,7 +168,7 @@ class Queue(GeneralPaths, Handle, Generic[T]):
     def __init__(self, seg: Segment, codec: Codec[Any], spin: float) -> None:
         """Wrap an opened QUEUE segment; use :meth:`create` or :meth:`open` instead."""
         self._name = seg.name
-        flags, ring, cap, _creator_codec = _parse_params(seg)
+        flags, ring, cap, _creator_codec = parse_params(seg)
         hdr = seg.header
         assert hdr is not None
         self._seg: Segment | None = seg
@@ -602,7 +599,7 @@ class Queue(GeneralPaths, Handle, Generic[T]):
         """A snapshot of the queue's counters (taken under its lock when it is free)."""
         self._check_open()
         self._run_locked(_mono() + _wait.SLICE, self._reap_waiters)
-        return _snapshot(
+        return snapshot(
             self._c,
             self._name,
             ring=self._ring,
@@ -613,7 +610,7 @@ class Queue(GeneralPaths, Handle, Generic[T]):
 
     def _codec_name(self) -> str:
         seg = self._seg
-        return _parse_params(seg)[3] if seg is not None else ""
+        return parse_params(seg)[3] if seg is not None else ""
 
     # ------------------------------------------------------------------ waiting
 

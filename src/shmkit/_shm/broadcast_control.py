@@ -22,13 +22,13 @@ import os
 import sys
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Final, Protocol
 
 from .. import _core, _mutex, _ofd, _process, _wait
 from .._core import _seqlock
 from .._layout import Kind
-from ..errors import Full
+from ..errors import Full, LayoutError
 from ..segment import Segment
 from .broadcast_ring import (
     _ABORTED,
@@ -525,3 +525,20 @@ def collect(ctl: Control, alive: bool, own: int) -> BroadcastStatistics:
         live_subscribers=sum(s.alive for s in subs),
         subscribers=tuple(subs),
     )
+
+
+def describe(seg: Segment) -> dict[str, object]:
+    """JSON-serialisable statistics of an open BROADCAST segment (for ``shmkit info``).
+
+    Works on a read-only handle; never writes to the segment.
+    """
+    if seg.header is None or seg.header.kind != Kind.BROADCAST:
+        raise LayoutError(f"segment {seg.name!r} is not a broadcast")
+    params = parse_params(seg.header.params, seg.header.body_size, f"broadcast {seg.name!r}")
+    ctl = Control(seg, params, owned=False)  # the caller owns seg
+    try:
+        stats = asdict(collect(ctl, ctl.publisher_alive(), -1))
+        stats["subscribers"] = list(stats["subscribers"])  # JSON arrays, not tuples
+        return stats
+    finally:
+        ctl.close()
