@@ -364,3 +364,13 @@ def normalize(
     if nbytes > MAX_BODY:
         raise ValueError(f"an array of {nbytes} bytes is beyond shmkit's limit of {MAX_BODY}")
     return dims, dt, order
+
+
+def raw_bytes(arr: Any, order: str | None = None) -> Any:
+    """A flat uint8 view of an array's memory, in ``order`` (default: its own); no copy."""
+    if order is None:
+        order = "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
+    if not (arr.flags.c_contiguous if order == "C" else arr.flags.f_contiguous):
+        raise ValueError(f"the array must be {order}-contiguous")
+    # Reshaping a contiguous array in its own order is always a view.
+    return arr.reshape(-1, order=order).view("u1")

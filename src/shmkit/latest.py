@@ -38,7 +38,6 @@ import os
 import threading
 import time
 import weakref
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, overload
 
 from . import _dtype, _mutex, _ofd, _wait
@@ -62,7 +61,7 @@ from ._shm.latest_slot import (
     new_params,
     parse_params,
 )
-from ._shm.latest_writers import describe
+from ._shm.latest_writers import LatestStats, describe
 from .errors import (
     Closed,
     Full,
@@ -97,19 +96,6 @@ T = TypeVar("T")
 #: Tries a read makes in C before falling back to the Python retry loop.
 _TRIES: Final = 8
 _live: weakref.WeakSet[Latest[Any]] = weakref.WeakSet()
-
-
-@dataclass(frozen=True)
-class LatestStats:
-    """A snapshot of a Latest, for monitoring (``statistics()``)."""
-
-    version: int
-    writer_deaths: int
-    live_writers: tuple[int, ...]
-    dead_writers: tuple[int, ...]
-    waiters: int  # processes blocked in wait_newer; -1 where the platform cannot tell
-    retries: int  # this handle: reads retried because a writer overtook them
-    starved: int  # this handle: ReadStarved raised
 
 
 class Latest(LatestBase, Handle, Generic[T]):
@@ -463,7 +449,7 @@ class Latest(LatestBase, Handle, Generic[T]):
         arr = np.asarray(arr, dtype=self._dtype, order=order)
         if not (arr.flags.c_contiguous if order == "C" else arr.flags.f_contiguous):
             arr = arr.copy(order=order)
-        return _raw_bytes(arr, order)
+        return _dtype.raw_bytes(arr, order)
 
     def _acquire(self, mutex: _mutex.Mutex, timeout: float | None) -> int:
         """Take the writer mutex within ``timeout``: OK or OWNER_DIED (LockTimeout otherwise)."""
@@ -551,7 +537,7 @@ class Latest(LatestBase, Handle, Generic[T]):
                 raise ValueError(f"out must be an ndarray of shape {self.shape}, {self._dtype}")
             if not out.flags.writeable:
                 raise ValueError("out must be writable")
-            dst = _raw_bytes(out, self._params.array.order)
+            dst = _dtype.raw_bytes(out, self._params.array.order)
         else:
             dst = memoryview(out).cast("B")
             if dst.readonly:
@@ -597,7 +583,7 @@ class Latest(LatestBase, Handle, Generic[T]):
             return raw
         np = _dtype.numpy()
         out = np.empty(meta.shape, self._dtype, order=meta.order)
-        _raw_bytes(out, meta.order)[...] = np.frombuffer(raw, np.uint8)
+        _dtype.raw_bytes(out, meta.order)[...] = np.frombuffer(raw, np.uint8)
         return out
 
     # ------------------------------------------------------------ waiting
@@ -698,16 +684,6 @@ class Latest(LatestBase, Handle, Generic[T]):
         self._tlock = threading.Lock()
         if self._mutex is not None:
             self._mutex.after_fork_in_child()
-
-
-def _raw_bytes(arr: Any, order: str | None = None) -> Any:
-    """A flat uint8 view of an array's memory, in ``order`` (default: its own); no copy."""
-    if order is None:
-        order = "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
-    if not (arr.flags.c_contiguous if order == "C" else arr.flags.f_contiguous):
-        raise ValueError(f"the array must be {order}-contiguous")
-    # Reshaping a contiguous array in its own order is always a view.
-    return arr.reshape(-1, order=order).view("u1")
 
 
 def _reopen(name: str, readonly: bool) -> Latest[Any]:

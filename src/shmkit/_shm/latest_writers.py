@@ -11,12 +11,26 @@ from __future__ import annotations
 
 import os
 import struct
+from dataclasses import dataclass
 
 from .. import _ofd, _process
 from .._layout import Kind
 from ..errors import LayoutError
 from ..segment import Segment
 from .latest_slot import VERSION_AT, WRITERS, WTABLE, parse_params, slot_offset
+
+
+@dataclass(frozen=True)
+class LatestStats:
+    """A snapshot of a Latest, for monitoring (``statistics()``)."""
+
+    version: int
+    writer_deaths: int
+    live_writers: tuple[int, ...]
+    dead_writers: tuple[int, ...]
+    waiters: int  # processes blocked in wait_newer; -1 where the platform cannot tell
+    retries: int  # this handle: reads retried because a writer overtook them
+    starved: int  # this handle: ReadStarved raised
 
 
 def claim(ctl: memoryview, fd: int, base: int) -> int:
