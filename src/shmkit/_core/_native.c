@@ -114,160 +114,140 @@ Region_dealloc(RegionObject *self)
         }                                                     \
     } while (0)
 
-static PyObject *
-Region_load32(RegionObject *self, PyObject *arg)
+/* Parse (offset, v1[, v2]) for a `width`-byte word and return its address, or
+ * NULL with an exception set: wrong arity, a value that does not fit the
+ * word (deltas may be negative: they wrap), or an offset outside the mapping
+ * or not `width`-aligned. */
+static char *
+word_args(RegionObject *self, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t nvals,
+          int width, int signed_vals, uint64_t *vals, const char *usage)
 {
-    long long off = PyLong_AsLongLong(arg);
+    if (nargs != 1 + nvals) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return NULL;
+    }
+    long long off = PyLong_AsLongLong(args[0]);
     if (off == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    REGION_AT(self, off, 4, 4);
-    /* acquire: pairs with the release in store32/cas32/add32 of the writer */
-    return PyLong_FromUnsignedLong(shm_load32(self->v.base + off));
-}
-
-static PyObject *
-Region_load64(RegionObject *self, PyObject *arg)
-{
-    long long off = PyLong_AsLongLong(arg);
-    if (off == -1 && PyErr_Occurred()) {
+    for (Py_ssize_t i = 0; i < nvals; i++) {
+        if (signed_vals) {
+            long long d = PyLong_AsLongLong(args[1 + i]);
+            if (d == -1 && PyErr_Occurred()) {
+                return NULL;
+            }
+            vals[i] = (uint64_t)d;
+            continue;
+        }
+        unsigned long long x = PyLong_AsUnsignedLongLong(args[1 + i]);
+        if (x == (unsigned long long)-1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (width == 4 && x > UINT32_MAX) {
+            PyErr_SetString(PyExc_OverflowError, "value does not fit in 32 bits");
+            return NULL;
+        }
+        vals[i] = (uint64_t)x;
+    }
+    if (shm_check(&E, &self->v, off, width, width)) {
         return NULL;
     }
-    REGION_AT(self, off, 8, 8);
-    /* acquire: pairs with the release in store64/cas64/add64 of the writer */
-    return PyLong_FromUnsignedLongLong(shm_load64(self->v.base + off));
+    return self->v.base + off;
 }
 
+/* acquire: pairs with the release in store32/cas32/add32 of the writer */
+static PyObject *
+Region_load32(RegionObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    char *p = word_args(self, args, nargs, 0, 4, 0, NULL, "load32(offset)");
+    return p ? PyLong_FromUnsignedLong(shm_load32(p)) : NULL;
+}
+
+/* acquire: pairs with the release in store64/cas64/add64 of the writer */
+static PyObject *
+Region_load64(RegionObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    char *p = word_args(self, args, nargs, 0, 8, 0, NULL, "load64(offset)");
+    return p ? PyLong_FromUnsignedLongLong(shm_load64(p)) : NULL;
+}
+
+/* release: everything stored before is visible to whoever load32s this */
 static PyObject *
 Region_store32(RegionObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "store32(offset, value)");
+    uint64_t v[1];
+    char *p = word_args(self, args, nargs, 1, 4, 0, v, "store32(offset, value)");
+    if (p == NULL) {
         return NULL;
     }
-    long long off = PyLong_AsLongLong(args[0]);
-    unsigned long long x = PyLong_AsUnsignedLongLong(args[1]);
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    if (x > UINT32_MAX) {
-        PyErr_SetString(PyExc_OverflowError, "value does not fit in 32 bits");
-        return NULL;
-    }
-    REGION_AT(self, off, 4, 4);
-    /* release: everything stored before is visible to whoever load32s this */
-    shm_store32(self->v.base + off, (uint32_t)x);
+    shm_store32(p, (uint32_t)v[0]);
     Py_RETURN_NONE;
 }
 
+/* release: everything stored before is visible to whoever load64s this */
 static PyObject *
 Region_store64(RegionObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "store64(offset, value)");
+    uint64_t v[1];
+    char *p = word_args(self, args, nargs, 1, 8, 0, v, "store64(offset, value)");
+    if (p == NULL) {
         return NULL;
     }
-    long long off = PyLong_AsLongLong(args[0]);
-    unsigned long long x = PyLong_AsUnsignedLongLong(args[1]);
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    REGION_AT(self, off, 8, 8);
-    /* release: everything stored before is visible to whoever load64s this */
-    shm_store64(self->v.base + off, (uint64_t)x);
+    shm_store64(p, v[0]);
     Py_RETURN_NONE;
 }
 
-static int
-two_u64(PyObject *const *args, long long *off, unsigned long long *a, unsigned long long *b,
-        Py_ssize_t nargs, Py_ssize_t want, const char *usage)
-{
-    if (nargs != want) {
-        PyErr_SetString(PyExc_TypeError, usage);
-        return -1;
-    }
-    *off = PyLong_AsLongLong(args[0]);
-    *a = PyLong_AsUnsignedLongLong(args[1]);
-    if (want == 3) {
-        *b = PyLong_AsUnsignedLongLong(args[2]);
-    }
-    return PyErr_Occurred() ? -1 : 0;
-}
-
+/* acq_rel: a successful swap both publishes and observes */
 static PyObject *
 Region_cas32(RegionObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    long long off;
-    unsigned long long expected, desired;
-    if (two_u64(args, &off, &expected, &desired, nargs, 3, "cas32(offset, expected, new)")) {
+    uint64_t v[2];
+    char *p = word_args(self, args, nargs, 2, 4, 0, v, "cas32(offset, expected, new)");
+    if (p == NULL) {
         return NULL;
     }
-    if (expected > UINT32_MAX || desired > UINT32_MAX) {
-        PyErr_SetString(PyExc_OverflowError, "value does not fit in 32 bits");
-        return NULL;
-    }
-    REGION_AT(self, off, 4, 4);
-    uint32_t e = (uint32_t)expected;
-    /* acq_rel: a successful swap both publishes and observes */
-    int ok = __atomic_compare_exchange_n((uint32_t *)(self->v.base + off), &e,
-                                         (uint32_t)desired, 0, __ATOMIC_ACQ_REL,
-                                         __ATOMIC_ACQUIRE);
-    return PyBool_FromLong(ok);
+    uint32_t e = (uint32_t)v[0];
+    return PyBool_FromLong(__atomic_compare_exchange_n(
+        (uint32_t *)p, &e, (uint32_t)v[1], 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
 }
 
+/* acq_rel: a successful swap both publishes and observes */
 static PyObject *
 Region_cas64(RegionObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    long long off;
-    unsigned long long expected, desired;
-    if (two_u64(args, &off, &expected, &desired, nargs, 3, "cas64(offset, expected, new)")) {
+    uint64_t v[2];
+    char *p = word_args(self, args, nargs, 2, 8, 0, v, "cas64(offset, expected, new)");
+    if (p == NULL) {
         return NULL;
     }
-    REGION_AT(self, off, 8, 8);
-    uint64_t e = (uint64_t)expected;
-    /* acq_rel: a successful swap both publishes and observes */
-    int ok = __atomic_compare_exchange_n((uint64_t *)(self->v.base + off), &e,
-                                         (uint64_t)desired, 0, __ATOMIC_ACQ_REL,
-                                         __ATOMIC_ACQUIRE);
-    return PyBool_FromLong(ok);
+    uint64_t e = v[0];
+    return PyBool_FromLong(__atomic_compare_exchange_n((uint64_t *)p, &e, v[1], 0,
+                                                       __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
 }
 
+/* acq_rel, wrapping mod 2**32; returns the old value */
 static PyObject *
 Region_add32(RegionObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "add32(offset, delta)");
+    uint64_t v[1];
+    char *p = word_args(self, args, nargs, 1, 4, 1, v, "add32(offset, delta)");
+    if (p == NULL) {
         return NULL;
     }
-    long long off = PyLong_AsLongLong(args[0]);
-    long long delta = PyLong_AsLongLong(args[1]);
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    REGION_AT(self, off, 4, 4);
-    /* acq_rel, wrapping mod 2**32; returns the old value */
-    uint32_t old = __atomic_fetch_add((uint32_t *)(self->v.base + off), (uint32_t)delta,
-                                      __ATOMIC_ACQ_REL);
-    return PyLong_FromUnsignedLong(old);
+    return PyLong_FromUnsignedLong(
+        __atomic_fetch_add((uint32_t *)p, (uint32_t)v[0], __ATOMIC_ACQ_REL));
 }
 
+/* acq_rel, wrapping mod 2**64; returns the old value */
 static PyObject *
 Region_add64(RegionObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "add64(offset, delta)");
+    uint64_t v[1];
+    char *p = word_args(self, args, nargs, 1, 8, 1, v, "add64(offset, delta)");
+    if (p == NULL) {
         return NULL;
     }
-    long long off = PyLong_AsLongLong(args[0]);
-    long long delta = PyLong_AsLongLong(args[1]);
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    REGION_AT(self, off, 8, 8);
-    /* acq_rel, wrapping mod 2**64; returns the old value */
-    uint64_t old = __atomic_fetch_add((uint64_t *)(self->v.base + off), (uint64_t)delta,
-                                      __ATOMIC_ACQ_REL);
-    return PyLong_FromUnsignedLongLong(old);
+    return PyLong_FromUnsignedLongLong(__atomic_fetch_add((uint64_t *)p, v[0], __ATOMIC_ACQ_REL));
 }
 
 /* futex_wait(offset, expected, timeout) -> bool: False only on timeout. */
@@ -418,8 +398,10 @@ Region_get_size(RegionObject *self, void *Py_UNUSED(c))
 }
 
 static PyMethodDef Region_methods[] = {
-    {"load32", (PyCFunction)Region_load32, METH_O, "load32(offset) -> int (acquire)"},
-    {"load64", (PyCFunction)Region_load64, METH_O, "load64(offset) -> int (acquire)"},
+    {"load32", (PyCFunction)(void (*)(void))Region_load32, METH_FASTCALL,
+     "load32(offset) -> int (acquire)"},
+    {"load64", (PyCFunction)(void (*)(void))Region_load64, METH_FASTCALL,
+     "load64(offset) -> int (acquire)"},
     {"store32", (PyCFunction)(void (*)(void))Region_store32, METH_FASTCALL,
      "store32(offset, value) (release)"},
     {"store64", (PyCFunction)(void (*)(void))Region_store64, METH_FASTCALL,
