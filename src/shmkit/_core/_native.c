@@ -524,6 +524,57 @@ own_unlock(own_t *o)
     return rc;
 }
 
+/* Set up an own_t: the robust mutex at `m` (pthread backend), or, with a lock
+ * file `fd` >= 0, flock plus a process-local mutex. 0, or -1 with an error set. */
+static int
+own_setup(own_t *o, char *m, int fd)
+{
+    if (o->have_local) {
+        pthread_mutex_destroy(&o->local);
+    }
+    memset(o, 0, sizeof(*o));
+    o->fd = -1;
+    if (fd < 0) {
+#if SHM_HAVE_ROBUST
+        o->m = (pthread_mutex_t *)m;
+        return 0;
+#else
+        (void)m;
+        PyErr_SetString(E.layout_error, "robust pthread mutexes are not available here");
+        return -1;
+#endif
+    }
+    int rc = pthread_mutex_init(&o->local, NULL);
+    if (rc) {
+        errno = rc;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    o->fd = fd;
+    o->have_local = 1;
+    return 0;
+}
+
+/* After fork: the child's process-local mutex starts free, on a new lock file fd. */
+static void
+own_after_fork(own_t *o, int fd)
+{
+    if (o->have_local) {
+        pthread_mutex_destroy(&o->local);
+        pthread_mutex_init(&o->local, NULL);
+        o->fd = fd;
+    }
+}
+
+static void
+own_free(own_t *o)
+{
+    if (o->have_local) {
+        pthread_mutex_destroy(&o->local);
+        o->have_local = 0;
+    }
+}
+
 /* Spin, then sleep in slices until got or the deadline (timeout < 0: never).
  * Returns OK/OWNER_DIED/BUSY (timed out), -errno, or -1000 with a Python
  * exception set (a signal handler raised, or the view was closed). Holding
@@ -608,35 +659,13 @@ Mutex_init(MutexObject *self, PyObject *args, PyObject *kwds)
     }
     Py_XSETREF(self->region, (RegionObject *)Py_NewRef(region));
     self->offset = offset;
-    memset(&self->own, 0, sizeof(self->own));
-    self->own.fd = -1;
-    if (fd >= 0) {
-        self->own.fd = fd;
-        int rc = pthread_mutex_init(&self->own.local, NULL);
-        if (rc) {
-            errno = rc;
-            PyErr_SetFromErrno(PyExc_OSError);
-            return -1;
-        }
-        self->own.have_local = 1;
-    }
-    else {
-#if SHM_HAVE_ROBUST
-        self->own.m = (pthread_mutex_t *)(r->v.base + offset);
-#else
-        PyErr_SetString(E.layout_error, "robust pthread mutexes are not available here");
-        return -1;
-#endif
-    }
-    return 0;
+    return own_setup(&self->own, r->v.base + offset, fd);
 }
 
 static void
 Mutex_dealloc(MutexObject *self)
 {
-    if (self->own.have_local) {
-        pthread_mutex_destroy(&self->own.local);
-    }
+    own_free(&self->own);
     Py_XDECREF(self->region);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -802,10 +831,7 @@ Mutex_forget(MutexObject *self, PyObject *Py_UNUSED(ignored))
 {
     self->holder.pid = 0;
     self->holder.tid = 0;
-    if (self->own.have_local) {
-        pthread_mutex_destroy(&self->own.local);
-        pthread_mutex_init(&self->own.local, NULL);
-    }
+    own_after_fork(&self->own, self->own.fd);
     Py_RETURN_NONE;
 }
 
@@ -905,9 +931,7 @@ LockCore_tp_init(LockCoreObject *self, PyObject *args, PyObject *kwds)
 static void
 LockCore_dealloc(LockCoreObject *self)
 {
-    if (self->own.have_local) {
-        pthread_mutex_destroy(&self->own.local);
-    }
+    own_free(&self->own);
     Py_XDECREF(self->core_region);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -927,19 +951,8 @@ LockCore_attach(LockCoreObject *self, PyObject *args)
     if (shm_check(&E, &r->v, moff, SHM_MUTEX_AREA, 64) || shm_check(&E, &r->v, roff, REC_SIZE, 8)) {
         return NULL;
     }
-    memset(&self->own, 0, sizeof(self->own));
-    self->own.fd = -1;
-    if (fd >= 0) {
-        self->own.fd = fd;
-        int rc = pthread_mutex_init(&self->own.local, NULL);
-        if (rc) {
-            errno = rc;
-            return PyErr_SetFromErrno(PyExc_OSError);
-        }
-        self->own.have_local = 1;
-    }
-    else {
-        self->own.m = (pthread_mutex_t *)(r->v.base + moff);
+    if (own_setup(&self->own, r->v.base + moff, fd)) {
+        return NULL;
     }
     self->rec = r->v.base + roff;
     Py_XSETREF(self->core_region, Py_NewRef(region));
@@ -1159,11 +1172,7 @@ LockCore_after_fork(LockCoreObject *self, PyObject *arg)
     if (fd == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    if (self->own.have_local) {
-        pthread_mutex_destroy(&self->own.local);
-        pthread_mutex_init(&self->own.local, NULL);
-        self->own.fd = fd;
-    }
+    own_after_fork(&self->own, fd);
     self->my_pid = 0;
     self->holder.pid = 0;
     self->holder.tid = 0;
