@@ -8,10 +8,10 @@ accounting) is ``shmkit._shm.broadcast_reader.Reader``.
 from __future__ import annotations
 
 import time
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import _wait
+from ._handle import Handle
 from ._shm.broadcast_control import BroadcastStatistics, collect, live
 from ._shm.broadcast_reader import AGAIN, BYTES, INTO, RETRY, VIEW, Reader
 from ._shm.broadcast_ring import _PUBLISHED
@@ -27,7 +27,7 @@ Start = Literal["latest", "oldest"] | int
 OnOverrun = Literal["oldest", "newest"]
 
 
-class Subscriber:
+class Subscriber(Handle):
     """One reader of a broadcast, with its own cursor; holds its own :class:`Broadcast`.
 
     Not thread-safe per handle. Counters (this handle): ``received``,
@@ -72,21 +72,6 @@ class Subscriber:
         self._reader.leave()
         self._bc.close()
 
-    def __enter__(self) -> Subscriber:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            if not getattr(self, "_closed", True):
-                self.close()
-        except Exception:  # interpreter shutdown: nothing sensible left to do
-            pass
-
     def __reduce__(self) -> tuple[Any, ...]:
         return (_resubscribe, (self._name, self.next_seq, self._on_overrun, self._tethered))
 
@@ -104,7 +89,6 @@ class Subscriber:
             self._bc._check()
             raise Closed(f"broadcast {self._name!r} subscriber is closed")
 
-    name = property(lambda self: self._name, doc="The broadcast's name.")
     closed = property(lambda self: self._closed, doc="True after close().")
     params = property(lambda self: self._bc.params, doc="The ring's settings.")
     slot_size = property(lambda self: self._bc.slot_size, doc="Largest message in bytes.")

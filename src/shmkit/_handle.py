@@ -35,7 +35,7 @@ class Handle:
 
     @property
     def closed(self) -> bool:
-        """True after ``close()`` on this handle."""
+        """True after ``close()`` on this handle (handles without a ``_seg`` override it)."""
         return self._seg is None
 
     def _segment(self) -> Segment:
@@ -71,16 +71,16 @@ class Handle:
         self.close()
 
     def __del__(self) -> None:
-        if getattr(self, "_seg", None) is not None:
-            try:
+        try:
+            if not self.closed:
                 self.close()
-            except Exception:
-                pass  # interpreter shutdown: modules may already be gone
+        except Exception:
+            pass  # half-built, or interpreter shutdown: modules may already be gone
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self).open, (self._name,))  # type: ignore[attr-defined]
 
     def __repr__(self) -> str:
         name = getattr(self, "_name", "?")
-        closed = " closed" if getattr(self, "_seg", None) is None else ""
+        closed = " closed" if getattr(self, "_seg", None) is None else ""  # never raises
         return f"<{type(self).__name__} {name!r}{closed}>"

@@ -63,11 +63,11 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _mutex, _wait
 from ._broadcast_subscriber import OnOverrun, Start, Subscriber
+from ._handle import Handle
 from ._layout import Kind
 from ._shm.broadcast_control import (
     BroadcastStatistics,
@@ -134,7 +134,7 @@ _FORKED: Final = "inherited across fork() (open a new handle in the child)"
 # ---------------------------------------------------------------------------- the ring
 
 
-class Broadcast:
+class Broadcast(Handle):
     """A handle on a named broadcast ring: inspect it, publish or subscribe.
 
     ``create``, ``open`` and ``open_or_create`` all return a Broadcast; its
@@ -304,28 +304,6 @@ class Broadcast:
         self._closed, self._closed_why = True, "closed"
         self._ctl.close()
 
-    def unlink(self) -> None:
-        """Remove the broadcast's name for everyone; open handles keep working."""
-        Segment.remove(self._name)
-
-    def __enter__(self) -> Broadcast:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            if not getattr(self, "_closed", True):
-                self.close()
-        except Exception:  # interpreter shutdown: nothing sensible left to do
-            pass
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Broadcast.open, (self._name,))
-
     def __repr__(self) -> str:
         p = self._params
         state = f" {self._closed_why}" if self._closed else ""
@@ -345,10 +323,6 @@ class Broadcast:
     def _check(self) -> None:
         if self._closed:
             raise Closed(f"broadcast {self._name!r} handle is {self._closed_why}")
-
-    @property
-    def name(self) -> str:
-        return self._name
 
     @property
     def closed(self) -> bool:
@@ -459,7 +433,7 @@ if hasattr(os, "register_at_fork"):
 # ---------------------------------------------------------------------------- publisher
 
 
-class Publisher:
+class Publisher(Handle):
     """The one live writer of a broadcast; holds its own :class:`Broadcast`.
 
     Not thread-safe: one thread publishes. Cannot be pickled (one live
@@ -511,14 +485,6 @@ class Publisher:
         self._ring.close()
         self._bc.close()
 
-    def __enter__(self) -> Publisher:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
     def __reduce__(self) -> tuple[Any, ...]:
         raise TypeError(
             f"a Publisher of broadcast {self._name!r} cannot be pickled: a ring has one live "
@@ -538,7 +504,6 @@ class Publisher:
             self._bc._check()
             raise Closed(f"broadcast {self._name!r} publisher is closed")
 
-    name = property(lambda self: self._name, doc="The broadcast's name.")
     closed = property(lambda self: self._closed, doc="True after close().")
     params = property(lambda self: self._bc.params, doc="The ring's settings.")
     slot_size = property(lambda self: self._slot_size, doc="Largest message in bytes.")
