@@ -17,7 +17,6 @@ Linux (tests do, so both stay honest).
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import os
 import weakref
@@ -43,19 +42,6 @@ def backend() -> str:
             return "flock"
         return forced
     return "pthread" if _platform.ROBUST_MUTEX else "flock"
-
-
-if _platform.ROBUST_MUTEX:
-    _libc = _platform.LIBC
-    assert _libc is not None
-    # Fast-path bindings for objects that still drive the mutex memory through
-    # ctypes (Queue, Latest) until their hot paths move into the C core.
-    # The pthread mutex is the same either way, so these and _core.Mutex
-    # interoperate (a robust mutex checks its owner on unlock itself).
-    _fast = ctypes.PYFUNCTYPE(ctypes.c_int)
-    fast_trylock = _fast(("pthread_mutex_trylock", _libc))
-    fast_unlock = ctypes.PYFUNCTYPE(None)(("pthread_mutex_unlock", _libc))
-    fast_consistent = _fast(("pthread_mutex_consistent", _libc))
 
 
 def _lock_dir() -> str:

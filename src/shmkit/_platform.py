@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import fcntl
 import mmap
 import os
@@ -12,6 +10,8 @@ import sys
 from typing import Final
 
 import posix_ipc
+
+from . import _core
 
 LINUX: Final = sys.platform.startswith("linux")
 MACOS: Final = sys.platform == "darwin"
@@ -45,27 +45,11 @@ FALLOCATE: Final[bool] = hasattr(os, "posix_fallocate") and LINUX
 SYSTEM_NAME_MAX: Final = 30
 
 
-def _load_libc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-    except OSError:
-        return None
-
-
-LIBC: Final[ctypes.CDLL | None] = _load_libc()
-
-
-def _has(name: str) -> bool:
-    return LIBC is not None and hasattr(LIBC, name)
-
-
 #: Process-shared robust pthread mutexes (glibc, musl): the kernel marks the
-#: mutex owner-dead when its holder exits, and the next locker is told.
-ROBUST_MUTEX: Final[bool] = (
-    LINUX and _has("pthread_mutexattr_setrobust") and _has("pthread_mutex_consistent")
-)
-#: pthread_mutex_clocklock (glibc >= 2.30) times out on CLOCK_MONOTONIC.
-MUTEX_CLOCKLOCK: Final[bool] = ROBUST_MUTEX and _has("pthread_mutex_clocklock")
+#: mutex owner-dead when its holder exits, and the next locker is told. Known
+#: from the C core's build against the real headers (linked with libpthread,
+#: so glibc < 2.34 is no different), never guessed through ctypes.
+ROBUST_MUTEX: Final[bool] = LINUX and bool(_core.HAVE_ROBUST)
 #: Bytes reserved in shared memory for one pthread_mutex_t (40 on x86-64 glibc,
 #: 48 on aarch64); 64 keeps it alone on a cache line.
 MUTEX_BYTES: Final = 64
