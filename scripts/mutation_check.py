@@ -318,7 +318,7 @@ CATALOGUE: tuple[Mutation, ...] = (
     Mutation(
         "sem-world-writable",
         "Semaphores are created world-writable (0666)",
-        "src/shmkit/segment.py",
+        "src/shmkit/_sysobj.py",
         '"sem." + sysname.lstrip("/")), mode)',
         '"sem." + sysname.lstrip("/")), 0o666)',
         MODES,
@@ -326,7 +326,7 @@ CATALOGUE: tuple[Mutation, ...] = (
     Mutation(
         "sem-mode-umask",
         "Semaphore modes are left to sem_open and the umask (the Event 0660 -> 0640 defect)",
-        "src/shmkit/segment.py",
+        "src/shmkit/_sysobj.py",
         '        os.chmod(os.path.join(_platform.SHM_DIR, "sem." + sysname.lstrip("/")), mode)\n',
         "        pass\n",
         MODES,
