@@ -146,16 +146,27 @@ class Mutex:
             region.close()
 
     def after_fork_in_child(self) -> None:
-        """A flock held by the parent must not outlive it through our copy of the fd."""
+        """A flock held by the parent must not outlive it through our copy of the fd.
+
+        The child needs its own open file description of the *same* lock file.
+        Where ``/proc`` exists we reopen the inherited descriptor through it,
+        which finds the file even after ``unlink()`` removed its path (reopening
+        by path would create a new file that excludes nobody).
+        """
         if self._flock_path and self._region is not None:
-            old, self._fd = (
-                self._fd,
-                os.open(self._flock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600),
-            )
+            old, self._fd = self._fd, reopen(self._fd, self._flock_path)
             self._core.set_fd(self._fd)
             self._core.forget()
             if old >= 0:
                 os.close(old)
+
+
+def reopen(fd: int, path: str) -> int:
+    """A new open file description of the file behind ``fd`` (falls back to ``path``)."""
+    try:
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
 _flock_mutexes: weakref.WeakSet[Mutex] = weakref.WeakSet()
@@ -171,7 +182,14 @@ if hasattr(os, "register_at_fork"):
 
 
 def remove_lock_files(sysname: str, count: int) -> None:
-    """Remove a segment's flock files (flock backend)."""
+    """Remove a segment's flock files (flock backend).
+
+    Without ``/proc`` (macOS) the files stay: a handle forked after the unlink
+    could not reopen a removed file, and an empty file in the lock directory
+    is cheaper than a lock that excludes nobody.
+    """
+    if not os.path.isdir("/proc/self/fd"):
+        return
     for index in range(count):
         try:
             os.unlink(flock_path(sysname, index))

@@ -377,7 +377,7 @@ class Lock(_core.LockCore, _Named):
     def _after_fork_in_child(self) -> None:
         if self._flock_fd >= 0:
             old = self._flock_fd
-            self._flock_fd = os.open(self._flock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._flock_fd = _mutex.reopen(old, self._flock_path)
             os.close(old)
         self._core_after_fork(self._flock_fd)
 
