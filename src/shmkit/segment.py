@@ -20,6 +20,7 @@ code and ``multiprocessing.shared_memory``.
 from __future__ import annotations
 
 import contextlib
+import math
 import mmap as _mm
 import os
 import stat
@@ -62,6 +63,9 @@ T = TypeVar("T")
 DEFAULT_ATTACH_SLOTS: Final = 64
 #: How long open() waits for a creator to finish initialising a segment.
 DEFAULT_INIT_TIMEOUT: Final = 1.0
+#: A byte far past any data: the creator holds an OFD lock on it until READY,
+#: so an opener can tell a creator still reserving memory from a dead one.
+_INIT_LOCK: Final = 1 << 62
 
 _live: weakref.WeakSet[Segment] = weakref.WeakSet()
 
@@ -204,14 +208,17 @@ class Segment:
         name: str,
         *,
         readonly: bool = False,
-        init_timeout: float = DEFAULT_INIT_TIMEOUT,
+        init_timeout: float | None = None,
         allow_insecure: bool = False,
     ) -> Segment:
         """Attach to an existing segment by name; validate its header first.
 
-        Raises NotFound, LayoutError (not a valid shmkit segment of kind
-        SEGMENT), NotReady (creator still initialising after ``init_timeout``),
-        ForeignOwner or InsecurePermissions.
+        A segment whose creator is still initialising it is waited for: as long
+        as the creator is alive and working when ``init_timeout`` is None, else
+        at most ``init_timeout`` seconds. Raises NotFound, LayoutError (not a
+        valid shmkit segment of kind SEGMENT), NotReady (creator died before
+        finishing, or still initialising at the timeout), ForeignOwner or
+        InsecurePermissions.
         """
         if _names.is_verbatim(_names.validate(name)):
             return cls._open_raw(name, readonly=readonly)
@@ -445,7 +452,10 @@ class Segment:
             shm = posix_ipc.SharedMemory(sysname, posix_ipc.O_CREX, mode=0o600)
         fd = shm.fd
         sems: list[posix_ipc.Semaphore] = []
+        lock_fd = _ofd.open_for_locks(sysname)
         try:
+            if lock_fd is not None:
+                _ofd.try_lock(lock_fd, _INIT_LOCK)  # "creator at work", until READY
             os.fchmod(fd, mode)  # exact mode: umask can only narrow, never widen
             reserve(fd, total, what)
             mm = _mm.mmap(fd, total)
@@ -470,8 +480,12 @@ class Segment:
                 sem.close()
             shm.close_fd()
             unlink_shm(sysname)
+            if lock_fd is not None:
+                os.close(lock_fd)
             raise
         shm.close_fd()
+        if lock_fd is not None:
+            _ofd.unlock(lock_fd, _INIT_LOCK)
         header = _layout.parse(_head(mm), total, what)
         seg = cls(
             name=name,
@@ -479,7 +493,7 @@ class Segment:
             mm=mm,
             header=header,
             sems=sems,
-            lock_fd=_ofd.open_for_locks(sysname),
+            lock_fd=lock_fd,
             unlink_on_exit=unlink_on_exit,
         )
         seg._attach()
@@ -492,7 +506,7 @@ class Segment:
         kind: Kind | None,
         *,
         readonly: bool = False,
-        init_timeout: float = DEFAULT_INIT_TIMEOUT,
+        init_timeout: float | None = None,
         allow_insecure: bool = False,
         sysname: str | None = None,
         attach: bool = True,
@@ -509,7 +523,12 @@ class Segment:
             name = sysname
         label = kind.name.lower() if kind is not None else "object"
         what = f"{label} {name!r}"
-        deadline = time.monotonic() + max(0.0, init_timeout)
+        started = time.monotonic()
+        # ``grace``: how long a creator that shows no sign of life may take;
+        # ``limit``: the caller's bound on the whole wait.
+        grace = DEFAULT_INIT_TIMEOUT if init_timeout is None else max(0.0, init_timeout)
+        limit = math.inf if init_timeout is None else started + grace
+        deadline = started + grace
         with translate(what):
             shm = posix_ipc.SharedMemory(sysname, 0, read_only=readonly)
         try:
@@ -537,11 +556,22 @@ class Segment:
                     mm.close()
                     if magic == _layout.MAGIC and state != _layout.STATE_INIT:
                         raise LayoutError(f"{what}: invalid state word {state:#x}")
-                if time.monotonic() >= deadline:
-                    raise NotReady(
-                        f"{what} was not initialised within {init_timeout} s "
-                        "(its creator may have died; `shmkit gc` removes it)"
-                    )
+                now = time.monotonic()
+                if now >= deadline:
+                    working = _ofd.held_by_anyone(sysname, _INIT_LOCK)
+                    if working and now < limit:
+                        deadline = now + grace  # alive: wait on, and again after it stops
+                    elif working:
+                        raise NotReady(
+                            f"{what}: its creator is alive and still initialising it after "
+                            f"{now - started:.1f} s (pass a longer init_timeout, or None to "
+                            "wait while it works)"
+                        )
+                    else:
+                        raise NotReady(
+                            f"{what} was not initialised within {now - started:.1f} s and its "
+                            "creator is gone (`shmkit gc` removes it)"
+                        )
                 time.sleep(0.005)
             try:
                 header = _layout.parse(_head(mm), st.st_size, what)
