@@ -35,11 +35,16 @@ from __future__ import annotations
 
 import errno
 import queue as _queue
-from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import posix_ipc
+
+# Not typing.TYPE_CHECKING: the C core imports this module at ``import shmkit``,
+# and typing alone would cost more than the rest of that import.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
 
 __all__ = [
     "ShmkitError",
