@@ -204,6 +204,7 @@ def translate(what: str) -> Iterator[None]:
     """Turn posix_ipc and OS errors raised inside the block into shmkit errors.
 
     ``what`` names the object (for example ``"segment 'frames'"``) in the message.
+    The cause is not chained: posix_ipc's exception adds nothing the message lacks.
     posix_ipc's ExistentialError means "exists" or "missing" depending on the call,
     so its errno-less message is read here and nowhere else.
     """
@@ -212,27 +213,27 @@ def translate(what: str) -> Iterator[None]:
     except posix_ipc.ExistentialError as exc:
         text = str(exc)
         if "already exists" in text:
-            raise AlreadyExists(f"{what} already exists") from exc
-        raise NotFound(f"{what} does not exist") from exc
-    except posix_ipc.PermissionsError as exc:
-        raise PermissionDenied(f"{what}: permission denied") from exc
+            raise AlreadyExists(f"{what} already exists") from None
+        raise NotFound(f"{what} does not exist") from None
+    except posix_ipc.PermissionsError:
+        raise PermissionDenied(f"{what}: permission denied") from None
     except FileExistsError as exc:
         if isinstance(exc, ShmkitError):
             raise
-        raise AlreadyExists(f"{what} already exists") from exc
+        raise AlreadyExists(f"{what} already exists") from None
     except FileNotFoundError as exc:
         if isinstance(exc, ShmkitError):
             raise
-        raise NotFound(f"{what} does not exist") from exc
+        raise NotFound(f"{what} does not exist") from None
     except PermissionError as exc:
         if isinstance(exc, ShmkitError):
             raise
-        raise PermissionDenied(f"{what}: permission denied") from exc
+        raise PermissionDenied(f"{what}: permission denied") from None
     except OSError as exc:
         if isinstance(exc, ShmkitError):
             raise
         if exc.errno in (errno.ENOSPC, errno.ENOMEM):
-            raise ShmFull(exc.errno, f"{what}: shared memory is full ({exc.strerror})") from exc
+            raise ShmFull(exc.errno, f"{what}: shared memory is full ({exc.strerror})") from None
         if exc.errno == errno.ENAMETOOLONG:
-            raise InvalidName(f"{what}: name too long for this platform") from exc
+            raise InvalidName(f"{what}: name too long for this platform") from None
         raise
