@@ -74,6 +74,11 @@ __all__ = list(_LAZY)
 def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
+        # A submodule (shmkit.registry, shmkit.segment...): loaded on first use too.
+        import importlib.util  # noqa: PLC0415 - only this rare path needs it
+
+        if name.isidentifier() and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            return _importlib.import_module(f"{__name__}.{name}")
         raise AttributeError(f"module 'shmkit' has no attribute {name!r}")
     value = getattr(_importlib.import_module(module, __name__), name)
     globals()[name] = value  # later lookups skip __getattr__
