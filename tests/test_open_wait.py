@@ -6,7 +6,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import posix_ipc
@@ -69,45 +68,45 @@ def _raw_name(name: str) -> str:
     return "/" + name[-20:]
 
 
-def _make(kind: str, name: str) -> tuple[Callable[[], None], str]:
-    """Create the object of ``kind`` called ``name``; return its cleanup and what the reader prints."""
+def _make(kind: str, name: str) -> tuple[Any, str]:
+    """Create the object of ``kind`` called ``name``; return it and what the reader prints."""
     if kind == "segment":
         seg = shmkit.Segment.create(name, 64)
         seg.buf[:5] = b"hello"
-        return (lambda: (seg.unlink(), seg.close()) and None), "hello"
+        return seg, "hello"
     if kind == "raw":
         raw = shmkit.Segment.create(_raw_name(name), 4096)
-        return (lambda: (raw.unlink(), raw.close()) and None), "4096"
+        return raw, "4096"
     if kind == "array":
         arr = shmkit.SharedArray.create(name, (4,), "int64")
         arr.array[:] = [1, 2, 3, 4]
-        return (lambda: (arr.unlink(), arr.close()) and None), "10"
+        return arr, "10"
     if kind in ("semaphore", "raw-semaphore"):
         sem = shmkit.Semaphore.create(_raw_name(name) if kind == "raw-semaphore" else name, value=1)
-        return (lambda: (sem.unlink(), sem.close()) and None), "True"
+        return sem, "True"
     if kind == "lock":
         lock = shmkit.Lock.create(name)
-        return (lambda: (lock.unlink(), lock.close()) and None), "True"
+        return lock, "True"
     if kind == "event":
         ev = shmkit.Event.create(name)
         ev.set()
-        return (lambda: (ev.unlink(), ev.close()) and None), "True"
+        return ev, "True"
     if kind == "queue":
         q = shmkit.Queue.create(name, capacity=4096)
         q.put(b"job-1")
-        return (lambda: (q.unlink(), q.close()) and None), "job-1"
+        return q, "job-1"
     if kind == "latest":
         lt = shmkit.Latest.create(name, size=16)
         lt.set(b"state-7")
-        return (lambda: (lt.unlink(), lt.close()) and None), "state-7"
+        return lt, "state-7"
     if kind == "broadcast":
         pub = shmkit.publisher(name, slot_size=64, slots=4)
         pub.publish(b"frame-0")
-        return (lambda: (pub.unlink(), pub.close()) and None), "frame-0"
+        return pub, "frame-0"
     assert kind == "dict"
     d = shmkit.SharedDict.create(name, capacity=16)
     d["k"] = b"v"
-    return (lambda: (d.unlink(), d.close()) and None), "v"
+    return d, "v"
 
 
 KINDS = [
@@ -135,12 +134,13 @@ def test_a_reader_started_first_opens_the_object_once_it_is_created(kind: str, n
     proc = spawn(reader, target, kind)
     try:
         assert read_line(proc) == "waiting"
-        cleanup, expected = _make(kind, name)
+        obj, expected = _make(kind, name)
         try:
             assert read_line(proc) == expected
             finish(proc)
         finally:
-            cleanup()
+            obj.unlink()
+            obj.close()
     finally:
         kill(proc)
 
