@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 import traceback
 
 import posix_ipc
 import pytest
 
 import shmkit
+
+from .helpers import ROOT
 
 
 def _one_line(exc: BaseException) -> str:
@@ -105,3 +111,39 @@ def test_broadcast_image_of_another_kind_reads_well(name: str) -> None:
                 parse_image(image)
         finally:
             ev.unlink()
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="needs root and unshare(1) for a private 64 MiB /dev/shm",
+)
+def test_shm_full_says_how_much_is_free_and_what_to_do() -> None:
+    code = (
+        "import shmkit\n"
+        "try:\n"
+        "    shmkit.Segment.create('big', 100 << 20)\n"
+        "except shmkit.ShmFull as e:\n"
+        "    print(e)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
+    out = subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            'mount -t tmpfs -o size=64m tmpfs /dev/shm && exec "$0" -c "$1"',
+            sys.executable,
+            code,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    if out.returncode != 0 and "mount" in out.stderr:
+        pytest.skip(f"cannot mount a private tmpfs: {out.stderr.strip()}")
+    text = out.stdout.strip()
+    assert "\n" not in text and "segment 'big': cannot reserve" in text, out.stdout + out.stderr
+    assert "/dev/shm has 64 MiB free of 64 MiB" in text and "--shm-size" in text, text
