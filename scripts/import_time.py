@@ -7,11 +7,13 @@ prints the median of each and their ratio. The target (issue #10, item 11):
 
     python scripts/import_time.py            # 41 samples each
     python scripts/import_time.py -n 101 --also "import shmkit; shmkit.Queue"
+    python scripts/import_time.py --tree /work/main   # also another checkout's import shmkit
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -21,10 +23,13 @@ BASELINE = "import posix_ipc, mmap"
 SUBJECT = "import shmkit"
 
 
-def sample(code: str) -> float:
-    """Seconds for a fresh interpreter to run ``code`` and exit."""
+def sample(code: str, tree: str | None = None) -> float:
+    """Seconds for a fresh interpreter to run ``code`` (shmkit from ``tree``/src if given)."""
+    env = None
+    if tree is not None:
+        env = dict(os.environ, PYTHONPATH=os.path.join(tree, "src"))
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
     return time.perf_counter() - start
 
 
@@ -34,19 +39,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--also", action="append", default=[], help="another statement to time (repeatable)"
     )
+    parser.add_argument("--tree", help="also time `import shmkit` from TREE/src (e.g. main)")
     args = parser.parse_args(argv)
-    codes = [BASELINE, SUBJECT, *args.also]
-    for code in codes:  # warm the page cache and .pyc files
-        sample(code)
-    times: dict[str, list[float]] = {code: [] for code in codes}
+    runs = [(code, None) for code in (BASELINE, SUBJECT, *args.also)]
+    if args.tree:
+        runs.append((SUBJECT, args.tree))
+    for code, tree in runs:  # warm the page cache and .pyc files
+        sample(code, tree)
+    times: dict[tuple[str, str | None], list[float]] = {run: [] for run in runs}
     for _ in range(args.n):
-        for code in codes:
-            times[code].append(sample(code))
-    base = statistics.median(times[BASELINE])
+        for code, tree in runs:
+            times[code, tree].append(sample(code, tree))
+    base = statistics.median(times[BASELINE, None])
     print(f"python {sys.version.split()[0]}, {args.n} fresh interpreters each, medians:")
-    for code in codes:
-        med = statistics.median(times[code])
-        print(f"  {code:<40} {med * 1e3:7.1f} ms  {med / base:5.2f}x")
+    for code, tree in runs:
+        med = statistics.median(times[code, tree])
+        label = code if tree is None else f"{code}  [{tree}]"
+        print(f"  {label:<44} {med * 1e3:7.1f} ms  {med / base:5.2f}x")
     return 0
 
 

@@ -5,7 +5,6 @@ first use (PEP 562), so a program that only uses a Lock never pays for the
 Queue, Broadcast or numpy. ``from shmkit import Queue`` works as usual.
 """
 
-import importlib as _importlib
 import sys as _sys
 
 if _sys.platform == "win32":  # pragma: no cover
@@ -78,9 +77,11 @@ def __getattr__(name: str) -> object:
         import importlib.util  # noqa: PLC0415 - only this rare path needs it
 
         if name.isidentifier() and importlib.util.find_spec(f"{__name__}.{name}") is not None:
-            return _importlib.import_module(f"{__name__}.{name}")
+            return importlib.import_module(f"{__name__}.{name}")
         raise AttributeError(f"module 'shmkit' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(module, __name__), name)
+    from importlib import import_module  # noqa: PLC0415 - not at import: it costs ms
+
+    value = getattr(import_module(module, __name__), name)
     globals()[name] = value  # later lookups skip __getattr__
     return value
 
