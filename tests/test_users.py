@@ -246,3 +246,16 @@ def test_ls_as_another_user_lists_shared_objects_and_calls_none_corrupt(
         shared.close()
         private.unlink()
         private.close()
+
+
+def test_info_as_root_describes_another_users_object(other: User, name: str) -> None:
+    from shmkit import cli
+
+    def child() -> None:
+        shmkit.Lock.create(name).close()  # 0600, owned by the other user
+
+    as_user(other, child)
+    try:
+        assert cli.main(["info", name, "--json"]) == 0
+    finally:
+        shmkit.Segment.remove(name)
