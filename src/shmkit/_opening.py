@@ -31,7 +31,7 @@ from typing import Final, TypeVar
 
 import posix_ipc
 
-from . import _layout, _wait
+from . import _layout, _ofd, _wait
 from .errors import AlreadyExists, ForeignOwner, NotFound, PermissionDenied, translate
 
 T = TypeVar("T")
@@ -234,5 +234,5 @@ def appear_sized(
         wait=wait,
         what=what,
         hint="create it first, or pass wait=SECONDS to open() to wait for its creator",
-        mode_of=os.path.join("/dev/shm", name.lstrip("/")),
+        mode_of=_ofd.lock_path(name) or "",
     )
