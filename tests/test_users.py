@@ -259,3 +259,49 @@ def test_info_as_root_describes_another_users_object(other: User, name: str) -> 
         assert cli.main(["info", name, "--json"]) == 0
     finally:
         shmkit.Segment.remove(name)
+
+
+def test_a_flock_lock_refuses_another_user_instead_of_excluding_nobody(
+    other: User, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHMKIT_MUTEX", "flock")  # the creator picks the backend
+    lock = shmkit.Lock.create(name, mode=0o666)
+    try:
+
+        def child() -> str:
+            try:
+                shmkit.Lock.open(name)
+            except shmkit.ForeignOwner as exc:
+                return str(exc)
+            return "opened"
+
+        assert "flock files, private to each user" in as_user(other, child)
+    finally:
+        lock.unlink()
+        lock.close()
+
+
+def test_broadcast_and_latest_are_shared_by_mode(other: User, name: str) -> None:
+    bc = shmkit.Broadcast.create(name, slot_size=64, slots=4, mode=0o666)
+    pub = bc.publisher()
+    latest = shmkit.Latest.create(name + "-l", size=16, mode=0o666)
+    try:
+        pub.publish(b"frame-1")
+        latest.set(b"v1")
+
+        def child() -> list[bytes]:
+            with shmkit.subscribe(name, start="oldest") as sub:
+                got = [bytes(sub.recv(timeout=5))]
+            with shmkit.Latest.open(name + "-l") as lt:
+                got.append(lt.get(timeout=5))
+                lt.set(b"v2")
+            return got
+
+        assert as_user(other, child) == [b"frame-1", b"v1"]
+        assert latest.get(timeout=5) == b"v2"
+    finally:
+        pub.close()
+        bc.unlink()
+        bc.close()
+        latest.unlink()
+        latest.close()

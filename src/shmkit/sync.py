@@ -286,6 +286,7 @@ class Lock(_core.LockCore, _Named):
         self._region: _core.Region | None = _core.Region(seg.mmap)
         self._flock_fd = -1
         if kind == "flock":
+            _mutex.check_same_user(seg.sysname)
             self._flock_path = _mutex.flock_path(seg.sysname, 0)
             self._flock_fd = os.open(self._flock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             _flock_locks.add(self)
