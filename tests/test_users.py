@@ -16,6 +16,7 @@ import select
 import shutil
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -68,7 +69,11 @@ def other() -> Iterator[User]:
 def as_user(user: User, fn: Callable[[], Any], *, timeout: float = 30.0) -> Any:
     """Run ``fn`` in a forked child as ``user`` (in its shared group); return or re-raise."""
     r, w = os.pipe()
-    pid = os.fork()
+    with warnings.catch_warnings():
+        # 3.12+ warns that forking a threaded process (pytest-timeout's timer) may
+        # deadlock; the child only drops privileges, runs fn and _exits.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         os.close(r)
         try:
