@@ -238,3 +238,26 @@ def test_raw_segment_waits_until_its_creator_sizes_it(name: str) -> None:
         shm.close_fd()
         shm.unlink()
     assert not os.path.exists("/dev/shm/" + _names.system_name(raw).lstrip("/"))
+
+
+def test_publisher_of_a_ring_made_later_waits_for_it(name: str) -> None:
+    creator = spawn(
+        """
+        import sys, shmkit
+        sys.stdin.readline()
+        shmkit.Broadcast.create(sys.argv[1], slot_size=64, slots=4).close()
+        print("created", flush=True)
+        """,
+        name,
+    )
+    try:
+        assert creator.stdin is not None
+        creator.stdin.write("\n")
+        creator.stdin.flush()
+        with shmkit.publisher(name, wait=30) as pub:  # no slot_size: open, do not create
+            assert pub.publish(b"x") >= 0
+        assert read_line(creator) == "created"
+        finish(creator)
+    finally:
+        kill(creator)
+        shmkit.Segment.remove(name)

@@ -386,6 +386,7 @@ def publisher(
     mode: int = 0o600,
     checksum: bool | None = None,
     timeout: float | None = 0.0,
+    wait: float | None = 0.0,
 ) -> Publisher:
     """Become the publisher of broadcast ``name``, creating it if ``slot_size`` is given.
 
@@ -395,10 +396,11 @@ def publisher(
     one that closed or died. ``backpressure=True`` makes the ring lossless
     (the default is lossy). Raises PublisherBusy if another live process
     still publishes after ``timeout`` seconds, NotFound without
-    ``slot_size`` if the ring does not exist, LayoutError on a mismatch.
+    ``slot_size`` if the ring does not exist (after ``wait`` seconds), LayoutError
+    on a mismatch.
     """
     if slot_size is None:
-        bc = Broadcast.open(name)
+        bc = Broadcast.open(name, wait=wait)
     else:
         bc = Broadcast.open_or_create(
             name,
