@@ -16,9 +16,12 @@ Convention (HTML comments, invisible on GitHub), written just before a block:
       camera_frame = np.zeros((1080, 1920, 3), np.uint8)
       -->
 
-Each program is a fresh interpreter in a scratch directory. Shared-memory
-objects the file names in string literals are removed afterwards if the run
-made them.
+Each program is a fresh interpreter in a scratch directory. Where the test
+may (root with ``unshare``/``nsenter``), all programs of a file share a
+private, empty tmpfs on ``/dev/shm`` that vanishes with the run, so the
+documentation's fixed names ("jobs", "frames") never meet another run's or
+the machine's; elsewhere they use the real ``/dev/shm`` and the caller
+cleans up (:func:`names_in`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import json
 import os
 import re
 import select
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -123,14 +127,14 @@ def parse(path: str) -> list[Block]:
 class Program:
     """A persistent interpreter that executes blocks sent to it, in one namespace."""
 
-    def __init__(self, name: str, cwd: str) -> None:
+    def __init__(self, name: str, cwd: str, prefix: list[str]) -> None:
         self.name = name
         self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in stop()
         read_fd, write_fd = os.pipe()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.path.join(ROOT, "src") + os.pathsep + ROOT
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _SERVER, str(write_fd)],
+            [*prefix, sys.executable, "-c", _SERVER, str(write_fd)],
             stdin=subprocess.PIPE,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -177,10 +181,45 @@ class Program:
         self.log.close()
 
 
-def run_file(path: str) -> list[str]:
+class Sandbox:
+    """A mount namespace with its own empty tmpfs on /dev/shm, held by a sleeping process."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[str] | None = None
+        if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("nsenter")):
+            return
+        script = "mount -t tmpfs -o size=1g,mode=1777 shm /dev/shm && echo ready && exec sleep 600"
+        proc = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        if ready and proc.stdout.readline().strip() == "ready":
+            self.proc = proc  # unshare and sh exec in place: proc.pid holds the namespace
+        else:
+            proc.kill()
+            proc.communicate(timeout=30)
+
+    @property
+    def prefix(self) -> list[str]:
+        """Argv prefix that runs a command inside the sandbox (empty: no sandbox)."""
+        return [] if self.proc is None else ["nsenter", "-t", str(self.proc.pid), "-m", "--"]
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.communicate(timeout=30)  # reaps it and closes its stdout
+
+
+def run_file(path: str, *, sandbox: bool = True) -> list[str]:
     """Run every block of ``path``; return one failure message per failing block."""
     failures: list[str] = []
     programs: dict[str, Program] = {}
+    box = Sandbox() if sandbox else None
+    prefix = box.prefix if box is not None else []
     with tempfile.TemporaryDirectory() as cwd:
         try:
             for block in parse(path):
@@ -188,7 +227,7 @@ def run_file(path: str) -> list[str]:
                     continue
                 prog = programs.get(block.program)
                 if prog is None:
-                    prog = programs[block.program] = Program(block.program, cwd)
+                    prog = programs[block.program] = Program(block.program, cwd, prefix)
                 if block.setup:
                     error = prog.run(block.setup, f"{block.where} (snippet-setup)")
                     if error:
@@ -202,6 +241,8 @@ def run_file(path: str) -> list[str]:
             start = time.monotonic()
             for prog in programs.values():
                 prog.stop()
+            if box is not None:
+                box.close()
             assert time.monotonic() - start < 120
     return failures
 

@@ -12,7 +12,9 @@ import os
 
 import pytest
 
+import shmkit
 from shmkit import _names, registry
+from shmkit.testing import unique_name
 
 from . import _snippets
 from .helpers import ROOT
@@ -120,3 +122,27 @@ def test_a_dangling_annotation_is_an_error(tmp_path: object) -> None:
         f.write("<!-- snippet: program b -->\nsome text\n```python\npass\n```\n")
     with pytest.raises(ValueError, match="not followed by a block"):
         _snippets.parse(page)
+
+
+def test_a_page_runs_in_a_private_dev_shm_its_programs_share(tmp_path: object) -> None:
+    box = _snippets.Sandbox()
+    if box.proc is None:
+        pytest.skip("no private /dev/shm here (needs root, unshare and nsenter)")
+    box.close()
+    outside = shmkit.Segment.create(unique_name("outside"), 64)
+    try:
+        page = os.path.join(str(tmp_path), "page.md")
+        with open(page, "w") as f:
+            f.write(
+                "```python\nimport os, shmkit\n"
+                f"assert {outside.sysname.lstrip('/')!r} not in os.listdir('/dev/shm')\n"
+                "seg = shmkit.Segment.create('jobs', 64)\n```\n"
+                "<!-- snippet: program b -->\n"
+                "```python\nimport shmkit\nshmkit.Segment.open('jobs').close()\n```\n"
+            )
+        before = _present()
+        assert _snippets.run_file(page) == []
+        assert "shmkit.jobs" not in _present() - before  # it lived and died in the sandbox
+    finally:
+        outside.unlink()
+        outside.close()
