@@ -261,3 +261,26 @@ def test_publisher_of_a_ring_made_later_waits_for_it(name: str) -> None:
     finally:
         kill(creator)
         shmkit.Segment.remove(name)
+
+
+def test_wait_none_waits_until_the_name_appears(name: str) -> None:
+    got: list[Any] = []
+
+    def opener() -> None:
+        try:
+            with shmkit.Event.open(name, wait=None) as ev:
+                got.append(ev.is_set())
+        except Exception as exc:
+            got.append(exc)
+
+    thread = threading.Thread(target=opener, daemon=True)
+    thread.start()
+    time.sleep(0.1)  # ordering only
+    ev = shmkit.Event.create(name)
+    try:
+        ev.set()
+        thread.join(20)
+        assert not thread.is_alive() and got in ([True], [False]), got
+    finally:
+        ev.unlink()
+        ev.close()
