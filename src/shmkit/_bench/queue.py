@@ -63,7 +63,10 @@ from .common import (
     memcpy_bandwidth,
     print_table,
     remove_paths,
+    step,
     summarize,
+    versus,
+    workloads,
 )
 
 SMALL = 64
@@ -646,6 +649,7 @@ def _run_peer(peer: Peer, tag: str, table: str, plan: Plan, tables: Tables) -> N
     # Room for 3 messages of 1 MiB (2 in flight): enough to overlap the two
     # sides, and small enough to stay in cache, as a user would size it.
     depth = 3 if large else 4096
+    step(f"{table}: {peer.name}")
     args = peer.create(tag, size, depth)
     try:
         if table == "pingpong":
@@ -700,10 +704,7 @@ def main(argv: list[str]) -> int:
     )
     opts = parser.parse_args(argv)
     plan = QUICK if opts.quick else FULL
-    work = [w for w in opts.only.split(",") if w]
-    unknown = set(work) - set(TITLES)
-    if unknown:
-        parser.error(f"unknown workload(s): {', '.join(sorted(unknown))}")
+    work = workloads(parser, opts.only, TITLES)
     wanted = [p.strip().lower() for p in opts.peers.split(",") if p.strip()]
     console = Console()
     header(console)
@@ -770,9 +771,7 @@ def _print(table: str, tables: Tables, plan: Plan, console: Console) -> None:
     others = [r for r in rows if not r.name.startswith("shmkit") and r.note != "reference"]
     if others:
         console.print(
-            f"{baseline} is faster than: "
-            + ", ".join(f"{r.name} {r.median_us / ours.median_us:.1f}x" for r in others)
-            + " (their median / ours)",
+            f"{baseline}: " + "; ".join(versus(ours, r) for r in others) + " (medians)",
             highlight=False,
         )
     if table == "large":
