@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import struct
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -218,12 +219,26 @@ def _receiver(args: argparse.Namespace) -> tuple[Any, Any]:
 
         return get, q.close
     sub = broadcast.subscribe(args.name)
+    seen = [False]  # a publisher was attached at some point
 
     def recv() -> bytes | None:
-        try:
-            return sub.recv(timeout=args.timeout)
-        except PeerDied:
-            return None  # the publisher left and everything was read
+        end = None if args.timeout is None else time.monotonic() + args.timeout
+        while True:
+            left = None if end is None else max(0.0, end - time.monotonic())
+            try:
+                data = sub.recv(timeout=left)
+                seen[0] = True
+                return data
+            except PeerDied:
+                if seen[0]:
+                    return None  # the publisher left and everything was read
+            # No publisher yet (a reader started first): wait for one to attach.
+            if sub.publisher_alive:
+                seen[0] = True
+            elif left is not None and left <= 0:
+                raise Empty(f"broadcast {args.name!r} got no publisher within {args.timeout} s")
+            else:
+                time.sleep(0.01 if left is None else min(0.01, left))
 
     return recv, sub.close
 
