@@ -1,4 +1,4 @@
-"""Issue 10 item 10: ``shmkit bench`` lists, validates ``--only``, emits JSON, plots what it printed."""
+"""Issue 10 item 10: `shmkit bench` lists, checks --only, emits JSON, plots what it printed."""
 
 from __future__ import annotations
 
@@ -108,7 +108,9 @@ def test_plot_draws_one_chart_per_table_with_the_table_values(tmp_path: object) 
         {
             "title": "rates",
             "baseline": "a",
-            "rows": [{"name": "a", "median_us": 1, "p99_us": 1, "rate": 7.0, "gbps": 0, "note": ""}],
+            "rows": [
+                {"name": "a", "median_us": 1, "p99_us": 1, "rate": 7.0, "gbps": 0, "note": ""}
+            ],
         },
     ]
     drawn = bench.plot_tables(tables, os.path.join(str(tmp_path), "t.png"))

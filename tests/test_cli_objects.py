@@ -159,7 +159,7 @@ def test_info_shows_semaphore_event_latest_and_dict_state(
         d["k2"] = b"w"
         facts = run(capsys, "info", name + "-d", "--json")[1]["details"]
         assert facts["entries"] == 2 and facts["bytes_used"] > 0
-        status, text, _ = run(capsys, "ls", "--stats")
+        _, text, _ = run(capsys, "ls", "--stats")
         rows = {x.split()[1]: x for x in text.splitlines() if name in x}
         assert "value 3" in rows[name + "-s"] and "│ set " in rows[name + "-e"]
         assert "version 2" in rows[name + "-l"] and "2 entries" in rows[name + "-d"]
@@ -187,7 +187,7 @@ def test_info_shows_queue_depth_and_waiters(name: str, capsys: pytest.CaptureFix
                     break
                 threading.Event().wait(0.01)
             assert d["messages"] == 0 and d["waiting_getters"] == 1
-            status, text, _ = run(capsys, "ls", "--stats")
+            _, text, _ = run(capsys, "ls", "--stats")
             assert "0 msgs" in text and "waiting 1 get" in text
         finally:
             q.put(b"wake")
@@ -211,7 +211,7 @@ def test_info_shows_broadcast_position_and_slowest_lag(
         slow.recv(timeout=1)
         d = run(capsys, "info", name, "--json")[1]["details"]
         assert d["published"] == 5 and d["live_subscribers"] == 2 and d["slowest_lag"] == 4
-        status, text, _ = run(capsys, "ls", "--stats")
+        _, text, _ = run(capsys, "ls", "--stats")
         assert "#5, 2 subs, slowest lag 4" in text
     finally:
         for h in (fast, slow, pub):

@@ -103,7 +103,9 @@ def test_lines_keep_their_text_and_get_stops_on_count_or_timeout(
         ["put", "x", "--create", "ring"],
     ],
 )
-def test_bad_arguments_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_arguments_are_usage_errors(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as info:
         cli.main(argv)
     assert info.value.code == 2
