@@ -220,7 +220,7 @@ def plot_tables(tables: list[dict[str, Any]], path: str) -> list[dict[str, Any]]
             }
         )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # long row names stay whole
     plt.close(fig)
     return drawn
 

@@ -39,6 +39,8 @@ FRAME = struct.Struct("<I")
 #: Queue capacity (bytes) and broadcast slot size used by ``--create``.
 DEFAULT_CAPACITY = 1 << 20
 DEFAULT_SLOT = 64 * 1024
+#: Seconds to wait for an object another process is still creating.
+INIT_WAIT = 2.0
 
 
 def add_parsers(sub: Any) -> None:
@@ -142,7 +144,12 @@ def _read_exactly(stream: BinaryIO, n: int) -> bytes:
 
 def _kind_of(name: str) -> str:
     """``queue`` or ``broadcast`` for an existing name; NotFound if missing."""
-    kind = registry.find(name, with_stats=False).kind
+    entry = registry.find(name, with_stats=False)
+    deadline = time.monotonic() + INIT_WAIT
+    while entry.state == "init" and time.monotonic() < deadline:
+        time.sleep(0.005)  # another process (a `get --create`) is creating it right now
+        entry = registry.find(name, with_stats=False)
+    kind = entry.kind
     if kind not in ("queue", "broadcast"):
         raise ShmkitError(f"{name!r} is a {kind}; put/get need a queue or a broadcast")
     return kind
