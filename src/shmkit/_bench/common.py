@@ -144,12 +144,19 @@ def memcpy_bandwidth(nbytes: int = 6 * 1024 * 1024, repeat: int = 200) -> float:
 
 
 def print_table(
-    title: str, rows: Sequence[Result], *, baseline: str, console: Console | None = None
+    title: str,
+    rows: Sequence[Result],
+    *,
+    baseline: str,
+    console: Console | None = None,
+    by_rate: bool = False,
 ) -> None:
     """Print rows with their speed relative to ``baseline`` (a row name) using rich.
 
     The last column is ``baseline median / row median``: 3.00x means three
-    times faster than the baseline, 0.50x twice as slow.
+    times faster than the baseline, 0.50x twice as slow. With ``by_rate`` it
+    is ``row rate / baseline rate`` instead (frames/s of the slowest reader,
+    where a median interval would hide stalls).
     """
     console = console or _console()
     RECORDED.append({"title": title, "baseline": baseline, "rows": [asdict(r) for r in rows]})
@@ -159,8 +166,12 @@ def print_table(
         table.add_column(col, justify="left" if col == "what" else "right")
     for r in rows:
         ratio = ""
-        if base is not None and r.median_us > 0:
-            ratio = f"{base.median_us / r.median_us:.2f}x" if r is not base else "1.00x"
+        if r is base:
+            ratio = "1.00x"
+        elif base is not None and by_rate and base.rate > 0:
+            ratio = f"{r.rate / base.rate:.2f}x"
+        elif base is not None and not by_rate and r.median_us > 0:
+            ratio = f"{base.median_us / r.median_us:.2f}x"
         table.add_row(
             r.name + (f" ({r.note})" if r.note else ""),
             f"{r.median_us:.2f}",

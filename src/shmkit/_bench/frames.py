@@ -478,6 +478,7 @@ def _lossless(console: Console, plan: Plan, size: int, wanted: list[str]) -> lis
         rows,
         baseline=LOSSLESS,
         console=console,
+        by_rate=True,
     )
     return rows
 
@@ -486,8 +487,8 @@ def _median_row(name: str, got: list[Result]) -> Result:
     """The run with the median rate (its own interval figures and note)."""
     ordered = sorted(got, key=lambda r: r.rate)
     mid = ordered[len(ordered) // 2]
-    spread = f"runs {', '.join(f'{r.rate:,.0f}' for r in got)}/s" if len(got) > 1 else ""
-    return Result(name, mid.median_us, mid.p99_us, mid.rate, mid.gbps, spread or mid.note)
+    spread = f"runs {', '.join(f'{r.rate:,.0f}' for r in got)}/s; " if len(got) > 1 else ""
+    return Result(name, mid.median_us, mid.p99_us, mid.rate, mid.gbps, spread + mid.note)
 
 
 def _selected(peer: Peer, wanted: list[str], console: Console) -> bool:
