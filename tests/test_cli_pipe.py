@@ -194,3 +194,19 @@ def test_get_into_a_closed_pipe_is_status_141_without_traceback(
         assert proc.returncode == 141 and b"Traceback" not in err, err.decode()
     finally:
         registry.remove(name)
+
+
+def test_an_existing_small_queue_is_used_as_it_is(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    q = shmkit.Queue.create(name, 4096)  # smaller than --create's default capacity
+    try:
+        _stdin(monkeypatch, b"a\nb\n")
+        assert cli.main(["put", name, "--create"]) == 0
+        assert [q.get(timeout=1), q.get(timeout=1)] == [b"a", b"b"]
+        q.put(b"from python")
+        assert cli.main(["get", name, "--create", "--count", "1", "--timeout", "1"]) == 0
+        assert capsys.readouterr().out == "from python\n"
+    finally:
+        q.unlink()
+        q.close()

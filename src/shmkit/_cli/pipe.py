@@ -159,6 +159,7 @@ def _sender(args: argparse.Namespace) -> tuple[Any, Any]:
     """(send(data), close()) for NAME, created if asked."""
     from .. import broadcast, queue  # noqa: PLC0415 - only put/get need the objects
 
+    create = False
     try:
         kind = _kind_of(args.name)
     except NotFound:
@@ -166,9 +167,14 @@ def _sender(args: argparse.Namespace) -> tuple[Any, Any]:
             raise NotFound(
                 f"no queue or broadcast called {args.name!r} (pass --create to make one)"
             ) from None
-        kind = args.create
+        kind, create = args.create, True
     if kind == "queue":
-        q = queue.Queue.open_or_create(args.name, args.capacity)
+        # An existing queue is used as it is (--capacity applies to a new one only).
+        q = (
+            queue.Queue.open_or_create(args.name, args.capacity)
+            if create
+            else queue.Queue.open(args.name)
+        )
 
         def put(data: bytes) -> None:
             q.put(data, timeout=args.timeout)
@@ -176,7 +182,7 @@ def _sender(args: argparse.Namespace) -> tuple[Any, Any]:
         return put, q.close
     pub = broadcast.publisher(
         args.name,
-        args.slot_size if args.create else None,
+        args.slot_size if create else None,
         backpressure=not args.lossy,
         timeout=args.timeout if args.timeout is not None else 5.0,
     )
@@ -210,6 +216,7 @@ def _receiver(args: argparse.Namespace) -> tuple[Any, Any]:
     """(recv() -> bytes | None at end of stream, close()) for NAME."""
     from .. import broadcast, queue  # noqa: PLC0415
 
+    create = False
     try:
         kind = _kind_of(args.name)
     except NotFound:
@@ -217,9 +224,13 @@ def _receiver(args: argparse.Namespace) -> tuple[Any, Any]:
             raise NotFound(
                 f"no queue or broadcast called {args.name!r} (pass --create to make a queue)"
             ) from None
-        kind = "queue"
+        kind, create = "queue", True
     if kind == "queue":
-        q = queue.Queue.open_or_create(args.name, args.capacity)
+        q = (
+            queue.Queue.open_or_create(args.name, args.capacity)
+            if create
+            else queue.Queue.open(args.name)
+        )
 
         def get() -> bytes | None:
             return bytes(q.get(timeout=args.timeout))
