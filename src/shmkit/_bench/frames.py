@@ -8,6 +8,11 @@ processes for the writer and each reader:
   interval (median, p99) and the writer's time per frame;
 - 64-byte messages one way: streaming throughput, and the one-way latency of
   paced messages (2 kHz) to a blocked reader;
+- lossless frames (issue 8): 1 MiB and 6 MiB, 1 writer -> 1 reader, the
+  producer cycling through 8 source frames (so no copy reads a source still
+  hot in the cache); shmkit loans a slot of a back-pressured ring and copies
+  the frame in, against the one-slot posix_ipc tutorial and iceoryx2 (loan,
+  copy, send), each row run ``repeat`` times interleaved, median frames/s;
 - the Latest set/get rates (``shmkit._bench.latest``) when it is importable;
 - memcpy of one frame in the same run, twice: into the same (cache-hot)
   buffer, and round a ring of frame-sized slots like a broadcast ring (the
