@@ -73,3 +73,13 @@ def test_every_flag_has_help() -> None:
                     if a.option_strings and a.help in (None, "") and "-h" not in a.option_strings:
                         missing.append(f"{sub_name} {a.option_strings}")
     assert not missing, missing
+
+
+def test_help_texts_have_no_literal_markup(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = cli.build_parser()
+    texts = [parser.format_help()]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            texts += [sub.format_help() for sub in action.choices.values()]
+    for text in texts:
+        assert "``" not in text, text

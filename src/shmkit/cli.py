@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return 141
+    except OSError as exc:  # a system call shmkit does not translate (EACCES on a listing…)
+        return _error(args, exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

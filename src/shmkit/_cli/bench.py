@@ -32,7 +32,7 @@ def add_parser(sub: Any, benches: dict[str, str]) -> None:
     p = sub.add_parser(
         "bench",
         help="benchmarks against the peers (no name: list them)",
-        description=__doc__.splitlines()[0],
+        description="Run a benchmark against its peers, with a progress bar, JSON and a chart.",
     )
     p.add_argument("which", nargs="?", choices=sorted(benches), help="the benchmark to run")
     p.add_argument("--json", action="store_true", help="print the tables as JSON on stdout")
