@@ -218,3 +218,23 @@ def test_info_shows_broadcast_position_and_slowest_lag(
             h.close()
         bc.unlink()
         bc.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a segment to another uid needs root")
+def test_another_users_object_is_foreign_not_corrupt(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seg = shmkit.Segment.create(name, 100, mode=0o644)
+    path = os.path.join("/dev/shm", seg.sysname.lstrip("/"))
+    os.chown(path, 54321, -1)
+    try:
+        status, listing, _ = run(capsys, "ls", "--all", "--json")
+        (mine,) = [e for e in listing if e["sysname"] == seg.sysname]
+        assert mine["state"] == "foreign" and mine["kind"] == "segment" and mine["name"] == name
+        assert mine["uid"] == 54321 and mine["owner"] == "54321"
+        status, text, _ = run(capsys, "info", name)
+        assert status == 0 and "segment of user 54321" in text and "corrupt" not in text
+    finally:
+        os.chown(path, 0, -1)
+        seg.unlink()
+        seg.close()

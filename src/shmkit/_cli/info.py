@@ -41,7 +41,7 @@ def find(name: str) -> registry.Entry:
     path = os.path.join(objects.shm_dir(), sysname.lstrip("/"))
     if os.path.exists(path):
         if _names.is_ours(sysname) or objects.has_magic(path):
-            return registry.find(sysname)
+            return objects.foreign(registry.find(sysname))
         raw = objects.raw_entry(sysname)
         if raw is not None:
             return raw
@@ -116,6 +116,13 @@ def cmd_info(args: argparse.Namespace, console: Console) -> int:
         return status
     if entry["state"] == "raw":
         console.print(f"{entry['name']}: {describe_raw(entry, info['details'])}", highlight=False)
+        return 0
+    if entry["state"] == "foreign":
+        console.print(
+            f"{entry['name']}: {entry['kind']} of user {entry['owner']} ({entry['error']}), "
+            f"{entry['size']} bytes, mode {entry['mode']:o}, creator {entry['creator']}",
+            highlight=False,
+        )
         return 0
     title = f"{entry['name']} ({entry['kind']}, {entry['state']})"
     table = Table(title=title, show_header=False)
