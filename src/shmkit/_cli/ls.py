@@ -44,13 +44,21 @@ def add_parsers(sub: Any) -> None:
 
 def collect(*, include_raw: bool, stats: bool) -> list[tuple[registry.Entry, dict[str, Any]]]:
     """Entries sorted by name, each with its per-kind facts (empty unless ``stats``)."""
-    entries = objects.discover(include_raw=include_raw, with_stats=False)
-    return [(e, objects.details(e) if stats else {}) for e in entries]
+    return _split(include_raw=include_raw, stats=stats)[0]
+
+
+def _split(
+    *, include_raw: bool, stats: bool
+) -> tuple[list[tuple[registry.Entry, dict[str, Any]]], int]:
+    """The rows to show, and how many entries of /dev/shm they leave out."""
+    every = objects.discover(include_raw=True, with_stats=False)
+    shown = [e for e in every if include_raw or e.state != "raw"]
+    return [(e, objects.details(e) if stats else {}) for e in shown], len(every) - len(shown)
 
 
 def cmd_ls(args: argparse.Namespace, console: Console) -> int:
     """Print the table (or JSON) of objects."""
-    rows = collect(include_raw=args.all, stats=args.stats)
+    rows, hidden = _split(include_raw=args.all, stats=args.stats)
     if args.json:
         out = []
         for entry, facts in rows:
@@ -62,17 +70,9 @@ def cmd_ls(args: argparse.Namespace, console: Console) -> int:
         print_json(out)
         return 0
     console.print(table(rows, stats=args.stats))
-    if not args.all:
-        hidden = _hidden_count(rows)
-        if hidden:
-            console.print(f"{hidden} more in /dev/shm not made by shmkit: shmkit ls --all")
+    if hidden:
+        console.print(f"{hidden} more in /dev/shm not made by shmkit: shmkit ls --all")
     return 0
-
-
-def _hidden_count(rows: list[tuple[registry.Entry, dict[str, Any]]]) -> int:
-    shown = {e.sysname for e, _ in rows}
-    every = objects.discover(include_raw=True, with_stats=False)
-    return sum(1 for e in every if e.sysname not in shown)
 
 
 def cmd_watch(args: argparse.Namespace, console: Console) -> int:
