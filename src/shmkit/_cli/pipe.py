@@ -17,6 +17,11 @@ records, when ``--timeout`` seconds pass without one (status 0 without
 ``--count``; 1 with ``--count`` not reached), when a broadcast's publisher
 left and everything was read, or when stdout is closed (status 141; the
 record being written is lost: it was already taken from the queue).
+
+From a Broadcast, ``get`` is a new subscriber: it sees the messages
+published after it subscribed (start it before the publisher, or use a
+queue), and waits up to ``--timeout`` for a publisher to attach. ``put``
+into a Broadcast takes the publisher role (one at a time per ring).
 """
 
 from __future__ import annotations
