@@ -210,3 +210,32 @@ def test_an_existing_small_queue_is_used_as_it_is(
     finally:
         q.unlink()
         q.close()
+
+
+def test_each_line_is_sent_as_it_arrives_like_tail_f(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tail -f log | shmkit put logs`: a line goes out before stdin ends."""
+    putter = subprocess.Popen(
+        [sys.executable, "-m", "shmkit", "put", name, "--create"],
+        env=_env(),
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert putter.stdin is not None
+        putter.stdin.write(b"first\n")
+        putter.stdin.flush()
+        assert cli.main(["get", name, "--create", "--count", "1", "--timeout", "30"]) == 0
+        assert capsys.readouterr().out == "first\n"
+        assert putter.poll() is None  # still reading its stdin
+        putter.stdin.write(b"second\n")
+        _, err = putter.communicate(timeout=30)  # closes stdin: end of input
+        assert putter.returncode == 0, err.decode()
+        assert cli.main(["get", name, "--count", "1", "--timeout", "5"]) == 0
+        assert capsys.readouterr().out == "second\n"
+    finally:
+        if putter.poll() is None:
+            putter.kill()
+            putter.communicate(timeout=10)
+        registry.remove(name)
