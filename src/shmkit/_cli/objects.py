@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import stat
 import struct
 import time
 from typing import Any
@@ -69,7 +70,7 @@ def raw_entry(sysname: str, *, semaphore: bool = False) -> registry.Entry | None
     base = sysname.lstrip("/")
     path = os.path.join(shm_dir(), "sem." + base if semaphore else base)
     st = _stat(path)
-    if st is None:
+    if st is None or not stat.S_ISREG(st.st_mode):  # gone, or a directory someone made
         return None
     kind = "semaphore" if semaphore else "segment"
     entry = registry.Entry(name=sysname, sysname=sysname, kind=kind, state="raw")
