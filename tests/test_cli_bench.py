@@ -118,3 +118,11 @@ def test_plot_draws_one_chart_per_table_with_the_table_values(tmp_path: object) 
         ("median_us", [1.5, 3.25]),
         ("rate", [7.0]),
     ]
+
+
+def test_dict_only_lists_its_peers(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["bench", "dict", "--only", "nonsense"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no peer matches --only nonsense; valid: shmkit SharedDict" in err
