@@ -84,7 +84,10 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> int:
         status = int(module.main(rest))
     tables = list(common.RECORDED)
     plotted = plot_tables(tables, plot) if plot is not None and tables else []
-    if plot is not None and not as_json:
+    if plot is not None and not tables:
+        print(f"shmkit bench: no table was printed, so {plot} was not written", file=sys.stderr)
+        status = status or 1
+    elif plot is not None and not as_json:
         console.print(f"chart of {len(plotted)} table(s) written to {plot}", highlight=False)
     if as_json:
         print_json(
