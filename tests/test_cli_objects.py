@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from typing import Any
 
 import posix_ipc
@@ -178,20 +179,23 @@ def test_info_shows_queue_depth_and_waiters(name: str, capsys: pytest.CaptureFix
         assert d["messages"] == 3 and d["waiting_getters"] == 0
         for _ in range(3):
             q.get(timeout=1)
-        getter = threading.Thread(target=lambda: q.get(timeout=5))  # blocks: queue is empty
+        got: list[bytes] = []
+        getter = threading.Thread(target=lambda: got.append(q.get(timeout=60)))  # queue empty
         getter.start()
         try:
-            for _ in range(200):
+            deadline = time.monotonic() + 30
+            while True:
                 d = run(capsys, "info", name, "--json")[1]["details"]
-                if d["waiting_getters"] == 1:
+                if d["waiting_getters"] == 1 or time.monotonic() > deadline:
                     break
-                threading.Event().wait(0.01)
+                time.sleep(0.01)
             assert d["messages"] == 0 and d["waiting_getters"] == 1
             _, text, _ = run(capsys, "ls", "--stats")
             assert "0 msgs" in text and "waiting 1 get" in text
         finally:
             q.put(b"wake")
-            getter.join(10)
+            getter.join(30)
+        assert got == [b"wake"]
     finally:
         q.unlink()
         q.close()
