@@ -100,6 +100,11 @@ def test_json_errors_are_json_with_a_nonzero_status(
     status, text, err = run(capsys, "info", name)
     assert status == 1 and text == "" and err.startswith("shmkit info: error: no shared-memory")
     assert len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as info:
+        cli.main(["info", "--json"])  # a usage error: still JSON, status 2
+    assert info.value.code == 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["error"]["type"] == "UsageError" and "required: name" in out["error"]["message"]
 
 
 def test_info_shows_a_lock_holder_from_another_process(

@@ -13,7 +13,8 @@ Holds no logic of its own: each subcommand lives in a private module of
 ``shmkit._cli`` (imported only when that subcommand runs) and calls
 ``registry`` and the objects. Errors are one line on stderr with status 1;
 with ``--json`` they are a JSON object ``{"error": {"type", "message"}}`` on
-stdout instead, so a script that parses stdout sees them, still with status 1.
+stdout instead, so a script that parses stdout sees them, still with status 1
+(a usage error: status 2, ``{"error": {"type": "UsageError", …}}``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
 from ._cli import bench, info, ls, manage, pipe
@@ -36,9 +37,23 @@ _BENCHES = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that with ``--json`` on the command line a usage error is JSON too."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if _Parser.json_errors:
+            from ._cli.common import print_json  # noqa: PLC0415
+
+            print_json({"error": {"type": "UsageError", "message": f"{self.prog}: {message}"}})
+            raise SystemExit(2)
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: one sub-parser per subcommand, each with its ``func``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="shmkit",
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -72,6 +87,7 @@ def _error(args: argparse.Namespace, exc: BaseException) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status."""
+    _Parser.json_errors = "--json" in (sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args, _console()))
