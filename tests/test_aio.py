@@ -1,0 +1,262 @@
+"""shmkit.aio Queue: awaited get/put across real processes, under asyncio and trio.
+
+The loop-latency bound (the ticker) is the issue's acceptance property; it is
+asserted generously (the machine is shared) and measured in benchmarks/bench_aio.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+
+import shmkit
+import shmkit.aio as aio
+from tests.helpers import finish, read_line, spawn
+
+pytestmark = pytest.mark.anyio
+
+#: Generous bound on the ticker's largest gap (the issue asks 20 ms on a quiet machine).
+MAX_GAP = 0.1
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def queue(name: str) -> Iterator[aio.Queue[bytes]]:
+    q = aio.Queue.create(name, 1 << 16)
+    try:
+        yield q
+    finally:
+        q.sync.unlink()
+        q.close()
+
+
+PRODUCER = """
+import sys, time
+import shmkit
+q = shmkit.Queue.open(sys.argv[1])
+n, pace = int(sys.argv[2]), float(sys.argv[3])
+print("ready", flush=True)
+sys.stdin.readline()
+for i in range(n):
+    q.put(b"%d" % i, timeout=10)
+    if i % 50 == 49:
+        time.sleep(pace)
+q.shutdown()
+print("done", flush=True)
+"""
+
+
+class Ticker:
+    """Ticks every 10 ms and records the largest gap between ticks."""
+
+    def __init__(self) -> None:
+        self.max_gap = 0.0
+        self.ticks = 0
+
+    async def run(self) -> None:
+        last = time.perf_counter()
+        while True:
+            await anyio.sleep(0.01)
+            now = time.perf_counter()
+            self.max_gap = max(self.max_gap, now - last)
+            self.ticks += 1
+            last = now
+
+
+async def test_hundred_consumers_ticker_and_half_cancelled(queue: aio.Queue[bytes]) -> None:
+    """100 tasks drain a queue fed by another process; half are cancelled mid-run; none lost."""
+    n = 4000
+    child = spawn(PRODUCER, queue.name, str(n), "0.005")
+    got: list[bytes] = []
+    ticker = Ticker()
+    scopes: list[anyio.CancelScope] = []
+    cancelled = 0
+
+    async def consume(scope: anyio.CancelScope) -> None:
+        nonlocal cancelled
+        with scope:
+            while True:
+                try:
+                    got.append(await queue.get(timeout=20))
+                except shmkit.Closed:
+                    return
+        if scope.cancelled_caught:
+            cancelled += 1
+
+    try:
+        assert read_line(child) == "ready"
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ticker.run)
+                async with anyio.create_task_group() as consumers:
+                    for _ in range(100):
+                        scope = anyio.CancelScope()
+                        scopes.append(scope)
+                        consumers.start_soon(consume, scope)
+                    assert child.stdin is not None
+                    child.stdin.write("go\n")
+                    child.stdin.flush()
+                    while len(got) < n // 3:
+                        await anyio.sleep(0.005)
+                    for scope in scopes[::2]:
+                        scope.cancel()
+                tg.cancel_scope.cancel()
+        assert read_line(child) == "done"
+        finish(child)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(5)
+    assert cancelled == 50
+    assert sorted(map(int, got)) == list(range(n))  # every message exactly once
+    assert ticker.ticks > 10
+    assert ticker.max_gap <= MAX_GAP, ticker.max_gap
+
+
+async def test_cancelled_gets_lose_nothing(queue: aio.Queue[bytes]) -> None:
+    """Gets cancelled at random instants while another process puts: every message arrives."""
+    n = 1500
+    child = spawn(PRODUCER, queue.name, str(n), "0.002")
+    got: list[bytes] = []
+    timeouts = 0
+    try:
+        assert read_line(child) == "ready"
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        with anyio.fail_after(60):
+            k = 0
+            while True:
+                k += 1
+                with anyio.move_on_after((k % 7) * 0.0003) as scope:
+                    try:
+                        got.append(await queue.get())
+                    except shmkit.Closed:
+                        break
+                timeouts += scope.cancelled_caught
+        finish(child)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(5)
+    assert timeouts > 0
+    assert sorted(map(int, got)) == list(range(n))
+
+
+async def test_put_waits_for_room_from_another_process(name: str) -> None:
+    """A full queue: await put() returns once a consumer in another process makes room."""
+    q = aio.Queue.create(name, 64)
+    try:
+        await q.put(b"x" * 48)
+        with pytest.raises(shmkit.Full):
+            await q.put(b"y" * 48, timeout=0.05)
+        child = spawn(
+            """
+            import sys, time
+            import shmkit
+            q = shmkit.Queue.open(sys.argv[1])
+            print("ready", flush=True)
+            time.sleep(0.2)
+            print(len(q.get(timeout=5)), len(q.get(timeout=5)), flush=True)
+            """,
+            name,
+        )
+        assert read_line(child) == "ready"
+        with anyio.fail_after(10):
+            await q.put_many([b"y" * 40])
+        assert read_line(child) == "48 40"
+        finish(child)
+    finally:
+        q.sync.unlink()
+        q.close()
+
+
+async def test_get_many_get_into_and_timeouts(queue: aio.Queue[bytes]) -> None:
+    """get_many/get_into work; timeouts are validated like the blocking calls and raise Empty."""
+    await queue.put_many([b"a", b"bb", b"ccc"])
+    assert await queue.get_many(2) == [b"a", b"bb"]
+    buf = bytearray(8)
+    assert await queue.get_into(buf) == 3 and bytes(buf[:3]) == b"ccc"
+    with pytest.raises(shmkit.Empty):
+        await queue.get(timeout=0)
+    t0 = time.monotonic()
+    with pytest.raises(shmkit.Empty):
+        await queue.get(timeout=0.1)
+    assert time.monotonic() - t0 >= 0.1
+    for bad, err in ((-1, ValueError), (float("nan"), ValueError), ("1", TypeError)):
+        with pytest.raises(err):
+            await queue.get(timeout=bad)  # type: ignore[arg-type]
+        with pytest.raises(err):
+            queue.sync.get(timeout=bad)  # type: ignore[arg-type]
+    with pytest.raises(TimeoutError), anyio.fail_after(0.05):
+        await queue.get()
+    queue.put_nowait(b"kept")  # the fail_after above took nothing
+    assert await queue.get(timeout=1) == b"kept"
+
+
+async def test_closed_while_awaiting_raises_closed(queue: aio.Queue[bytes]) -> None:
+    """Closing the handle under a waiting task ends its wait with Closed."""
+    result: list[BaseException] = []
+
+    async def waiter() -> None:
+        try:
+            await queue.get(timeout=10)
+        except shmkit.Closed as exc:
+            result.append(exc)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await anyio.sleep(0.05)
+            queue.sync.close()
+    assert len(result) == 1
+    with pytest.raises(shmkit.Closed):
+        await queue.get()
+
+
+async def test_no_watcher_left_after_the_run(name: str) -> None:
+    """Waiting tasks start watcher threads; once they are gone, so are the threads."""
+    end = time.monotonic() + 2
+    while aio.active_watchers() and time.monotonic() < end:  # earlier tests' watchers linger
+        await anyio.sleep(0.01)
+    baseline = threading.active_count()
+    q = aio.Queue.create(name, 1024)
+    empty = aio.Queue.create(name + "e", 1024)
+    try:
+        q.put_nowait(b"z" * 1000)
+        with anyio.move_on_after(0.2):
+            async with anyio.create_task_group() as tg:
+                for _ in range(50):
+                    tg.start_soon(empty.get)
+                    tg.start_soon(q.put, b"z" * 1000)  # full: waits
+                await anyio.sleep(0.1)
+                assert aio.active_watchers() == 2  # one per queue and direction, not per task
+                assert threading.active_count() == baseline + 2
+    finally:
+        for x in (q, empty):
+            x.sync.unlink()
+            x.close()
+    end = time.monotonic() + 2
+    while threading.active_count() > baseline and time.monotonic() < end:
+        await anyio.sleep(0.01)
+    assert threading.active_count() == baseline
+    assert aio.active_watchers() == 0
+
+
+def test_wrap_an_existing_queue_and_forwarding(name: str) -> None:
+    """aio.Queue(sync) wraps a handle; non-blocking calls and properties are the handle's."""
+    with shmkit.Queue.create(name, 1024) as sync:
+        q: aio.Queue[Any] = aio.Queue(sync)
+        assert q.sync is sync and q.name == name and q.capacity == 1024
+        q.put_nowait(b"1")
+        assert q.qsize() == 1 and sync.get_nowait() == b"1"
+        sync.unlink()
