@@ -15,7 +15,7 @@ from .. import queue as _q
 from .._shm.queue_ring import _AGAIN, _HDR
 from ..errors import Empty, Full, Timeout
 from ._base import Wrapper, check_timeout
-from ._watch import AGAIN, ALL, Op, Watcher, await_op
+from ._watch import AGAIN, ALL, Op, Watcher, await_op, checkpoint
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -118,6 +118,11 @@ class Queue(Wrapper["_q.Queue[T]"], Generic[T]):
         """
         timeout = check_timeout(timeout)
         q = self.sync
+        await checkpoint()
+        try:
+            return q.get_nowait()  # the fast path: no closure, no watcher look-up
+        except Empty:
+            pass
 
         def attempt() -> object:
             try:
@@ -125,7 +130,8 @@ class Queue(Wrapper["_q.Queue[T]"], Generic[T]):
             except Empty:
                 return AGAIN
 
-        return await await_op(self._getter(attempt), timeout, lambda: q.get(timeout=0))
+        op = self._getter(attempt)
+        return await await_op(op, timeout, lambda: q.get(timeout=0), checked=True)
 
     async def get_many(self, max_items: int, timeout: float | None = None) -> list[T]:
         """Remove up to ``max_items`` messages, waiting up to ``timeout`` for the first."""
@@ -164,6 +170,12 @@ class Queue(Wrapper["_q.Queue[T]"], Generic[T]):
         """Append one message, waiting up to ``timeout`` seconds for room (Full after)."""
         timeout = check_timeout(timeout)
         q = self.sync
+        await checkpoint()
+        try:
+            q.put_nowait(item)  # the fast path
+            return
+        except Full:
+            pass
 
         def attempt() -> object:
             try:
@@ -172,7 +184,8 @@ class Queue(Wrapper["_q.Queue[T]"], Generic[T]):
                 return AGAIN
             return None
 
-        await await_op(self._putter(attempt), timeout, lambda: q.put(item, timeout=0))
+        op = self._putter(attempt)
+        await await_op(op, timeout, lambda: q.put(item, timeout=0), checked=True)
 
     async def put_many(self, items: Iterable[Any], timeout: float | None = None) -> None:
         """Append several messages as one batch record (all or none), waiting for room."""
