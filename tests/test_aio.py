@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 import shmkit
-import shmkit.aio as aio
+from shmkit import aio
 from tests.helpers import finish, read_line, spawn
 
 pytestmark = pytest.mark.anyio

@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 import shmkit
-import shmkit.aio as aio
+from shmkit import aio
 from tests.helpers import finish, read_line, spawn
 
 pytestmark = pytest.mark.anyio
@@ -44,6 +44,11 @@ def _say(child: object, line: str = "") -> None:
     stdin = child.stdin  # type: ignore[attr-defined]
     stdin.write(line + "\n")
     stdin.flush()
+
+
+async def _say_later(child: object) -> None:
+    await anyio.sleep(0.05)
+    _say(child)
 
 
 async def test_stopped_lock_holder_does_not_stall_the_loop(name: str) -> None:
@@ -78,7 +83,7 @@ async def test_stopped_lock_holder_does_not_stall_the_loop(name: str) -> None:
         # now it is released by the child while we wait
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(anyio.to_thread.run_sync, _say, child)
+                tg.start_soon(_say_later, child)
                 assert await lock.acquire(timeout=5)
         assert lock.sync.holder() is not None and lock.sync.holder()[0] == os.getpid()  # type: ignore[index]
         lock.release()
@@ -211,7 +216,8 @@ async def test_event_latest_and_dict_wake_on_another_process(name: str) -> None:
             import sys, time
             import shmkit
             n = sys.argv[1]
-            ev, lat, d = shmkit.Event.open(n + "e"), shmkit.Latest.open(n + "l"), shmkit.SharedDict.open(n + "d")
+            ev, lat = shmkit.Event.open(n + "e"), shmkit.Latest.open(n + "l")
+            d = shmkit.SharedDict.open(n + "d")
             time.sleep(0.1)
             lat.set(b"v1")
             time.sleep(0.05)

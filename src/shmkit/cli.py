@@ -6,7 +6,7 @@
     shmkit rm NAME... [--json]         remove objects and all their parts
     shmkit gc [--yes] [--force]        remove what is provably abandoned (dry run by default)
     shmkit demo                        writer and reader processes hand data over
-    shmkit bench sync|queue|frames|dict  benchmarks against the peers, in one run
+    shmkit bench sync|queue|frames|dict|aio  benchmarks against the peers, in one run
 
 Holds no logic of its own: it calls ``registry`` and the objects.
 """
@@ -35,6 +35,7 @@ _BENCHES = {
     "queue": "shmkit._bench.queue",
     "frames": "shmkit._bench.frames",
     "dict": "shmkit._bench.dict",
+    "aio": "shmkit._bench.aio",
 }
 
 
