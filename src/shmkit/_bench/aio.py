@@ -3,9 +3,12 @@
 Round trip: this process sends a small message to an echo process and waits
 for the answer, blocking (``Queue.get``), awaited (``await aio.Queue.get``
 in an asyncio loop) and with ``zmq.asyncio`` REQ against a REP echo over
-ipc:// (skipped without pyzmq). Idle: ``--tasks`` tasks await ``get`` on
-10 empty queues for ``--idle`` seconds; the process's CPU time (getrusage)
-over that time, as a share of one core.
+ipc:// (skipped without pyzmq); then both shmkit rows again with this
+side's spinning off, so each answer is a wake-up from the futex (the
+blocking call's own wake against the watcher thread's plus the loop's).
+Idle: ``--tasks`` tasks await ``get`` on 10 empty queues for ``--idle``
+seconds; the process's CPU time (getrusage) over that time, as a share of
+one core.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import time
 from collections.abc import Sequence
 
 from .. import Queue, aio
+from ..aio import _watch
 from ..testing import unique_name
 from .common import Result, header, print_table, summarize
 
@@ -60,9 +64,12 @@ def _child(code: str, *args: str) -> subprocess.Popen[str]:
     return p
 
 
-def _shmkit(n: int) -> list[Result]:
+def _shmkit(n: int, spin: bool = True) -> list[Result]:
     name = unique_name("ba")
     a, b = Queue.create(name + "a", 1 << 16), Queue.create(name + "b", 1 << 16)
+    tag = "" if spin else ", no spin: sleeps, woken"
+    if not spin:
+        b.spin = 0.0
     child = _child(ECHO, name + "a", name + "b")
     msg = b"x" * 64
     rows = []
@@ -76,7 +83,7 @@ def _shmkit(n: int) -> list[Result]:
             a.put(msg)
             b.get(timeout=5)
             samples.append(time.perf_counter() - t0)
-        rows.append(summarize("shmkit Queue blocking get", samples))
+        rows.append(summarize("shmkit Queue blocking get" + tag, samples))
 
         async def awaited() -> list[float]:
             qa, qb = aio.Queue(a), aio.Queue(b)
@@ -91,7 +98,14 @@ def _shmkit(n: int) -> list[Result]:
                 out.append(time.perf_counter() - t0)
             return out
 
-        rows.append(summarize("shmkit.aio Queue awaited get", asyncio.run(awaited())))
+        saved = _watch.SPIN
+        if not spin:
+            setattr(_watch, "SPIN", 0.0)  # noqa: B010 - the wake path alone (Final for users)
+        try:
+            got = asyncio.run(awaited())
+        finally:
+            setattr(_watch, "SPIN", saved)  # noqa: B010
+        rows.append(summarize("shmkit.aio Queue awaited get" + tag, got))
         a.put(b"stop")
         child.wait(10)
     finally:
@@ -190,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     n, idle = (500, 1.0) if args.quick else (args.n, args.idle)
     header()
-    rows = _shmkit(n) + _zmq(n)
+    rows = _shmkit(n) + _zmq(n) + _shmkit(n, spin=False)
     print_table(
         "round trip, 64-byte message to an echo process",
         rows,
