@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .. import queue as _q
-from .._shm.queue_ring import _AGAIN, _HDR
+from .._shm.queue_ring import _AGAIN, _HDR, _P_MUTEX, _RING_OFF
 from ..errors import Empty, Full, Timeout
 from ._base import Wrapper, check_timeout
 from ._watch import AGAIN, ALL, Op, Watcher, await_op, checkpoint
@@ -23,6 +23,25 @@ if TYPE_CHECKING:
 __all__ = ["Queue"]
 
 T = TypeVar("T")
+
+
+#: The owner-tid bits of a glibc robust mutex's lock word (the rest: waiters, owner died).
+_TID_BITS = 0x3FFFFFFF
+
+
+def _held(q: _q.Queue[Any], producer: bool) -> bool:
+    """Is this side's queue lock held by a live thread right now? (a read-only peek)
+
+    An attempt on the loop thread must not wait for the lock: a holder that
+    is stopped (SIGSTOP, a debugger) would stall the whole loop for a slice.
+    The pthread backend's lock word holds the owner's tid (0 when free,
+    only the owner-died bit after a death: then the attempt repairs). The
+    flock backend has no word to peek; its attempts may wait one slice.
+    """
+    if not q._pthread:
+        return False
+    off = q._base - _RING_OFF + (_P_MUTEX if producer and q._two else 0)
+    return bool(int.from_bytes(q._mm[off : off + 4], "little") & _TID_BITS)
 
 
 def _get_probe(w: Watcher) -> Callable[[float, list[Any]], int]:
@@ -100,6 +119,19 @@ class Queue(Wrapper["_q.Queue[T]"], Generic[T]):
         """:meth:`shmkit.Queue.open_or_create`, wrapped."""
         return cls(_q.Queue.open_or_create(name, capacity, **kwargs))
 
+    def _last(
+        self, producer: bool, timeout: float | None, call: Callable[..., Any]
+    ) -> Callable[[], Any]:
+        """The attempt at the deadline: the blocking call's own, unless the lock is held."""
+        q = self.sync
+
+        def last() -> Any:
+            if _held(q, producer):
+                raise q._timeout_error(producer, timeout, 0, busy=True)
+            return call(timeout=0)
+
+        return last
+
     # ------------------------------------------------------------------ get
 
     def _getter(self, attempt: Callable[[], object]) -> Op[Any]:
@@ -119,19 +151,22 @@ class Queue(Wrapper["_q.Queue[T]"], Generic[T]):
         timeout = check_timeout(timeout)
         q = self.sync
         await checkpoint()
-        try:
-            return q.get_nowait()  # the fast path: no closure, no watcher look-up
-        except Empty:
-            pass
+        if not _held(q, False):
+            try:
+                return q.get_nowait()  # the fast path: no closure, no watcher look-up
+            except Empty:
+                pass
 
         def attempt() -> object:
+            if _held(q, False):
+                return AGAIN
             try:
                 return q.get_nowait()
             except Empty:
                 return AGAIN
 
         op = self._getter(attempt)
-        return await await_op(op, timeout, lambda: q.get(timeout=0), checked=True)
+        return await await_op(op, timeout, self._last(False, timeout, q.get), checked=True)
 
     async def get_many(self, max_items: int, timeout: float | None = None) -> list[T]:
         """Remove up to ``max_items`` messages, waiting up to ``timeout`` for the first."""
@@ -139,14 +174,15 @@ class Queue(Wrapper["_q.Queue[T]"], Generic[T]):
         q = self.sync
 
         def attempt() -> object:
+            if _held(q, False):
+                return AGAIN
             try:
                 return q.get_many(max_items, timeout=0)
             except Empty:
                 return AGAIN
 
-        return await await_op(
-            self._getter(attempt), timeout, lambda: q.get_many(max_items, timeout=0)
-        )
+        last = self._last(False, timeout, lambda timeout: q.get_many(max_items, timeout=timeout))
+        return await await_op(self._getter(attempt), timeout, last)
 
     async def get_into(self, buffer: Any, timeout: float | None = None) -> int:
         """Copy the oldest message into ``buffer``; its size (see ``Queue.get_into``)."""
@@ -154,12 +190,15 @@ class Queue(Wrapper["_q.Queue[T]"], Generic[T]):
         q = self.sync
 
         def attempt() -> object:
+            if _held(q, False):
+                return AGAIN
             try:
                 return q.get_into(buffer, timeout=0)
             except Empty:
                 return AGAIN
 
-        return await await_op(self._getter(attempt), timeout, lambda: q.get_into(buffer, 0))
+        last = self._last(False, timeout, lambda timeout: q.get_into(buffer, timeout=timeout))
+        return await await_op(self._getter(attempt), timeout, last)
 
     # ------------------------------------------------------------------ put
 
@@ -171,13 +210,16 @@ class Queue(Wrapper["_q.Queue[T]"], Generic[T]):
         timeout = check_timeout(timeout)
         q = self.sync
         await checkpoint()
-        try:
-            q.put_nowait(item)  # the fast path
-            return
-        except Full:
-            pass
+        if not _held(q, True):
+            try:
+                q.put_nowait(item)  # the fast path
+                return
+            except Full:
+                pass
 
         def attempt() -> object:
+            if _held(q, True):
+                return AGAIN
             try:
                 q.put_nowait(item)
             except Full:
@@ -185,7 +227,8 @@ class Queue(Wrapper["_q.Queue[T]"], Generic[T]):
             return None
 
         op = self._putter(attempt)
-        await await_op(op, timeout, lambda: q.put(item, timeout=0), checked=True)
+        last = self._last(True, timeout, lambda timeout: q.put(item, timeout=timeout))
+        await await_op(op, timeout, last, checked=True)
 
     async def put_many(self, items: Iterable[Any], timeout: float | None = None) -> None:
         """Append several messages as one batch record (all or none), waiting for room."""
@@ -194,13 +237,16 @@ class Queue(Wrapper["_q.Queue[T]"], Generic[T]):
         batch = list(items)  # an iterator is consumed once, whatever the attempts
 
         def attempt() -> object:
+            if _held(q, True):
+                return AGAIN
             try:
                 q.put_many(batch, timeout=0)
             except Full:
                 return AGAIN
             return None
 
-        await await_op(self._putter(attempt), timeout, lambda: q.put_many(batch, timeout=0))
+        last = self._last(True, timeout, lambda timeout: q.put_many(batch, timeout=timeout))
+        await await_op(self._putter(attempt), timeout, last)
 
     # ------------------------------------------------------------------ join
 
