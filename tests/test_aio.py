@@ -318,3 +318,23 @@ async def test_stopped_queue_lock_holder_does_not_stall_the_loop(
     finish(child)
     with anyio.fail_after(5):
         assert await queue.get(timeout=2) == b"second"
+
+
+def test_loop_closed_under_waiting_tasks_leaves_no_thread(name: str) -> None:
+    """A loop closed while tasks still await (never cancelled): the watcher drops them and exits."""
+    import asyncio
+
+    q = aio.Queue.create(name, 1024)
+    loop = asyncio.new_event_loop()
+    try:
+        tasks = [loop.create_task(q.get()) for _ in range(5)]
+        loop.run_until_complete(asyncio.sleep(0.05))
+        assert aio.active_watchers() >= 1 and not any(t.done() for t in tasks)
+    finally:
+        loop.close()
+    end = time.monotonic() + 3
+    while aio.active_watchers() and time.monotonic() < end:
+        time.sleep(0.01)
+    assert aio.active_watchers() == 0
+    q.sync.unlink()
+    q.close()

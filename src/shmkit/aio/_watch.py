@@ -79,10 +79,13 @@ def _never(seconds: float, args: list[Any]) -> int:
 class _Waiter:
     """One waiting task: how to wake it from another thread, and what it saw."""
 
-    __slots__ = ("arg", "error", "wake", "woken")
+    __slots__ = ("alive", "arg", "error", "wake", "woken")
 
-    def __init__(self, wake: Callable[[], None], arg: Any) -> None:
+    def __init__(
+        self, wake: Callable[[], None], arg: Any, alive: Callable[[], bool] | None = None
+    ) -> None:
         self.wake = wake
+        self.alive = alive  # False once its loop is closed (a loop closed with tasks pending)
         self.arg = arg
         self.woken = False
         self.error: BaseException | None = None
@@ -181,6 +184,11 @@ class Watcher:
                         self._thread = None
                         _forget(self)
                         return
+                    continue
+                for key, waiter in list(self._waiters.items()):
+                    if waiter.alive is not None and not waiter.alive():
+                        del self._waiters[key]  # its loop was closed under it
+                if not self._waiters:
                     continue
                 args = [w.arg for w in self._waiters.values()]
             error: BaseException | None = None
@@ -291,7 +299,7 @@ async def _sleep_until_woken(w: Watcher, epoch: int, arg: Any, end: float) -> _W
     def wake() -> None:
         loop.call_soon_threadsafe(_resolve, fut)
 
-    waiter = _Waiter(wake, arg)
+    waiter = _Waiter(wake, arg, lambda: not loop.is_closed())
     if not w.register(waiter, epoch):
         return None
     timer = None
