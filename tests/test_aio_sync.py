@@ -21,7 +21,7 @@ from tests.helpers import finish, read_line, spawn
 
 pytestmark = pytest.mark.anyio
 
-MAX_GAP = 0.05
+MAX_GAP = 0.1
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -363,3 +363,38 @@ async def test_backpressured_publish_and_cancelled_loan(name: str) -> None:
         sub.close()
         bc.sync.unlink()
         bc.close()
+
+
+async def test_closing_the_handle_ends_waits_with_closed(name: str) -> None:
+    """close() on an aio Lock (held elsewhere) and Semaphore ends their waiters' waits: Closed."""
+    lock = aio.Lock.create(name)
+    sem = aio.Semaphore.create(name + "s", 0)
+    child = spawn(HOLDER, name)
+    caught: list[str] = []
+
+    async def acquire(obj: aio.Lock | aio.Semaphore) -> None:
+        try:
+            await obj.acquire(timeout=30)
+        except shmkit.Closed:
+            caught.append(type(obj).__name__)
+
+    try:
+        assert read_line(child) == "held"
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(acquire, lock)
+                tg.start_soon(acquire, sem)
+                await anyio.sleep(0.1)
+                lock.close()
+                sem.close()
+        assert sorted(caught) == ["Lock", "Semaphore"]
+        _say(child)
+        assert read_line(child) == "released"
+        _say(child)
+        finish(child)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(5)
+        shmkit.Lock.open(name).unlink()
+        shmkit.Semaphore.open(name + "s").unlink()

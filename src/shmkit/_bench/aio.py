@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import resource
 import subprocess
@@ -25,8 +26,9 @@ from collections.abc import Sequence
 
 from .. import Queue, aio
 from ..aio import _watch
+from ..errors import Closed
 from ..testing import unique_name
-from .common import Result, header, print_table, summarize
+from .common import Result, header, percentile, print_table, summarize
 
 ECHO = """
 import sys
@@ -163,6 +165,68 @@ def _zmq(n: int) -> list[Result]:
     return [summarize("zmq.asyncio REQ/REP ipc://", samples)]
 
 
+PRODUCER = """
+import sys, time
+import shmkit
+q = shmkit.Queue.open(sys.argv[1])
+print("ready", flush=True)
+for i in range(int(sys.argv[2])):
+    q.put(b"%d" % i, timeout=10)
+    if i % 20 == 19:
+        time.sleep(0.001)
+q.shutdown()
+"""
+
+
+def _ticker(n: int, consumers: int = 100) -> tuple[float, float, float]:
+    """100 tasks drain ``n`` messages put by another process; a task ticks every 10 ms.
+
+    Returns the ticker's largest and 99th-percentile gap (seconds) and the
+    consumers' messages per second. The heap is frozen first (gc.freeze).
+    """
+    name = unique_name("bt")
+    q = aio.Queue.create(name, 1 << 16)
+    gaps: list[float] = []
+    got = [0]
+
+    async def consume() -> None:
+        while True:
+            try:
+                await q.get(timeout=30)
+            except Closed:
+                return
+            got[0] += 1
+
+    async def tick() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    async def run() -> float:
+        child = _child(PRODUCER, name, str(n))  # blocks until it is ready: before the ticker
+        t = asyncio.create_task(tick())
+        t0 = time.perf_counter()
+        try:
+            await asyncio.gather(*(consume() for _ in range(consumers)))
+            return got[0] / (time.perf_counter() - t0)
+        finally:
+            t.cancel()
+            child.wait(30)
+
+    gc.collect()
+    gc.freeze()
+    try:
+        rate = asyncio.run(run())
+    finally:
+        gc.unfreeze()
+        q.sync.unlink()
+        q.close()
+    return max(gaps), percentile(gaps, 99), rate
+
+
 def _idle(tasks: int, seconds: float, queues: int = 10) -> tuple[float, int]:
     """CPU share of one core used by ``tasks`` tasks awaiting get for ``seconds``; threads."""
     name = unique_name("bi")
@@ -209,6 +273,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "round trip, 64-byte message to an echo process",
         rows,
         baseline="shmkit Queue blocking get",
+    )
+    worst, p99, rate = _ticker(2000 if args.quick else 20000)
+    print(
+        f"ticker (10 ms) beside 100 consumer tasks fed by another process: largest gap "
+        f"{worst * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms (target <= 20 ms); {rate:,.0f} messages/s"
     )
     share, threads = _idle(args.tasks, idle)
     print(

@@ -7,7 +7,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from .. import _wait
-from ._watch import Probe, Watcher, watcher_for
+from ._watch import Probe, Watcher, poke, watcher_for
 
 __all__ = ["Wrapper", "check_timeout"]
 
@@ -44,6 +44,7 @@ class Wrapper(Generic[S]):
     def close(self) -> None:
         """Detach (the blocking handle's ``close()``); tasks awaiting on it raise Closed."""
         self.sync.close()  # type: ignore[attr-defined]
+        poke(self.sync)
 
     def _watcher(self, direction: str, make: Callable[[Watcher], Probe]) -> Watcher:
         return watcher_for(self.sync, direction, make, _label(self, direction))

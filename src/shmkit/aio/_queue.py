@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from .. import _wait
 from .. import queue as _q
-from .._shm.queue_ring import _AGAIN, _HDR, _P_MUTEX, _RING_OFF
+from .._shm.queue_ring import _AGAIN, _NOLOCK, _P_MUTEX, _RING_OFF, _mono
 from ..errors import Empty, Full, Timeout
 from ._base import Wrapper, check_timeout
 from ._watch import AGAIN, ALL, Op, Watcher, await_op, checkpoint
@@ -44,37 +45,70 @@ def _held(q: _q.Queue[Any], producer: bool) -> bool:
     return bool(int.from_bytes(q._mm[off : off + 4], "little") & _TID_BITS)
 
 
+def _sleeper(
+    w: Watcher, q: _q.Queue[Any], putter: bool, ready: Callable[[], bool]
+) -> Callable[[float], bool]:
+    """Sleep up to ``seconds`` on the side's futex word as a registered waiter; True if ready.
+
+    The watcher registers as a waiter once (under the queue's locks, like
+    ``Queue._wait``) and stays registered until its thread exits, so in
+    steady state it takes no lock: it reads the futex word, looks, and
+    sleeps. Any change after the read bumps the word (a waiter is counted),
+    so no wake-up is lost. One futex sleep covers the whole slice.
+    """
+    registered = [False]
+
+    def register() -> object:
+        if ready():
+            return True
+        q._register(putter, 1)
+        registered[0] = True
+        return _AGAIN
+
+    def unregister(_w: Watcher) -> None:
+        if registered[0]:
+            registered[0] = False
+            if not q.closed:
+                q._run_locked(_mono() + 1.0, lambda: q._register(putter, -1))
+
+    w.on_exit = unregister
+
+    def sleep(seconds: float) -> bool:
+        q._check_open()
+        if not putter:
+            q._check_claim()  # a dead consumer's claim in the way is released, as waiters do
+        if not registered[0]:
+            r = q._run_locked(_mono() + _wait.SLICE, register)
+            if r is True:
+                return True
+            if r is _NOLOCK:
+                return False  # a stopped or slow lock holder: try again next slice
+        word = q._r_wake_value(putter)  # acquire; then look, then sleep on it
+        if ready():
+            return True
+        q._r_sleep(putter, word, seconds)
+        q._check_open()
+        return ready()
+
+    return sleep
+
+
 def _get_probe(w: Watcher) -> Callable[[float, list[Any]], int]:
     q: _q.Queue[Any] = w.state["obj"]
-
-    def attempt() -> object:
-        return True if q._can_get() else _AGAIN
+    sleep = _sleeper(w, q, False, q._can_get)
 
     def probe(seconds: float, args: list[Any]) -> int:
-        try:
-            q._wait(attempt, q._can_get, seconds, putter=False, spin=0.0, need=0)
-        except Empty:
-            return 0
-        return max(1, q.qsize())
+        return max(1, q.qsize()) if sleep(seconds) else 0
 
     return probe
 
 
 def _put_probe(w: Watcher) -> Callable[[float, list[Any]], int]:
     q: _q.Queue[Any] = w.state["obj"]
-
-    def ready() -> bool:
-        return q.is_shutdown or not q.full()
-
-    def attempt() -> object:
-        return True if ready() else _AGAIN
+    sleep = _sleeper(w, q, True, lambda: q.is_shutdown or not q.full())
 
     def probe(seconds: float, args: list[Any]) -> int:
-        try:
-            q._wait(attempt, ready, seconds, putter=True, spin=0.0, need=_HDR)
-        except Full:
-            return 0
-        return ALL
+        return ALL if sleep(seconds) else 0
 
     return probe
 
@@ -131,6 +165,16 @@ class Queue(Wrapper["_q.Queue[T]"], Generic[T]):
             return call(timeout=0)
 
         return last
+
+    def close(self) -> None:
+        """Detach; tasks awaiting on this handle raise Closed at once."""
+        q = self.sync
+        if not q.closed:
+            # Wake our watchers (and, harmlessly, every sleeper on the queue:
+            # wake-ups are hints) so they see the handle closed now.
+            q._r_wake(False, 1 << 30)
+            q._r_wake(True, 1 << 30)
+        super().close()
 
     # ------------------------------------------------------------------ get
 

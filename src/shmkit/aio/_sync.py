@@ -50,7 +50,7 @@ def _lock_probe(w: Watcher) -> Callable[[float, list[Any]], int]:
         return ALL
 
     def release_handle(_w: Watcher) -> None:
-        if mine and not w.waiting:
+        if mine:
             mine.pop().close()
 
     w.on_exit = release_handle
@@ -253,7 +253,7 @@ def _sem_probe(w: Watcher) -> Callable[[float, list[Any]], int]:
                 w.tokens = 0  # closed: the units go with the handle
                 break
 
-    w.on_exit = give_back
+    w.on_empty = give_back
     return probe
 
 

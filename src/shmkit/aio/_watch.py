@@ -48,6 +48,7 @@ __all__ = [
     "active_watchers",
     "await_op",
     "checkpoint",
+    "poke",
     "watcher_for",
 ]
 
@@ -64,7 +65,7 @@ LINGER: Final = _wait.SLICE
 #: Longest slice of a watcher whose object stays unchanged: its slices double
 #: from ``_wait.SLICE`` up to this (idle CPU), and drop back at any change.
 #: A handle closed by another thread, or a dead peer, is noticed within it.
-IDLE_SLICE: Final = 0.4
+IDLE_SLICE: Final = 1.0
 
 #: probe(seconds, args) -> how many waiters to wake (0: nothing changed);
 #: ``args`` are the values registered waiters saw before their attempt.
@@ -99,8 +100,13 @@ class Watcher:
         self.probe: Probe = _never
         self.name = name
         self.epoch = 0
+        self.progress = 0  # woken tasks whose attempt then succeeded (a hint, bumped unlocked)
         self.tokens = 0  # semaphores: units the watcher took and hands over
         self.state: dict[str, Any] = {}  # per-kind hand-over state (e.g. a dead lock holder)
+        #: Runs with the condition held whenever nobody waits (semaphores: give units back).
+        self.on_empty: Callable[[Watcher], None] | None = None
+        #: Runs without the condition before the thread exits (unregister, close a handle);
+        #: the thread goes on if a waiter came meanwhile.
         self.on_exit: Callable[[Watcher], None] | None = None
         self._cv = threading.Condition(threading.Lock())
         self._waiters: dict[int, _Waiter] = {}
@@ -169,22 +175,40 @@ class Watcher:
         cv = self._cv
         backoff = 0.0
         slice_s = _wait.SLICE
+        woke = False
+        progress = self.progress
         while True:
+            if woke and self.progress == progress:
+                # Woken tasks all failed although the probe said ready (a live
+                # claim in the way, say): do not turn that into a busy loop.
+                backoff = min(max(backoff * 2, 0.001), _wait.SLICE)
+                time.sleep(backoff)
+            elif woke:
+                backoff = 0.0
+            woke = False
+            progress = self.progress
             with cv:
                 end = time.monotonic() + _wait.SLICE
                 while self._inflight and time.monotonic() < end:
                     cv.wait(_wait.SLICE)  # let the woken retry before probing again
+                idle = False
                 if not self._waiters:
-                    if self.on_exit is not None and self.tokens:
-                        self.on_exit(self)
+                    if self.on_empty is not None:
+                        self.on_empty(self)
                     cv.wait(LINGER)
+                    idle = not self._waiters and not self._inflight
+            if idle:
+                if self.on_exit is not None:
+                    self.on_exit(self)
+                with cv:
                     if not self._waiters and not self._inflight:
-                        if self.on_exit is not None:
-                            self.on_exit(self)
+                        if self.on_empty is not None:
+                            self.on_empty(self)
                         self._thread = None
                         _forget(self)
                         return
-                    continue
+                continue
+            with cv:
                 for key, waiter in list(self._waiters.items()):
                     if waiter.alive is not None and not waiter.alive():
                         del self._waiters[key]  # its loop was closed under it
@@ -198,13 +222,11 @@ class Watcher:
                 n, error = ALL, exc
             if error is not None:
                 # The object may keep failing (closed); do not spin on it.
-                backoff = min(max(backoff * 2, 0.001), _wait.SLICE)
-                time.sleep(backoff)
-            else:
-                backoff = 0.0
+                time.sleep(0.001)
             if n:
                 slice_s = _wait.SLICE
                 with cv:
+                    woke = bool(self._waiters)
                     self._wake(n, error)
             else:
                 slice_s = min(slice_s * 2, IDLE_SLICE)
@@ -233,6 +255,15 @@ def _forget(w: Watcher) -> None:
     with _registry_lock:
         if _registry.get(w.key) is w:
             del _registry[w.key]
+
+
+def poke(obj: object) -> None:
+    """Wake every task waiting on ``obj`` (it was closed here: their next attempt raises)."""
+    with _registry_lock:
+        found = [w for (ident, _d), w in _registry.items() if ident == id(obj)]
+    for w in found:
+        with w._cv:
+            w._wake(ALL, None)
 
 
 def active_watchers() -> int:
@@ -377,6 +408,8 @@ async def await_op(
         epoch, arg = w.epoch, None if get_arg is None else get_arg()
         r = op.attempt()
         if r is not AGAIN:
+            if waiter is not None and waiter.woken:
+                w.progress += 1
             return r  # type: ignore[return-value]
         if waiter is not None and waiter.error is not None:
             err = copy.copy(waiter.error)
