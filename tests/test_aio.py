@@ -339,3 +339,10 @@ def test_loop_closed_under_waiting_tasks_leaves_no_thread(name: str) -> None:
     assert aio.active_watchers() == 0
     q.sync.unlink()
     q.close()
+
+
+def test_aio_all_is_honest() -> None:
+    """Every name shmkit.aio exports exists, and each mirror wraps its blocking class."""
+    for export in aio.__all__:
+        assert hasattr(aio, export), export
+    assert aio.Queue.open.__doc__ and aio.Lock.acquire.__doc__

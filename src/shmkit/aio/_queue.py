@@ -98,7 +98,11 @@ def _get_probe(w: Watcher) -> Callable[[float, list[Any]], int]:
     sleep = _sleeper(w, q, False, q._can_get)
 
     def probe(seconds: float, args: list[Any]) -> int:
-        return max(1, q.qsize()) if sleep(seconds) else 0
+        if not sleep(seconds):
+            return 0
+        # Shut down: every waiter gets the rest, then Closed; otherwise one
+        # waiter per queued message.
+        return ALL if q.is_shutdown else max(1, q.qsize())
 
     return probe
 

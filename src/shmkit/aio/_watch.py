@@ -173,24 +173,35 @@ class Watcher:
 
     def _run(self) -> None:
         cv = self._cv
-        backoff = 0.0
+        stuck_rounds = 0
         slice_s = _wait.SLICE
         woke = False
         progress = self.progress
         while True:
-            if woke and self.progress == progress:
-                # Woken tasks all failed although the probe said ready (a live
-                # claim in the way, say): do not turn that into a busy loop.
-                backoff = min(max(backoff * 2, 0.001), _wait.SLICE)
-                time.sleep(backoff)
-            elif woke:
-                backoff = 0.0
-            woke = False
-            progress = self.progress
             with cv:
                 end = time.monotonic() + _wait.SLICE
                 while self._inflight and time.monotonic() < end:
                     cv.wait(_wait.SLICE)  # let the woken retry before probing again
+                stuck = woke and self.progress == progress and bool(self._waiters)
+                args = [w.arg for w in self._waiters.values()]
+            if stuck:
+                # Every woken task failed. Usually others took what there was
+                # (tasks that came back for more, finding it at once); if it
+                # still looks ready round after round (a live claim in the
+                # way, say), back off rather than spin on it.
+                try:
+                    stuck = self.probe(0.0, args) > 0
+                except Exception:
+                    stuck = False
+            if stuck:
+                stuck_rounds += 1
+                if stuck_rounds >= 3:
+                    time.sleep(min(0.0002 * 2 ** (stuck_rounds - 3), _wait.SLICE))
+            elif woke:
+                stuck_rounds = 0
+            woke = False
+            progress = self.progress
+            with cv:
                 idle = False
                 if not self._waiters:
                     if self.on_empty is not None:
@@ -307,7 +318,11 @@ async def checkpoint() -> None:
 
 
 async def _sleep_until_woken(w: Watcher, epoch: int, arg: Any, end: float) -> _Waiter | None:
-    """Register and sleep until woken or ``end`` (monotonic); None if the epoch was stale."""
+    """Register and sleep until woken or ``end`` (monotonic); None if the epoch was stale.
+
+    The caller re-tries, then calls ``w.done(waiter)`` (the watcher waits for
+    that before it probes again); on cancellation this calls it.
+    """
     if sniffio.current_async_library() == "trio":
         import trio  # noqa: PLC0415
 
@@ -319,8 +334,9 @@ async def _sleep_until_woken(w: Watcher, epoch: int, arg: Any, end: float) -> _W
         try:
             with trio.move_on_at(trio.current_time() + (end - time.monotonic())):
                 await ev.wait()
-        finally:
+        except BaseException:
             w.done(waiter)
+            raise
         return waiter
     import asyncio  # noqa: PLC0415
 
@@ -338,10 +354,12 @@ async def _sleep_until_woken(w: Watcher, epoch: int, arg: Any, end: float) -> _W
         timer = loop.call_at(loop.time() + (end - time.monotonic()), _resolve, fut)
     try:
         await fut
+    except BaseException:
+        w.done(waiter)
+        raise
     finally:
         if timer is not None:
             timer.cancel()
-        w.done(waiter)
     return waiter
 
 
@@ -405,12 +423,16 @@ async def await_op(
         if time.monotonic() >= end:
             return on_timeout()
         waiter = await _sleep_until_woken(w, epoch, arg, end)
-        epoch, arg = w.epoch, None if get_arg is None else get_arg()
-        r = op.attempt()
-        if r is not AGAIN:
-            if waiter is not None and waiter.woken:
-                w.progress += 1
-            return r  # type: ignore[return-value]
+        try:
+            epoch, arg = w.epoch, None if get_arg is None else get_arg()
+            r = op.attempt()
+            if r is not AGAIN:
+                if waiter is not None and waiter.woken:
+                    w.progress += 1
+                return r  # type: ignore[return-value]
+        finally:
+            if waiter is not None:
+                w.done(waiter)
         if waiter is not None and waiter.error is not None:
             err = copy.copy(waiter.error)
             raise err.with_traceback(None)
