@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import sync as _s
 from ..errors import LockTimeout
+from . import _watch
 from ._base import Wrapper, check_timeout
 from ._watch import AGAIN, ALL, Op, Watcher, await_op
 
@@ -294,6 +295,14 @@ class Semaphore(Wrapper[_s.Semaphore]):
 
     def release(self, n: int = 1) -> None:
         self.sync.release(n)
+
+    def close(self) -> None:
+        """Detach; units the watcher took for the waiters go back first; waiters get Closed."""
+        w = _watch._registry.get((id(self.sync), "acquire"))
+        if w is not None and w.on_empty is not None:
+            with w._cv:
+                w.on_empty(w)
+        super().close()
 
     async def __aenter__(self) -> Semaphore:
         await self.acquire()
