@@ -346,3 +346,19 @@ def test_aio_all_is_honest() -> None:
     for export in aio.__all__:
         assert hasattr(aio, export), export
     assert aio.Queue.open.__doc__ and aio.Lock.acquire.__doc__
+
+
+def test_aio_handles_pickle_by_name(name: str) -> None:
+    """An aio handle pickles like its blocking handle (reopened by name) and comes back wrapped."""
+    import pickle
+
+    q = aio.Queue.create(name, 1024)
+    try:
+        q.put_nowait(b"hello")
+        other = pickle.loads(pickle.dumps(q))
+        assert isinstance(other, aio.Queue) and other.sync is not q.sync
+        assert other.get_nowait() == b"hello"
+        other.close()
+    finally:
+        q.sync.unlink()
+        q.close()

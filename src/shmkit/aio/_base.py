@@ -35,7 +35,13 @@ class Wrapper(Generic[S]):
         self.sync = sync
 
     def __getattr__(self, attr: str) -> Any:
+        if attr == "sync":  # not set yet (a half-built object): no recursion
+            raise AttributeError(attr)
         return getattr(self.sync, attr)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles as its blocking handle does (reopened by name), wrapped again."""
+        return (type(self), (self.sync,))
 
     @property
     def name(self) -> str:
