@@ -362,3 +362,25 @@ def test_aio_handles_pickle_by_name(name: str) -> None:
     finally:
         q.sync.unlink()
         q.close()
+
+
+def test_asyncio_timeout_and_wait_for_cancel_cleanly(name: str) -> None:
+    """asyncio.timeout() / wait_for() around an awaited get: TimeoutError, nothing taken."""
+    import asyncio
+
+    async def main(q: aio.Queue[bytes]) -> None:
+        if hasattr(asyncio, "timeout"):
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await q.get()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(q.get(), 0.05)
+        q.put_nowait(b"x")
+        assert await asyncio.wait_for(q.get(), 5) == b"x"
+
+    q = aio.Queue.create(name, 1024)
+    try:
+        asyncio.run(main(q))
+    finally:
+        q.sync.unlink()
+        q.close()
