@@ -17,10 +17,11 @@ from .. import broadcast as _b
 from .. import latest as _l
 from .. import mapping as _m
 from .._broadcast_subscriber import Subscriber as _Sub
+from .._shm.broadcast_ring import _PUBLISHED
 from .._shm.broadcast_views import Loan, Message
-from ..errors import Empty, Full, Timeout
+from ..errors import Empty, Full, PeerDied, Timeout
 from ._base import Wrapper, check_timeout
-from ._watch import AGAIN, ALL, Op, Watcher, await_op
+from ._watch import AGAIN, ALL, Op, Watcher, await_op, checkpoint
 
 __all__ = ["Broadcast", "Latest", "Publisher", "SharedDict", "Subscriber"]
 
@@ -97,13 +98,26 @@ class Subscriber(Wrapper[_Sub]):
         return Op(attempt, self._watcher("recv", _sub_probe), arg=lambda: sub.next_seq)
 
     async def _recv(self, call: Callable[[float], Any], timeout: float | None) -> Any:
+        sub = self.sync
+
         def attempt() -> object:
             try:
                 return call(0.0)
             except Empty:
                 return AGAIN
 
-        return await await_op(self._op(attempt), timeout, lambda: call(0.0))
+        if timeout == 0:
+            return await await_op(self._op(attempt), timeout, lambda: call(0.0))
+        await checkpoint()
+        r = attempt()
+        if r is not AGAIN:
+            return r
+        # As the blocking call does before it waits: nothing new and no live
+        # publisher is PeerDied now, not a timeout later.
+        ctl = sub._bc._ctl
+        if not ctl.publisher_alive() and sub._q[_PUBLISHED] <= sub.next_seq:
+            raise PeerDied(ctl.publisher_gone())
+        return await await_op(self._op(attempt), timeout, lambda: call(0.0), checked=True)
 
     async def recv(self, timeout: float | None = None) -> bytes:
         """The next message as bytes (see ``Subscriber.recv``): Empty, Overrun, PeerDied, Closed."""

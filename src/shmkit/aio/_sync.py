@@ -59,9 +59,7 @@ def _lock_probe(w: Watcher) -> Callable[[float, list[Any]], int]:
 
 
 def _loop_key() -> object:
-    import sniffio  # noqa: PLC0415
-
-    if sniffio.current_async_library() == "trio":
+    if _watch.is_trio():
         import trio  # noqa: PLC0415
 
         return trio.lowlevel.current_trio_token()
@@ -71,9 +69,7 @@ def _loop_key() -> object:
 
 
 def _new_local_lock() -> Any:
-    import sniffio  # noqa: PLC0415
-
-    if sniffio.current_async_library() == "trio":
+    if _watch.is_trio():
         import trio  # noqa: PLC0415
 
         return trio.Lock()
@@ -209,12 +205,10 @@ def _wait_now() -> float:
 
 async def _with_deadline(aw: Any, end: float | None) -> Any:
     """Await ``aw`` by the monotonic ``end``; TimeoutError after it."""
-    import sniffio  # noqa: PLC0415
-
     if end is None:
         return await aw
     remaining = max(0.0, end - _wait_now())
-    if sniffio.current_async_library() == "trio":
+    if _watch.is_trio():
         import trio  # noqa: PLC0415
 
         with trio.move_on_after(remaining) as scope:
