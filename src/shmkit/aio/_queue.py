@@ -16,7 +16,7 @@ from .. import queue as _q
 from .._shm.queue_ring import _AGAIN, _NOLOCK, _P_MUTEX, _mono
 from ..errors import Empty, Full, Timeout
 from ._base import Wrapper, check_timeout
-from ._watch import AGAIN, ALL, SPIN, Op, Watcher, await_op, checkpoint, idle
+from ._watch import AGAIN, ALL, SPIN, Op, Watcher, await_op, idle, must_yield, yield_now
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -204,7 +204,8 @@ class Queue(Wrapper["_q.Queue[T]"], Generic[T]):
         """
         timeout = check_timeout(timeout)
         q = self.sync
-        await checkpoint()
+        if must_yield():
+            await yield_now()
         spun = False
         if not _held(q, False):
             # The fast path, no closure, no watcher look-up. A failed
@@ -277,7 +278,8 @@ class Queue(Wrapper["_q.Queue[T]"], Generic[T]):
         """Append one message, waiting up to ``timeout`` seconds for room (Full after)."""
         timeout = check_timeout(timeout)
         q = self.sync
-        await checkpoint()
+        if must_yield():
+            await yield_now()
         if not _held(q, True):
             try:
                 q.put_nowait(item)  # the fast path

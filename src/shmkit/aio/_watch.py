@@ -49,8 +49,10 @@ __all__ = [
     "await_op",
     "checkpoint",
     "idle",
+    "must_yield",
     "poke",
     "watcher_for",
+    "yield_now",
 ]
 
 T = TypeVar("T")
@@ -318,25 +320,40 @@ BUDGET: Final = 16
 _budget = [0]
 
 
+def must_yield() -> bool:
+    """Whether this call should pass a checkpoint now (see :func:`checkpoint`); cheap."""
+    if is_trio():
+        return True
+    _budget[0] += 1
+    if _budget[0] >= BUDGET:
+        _budget[0] = 0
+        return True
+    return False
+
+
+async def yield_now() -> None:
+    """One checkpoint: let other tasks run, deliver a pending cancellation."""
+    if is_trio():
+        import trio  # noqa: PLC0415 - optional
+
+        await trio.lowlevel.checkpoint()
+    else:
+        import asyncio  # noqa: PLC0415
+
+        await asyncio.sleep(0)
+
+
 async def checkpoint() -> None:
     """Let other tasks run and deliver a pending cancellation.
 
     Trio: every call (trio's rule). asyncio: every ``BUDGET``-th call that
     would not otherwise wait (a yield costs ~7 µs, as much as a whole
     round trip; asyncio.Queue.get does not yield at all when it has an item):
-    a consumer that always finds data still lets the loop run.
+    a consumer that always finds data still lets the loop run. Hot paths
+    call ``if must_yield(): await yield_now()`` instead (no coroutine).
     """
-    if is_trio():
-        import trio  # noqa: PLC0415 - optional
-
-        await trio.lowlevel.checkpoint()
-        return
-    _budget[0] += 1
-    if _budget[0] >= BUDGET:
-        _budget[0] = 0
-        import asyncio  # noqa: PLC0415
-
-        await asyncio.sleep(0)
+    if must_yield():
+        await yield_now()
 
 
 async def _sleep_until_woken(w: Watcher, epoch: int, arg: Any, end: float) -> _Waiter | None:
