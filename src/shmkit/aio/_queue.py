@@ -15,8 +15,9 @@ from .. import _wait
 from .. import queue as _q
 from .._shm.queue_ring import _AGAIN, _NOLOCK, _P_MUTEX, _mono
 from ..errors import Empty, Full, Timeout
+from . import _watch
 from ._base import Wrapper, check_timeout
-from ._watch import AGAIN, ALL, SPIN, Op, Watcher, await_op, idle, must_yield, yield_now
+from ._watch import AGAIN, ALL, Op, Watcher, await_op, idle, must_yield, yield_now
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -218,7 +219,7 @@ class Queue(Wrapper["_q.Queue[T]"], Generic[T]):
             if timeout != 0 and idle(q, "get"):
                 # The spin, inline too: the answer usually comes within it.
                 spun = True
-                spin = SPIN if timeout is None else min(SPIN, timeout)
+                spin = _watch.SPIN if timeout is None else min(_watch.SPIN, timeout)
                 if q._r_poll(False, 0, spin) > 0 and not _held(q, False):
                     try:
                         return q.get_nowait()
