@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -275,6 +276,17 @@ def _forget(w: Watcher) -> None:
     with _registry_lock:
         if _registry.get(w.key) is w:
             del _registry[w.key]
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of the parent's watcher threads: forget their records."""
+    global _registry_lock
+    _registry.clear()
+    _registry_lock = threading.Lock()
+    _budget[0] = 0
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def poke(obj: object) -> None:
