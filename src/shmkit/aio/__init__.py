@@ -9,7 +9,7 @@ A mirror of the blocking objects (like ``zmq.asyncio``)::
     q.put_nowait(b"done")                    # non-blocking calls are the handle's own
     q.sync                                   # the blocking shmkit.Queue underneath
 
-Each awaited call is a checkpoint, tries its non-blocking twin, spins ~20 µs,
+Each awaited call tries its non-blocking twin, spins up to 50 µs,
 then waits through one watcher thread per awaited object and direction (not
 per task) sleeping on the object's futex word or semaphore. The event loop is
 never blocked by a waiter, and a cancelled call has taken nothing. Works
