@@ -552,6 +552,32 @@ class Publisher(Handle):
             p = self._ring.publish(data)
         return p
 
+    def _skip(self, count: int) -> int:
+        """Number ``count`` messages as lost without publishing them; return the next number.
+
+        For relays (``shmkit bridge``) that learn of messages lost upstream:
+        a subscriber that reaches a skipped number gets ``Overrun`` counting
+        it, exactly as if the message had been overwritten, never a silent
+        gap. Each skipped slot gets the odd sequence ``2(m + slots) + 1``
+        ("being written", as a publisher leaves it mid-copy; ``repair``
+        ignores it) so readers of message m see it lapped, then
+        ``published`` moves on. Lossy rings only (a back-pressured ring has
+        no lost messages to report): ValueError otherwise.
+        """
+        self._check_publish()
+        if self._bc.backpressure:
+            raise ValueError(f"broadcast {self._name!r}: _skip needs a lossy ring")
+        count = check_int(count, "count", 0, 1 << 62)
+        q, ctl, slots = self._bc._q, self._ctl, self._slots
+        n = self._ring.next
+        end = n + count
+        for m in range(max(n, end - slots), end):
+            q[ctl.slot_base(m)] = 2 * (m + slots) + 1
+        q[_PUBLISHED] = end  # after the markers (x86-64 TSO; elsewhere a reader retries)
+        self._ring.next = end
+        self._ring.wake_readers()
+        return end
+
     def _check_publish(self) -> None:
         self._check()
         if self._loan is not None:
