@@ -323,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("which", choices=sorted(_BENCHES))
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options for that benchmark")
     p.set_defaults(func=cmd_bench)
+
+    from .bridge import cli as bridge_cli  # noqa: PLC0415 - bridge (#13)
+
+    bridge_cli.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,415 @@
+"""The exporting side: the listener thread and one worker thread per exported object.
+
+The listener owns the one listening socket. It answers each importer's SUB
+(request + heartbeat + queue credit) with a DESC, hands the SUB to the
+object's worker, and forwards what the workers send it through in-process
+pipes (payload buffers are passed on, not copied). A worker reads its
+local object with the ordinary public API (a Subscriber, ``wait_newer``,
+``Queue.get``) and never writes into anything but its own pipe.
+
+An exporter only ever *reads* local objects (a Queue export takes messages
+out of the queue it was told to export): a remote peer cannot create or
+write any local object through it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import broadcast as _broadcast
+from ..errors import Closed, Empty, NotFound, Overrun, PeerDied, ShmkitError, Timeout
+from ..latest import Latest
+from ..queue import Queue
+from . import protocol as P
+from .engine import Engine, Poller, Socket
+
+__all__ = ["Export", "Listener", "make_export"]
+
+log = logging.getLogger("shmkit.bridge")
+
+#: seconds before an unacknowledged queue message is sent again
+RESEND: float = 1.0
+
+
+class Export(threading.Thread):
+    """One exported object: its subscribers (importer ids) and its reading loop."""
+
+    def __init__(self, spec: P.Spec, engine: Engine, pipe: str, session: bytes) -> None:
+        super().__init__(name=f"export {spec}", daemon=True)
+        self.spec = spec
+        self._engine = engine
+        self._pipe_addr = pipe
+        self.session = session
+        self.stop_event = threading.Event()
+        self.lock = threading.Lock()
+        self.subs: dict[bytes, float] = {}  # importer routing id -> last SUB (monotonic)
+        self.params: dict[str, Any] | None = None
+        self.msgs = 0
+        self.bytes = 0
+        self.drops = 0
+        self.overruns = 0
+        self._pipe: Socket | None = None
+        self._missing_logged = False
+
+    # --- called by the listener thread
+    def on_sub(self, ident: bytes, a: int, b: int, session: bytes) -> None:
+        with self.lock:
+            if ident not in self.subs:
+                log.info("%s: importer %s subscribed", self.spec, ident.decode(errors="replace"))
+            self.subs[ident] = time.monotonic()
+
+    def desc(self) -> bytes:
+        return b"" if self.params is None else json.dumps(self.params).encode()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "spec": str(self.spec),
+            "importers": len(self.subs),
+            "msgs": self.msgs,
+            "bytes": self.bytes,
+            "drops": self.drops,
+            "overruns": self.overruns,
+        }
+
+    # --- the worker thread
+    def run(self) -> None:
+        self._pipe = self._engine.pipe_out(self._pipe_addr)
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    self.loop()
+                except (NotFound, Closed) as exc:
+                    if not self._missing_logged:
+                        log.warning("%s: waiting for the local object (%s)", self.spec, exc)
+                        self._missing_logged = True
+                    self.stop_event.wait(0.5)
+                except ShmkitError as exc:
+                    log.error("%s: %s; retrying in 1 s", self.spec, exc)
+                    self.stop_event.wait(1.0)
+        finally:
+            self._pipe.close()
+
+    def loop(self) -> None:
+        raise NotImplementedError
+
+    def live_subs(self) -> list[bytes]:
+        now = time.monotonic()
+        with self.lock:
+            for ident, seen in list(self.subs.items()):
+                if now - seen > P.FORGET:
+                    del self.subs[ident]
+                    log.warning(
+                        "%s: importer %s silent for %.0f s, forgotten",
+                        self.spec,
+                        ident.decode(errors="replace"),
+                        P.FORGET,
+                    )
+                    self.forget(ident)
+            return list(self.subs)
+
+    def forget(self, ident: bytes) -> None:
+        """An importer went silent for good (a Queue export counts what it loses)."""
+
+    def send(self, ident: bytes, a: int, payload: Any, b: int = 0) -> None:
+        assert self._pipe is not None
+        hdr = P.header(P.DATA, self.spec.code, a, b, self.session)
+        if self._pipe.send([ident, hdr, self.spec.key.encode(), payload], block=True):
+            self.msgs += 1
+            self.bytes += len(payload)
+        else:
+            self.drops += 1
+
+
+class BroadcastExport(Export):
+    """Reads the local ring with its own Subscriber; sends (number, payload) to each importer."""
+
+    def loop(self) -> None:
+        while not self.live_subs():  # nobody to send to: do not hold a subscriber
+            if self.stop_event.wait(0.1):
+                return
+        with _broadcast.Broadcast.open(self.spec.local) as bc:
+            self.params = {"slot_size": bc.slot_size, "slots": bc.slots}
+        self._missing_logged = False
+        with _broadcast.subscribe(self.spec.local) as sub:
+            log.info("%s: reading from message #%d", self.spec, sub.next_seq)
+            idle_check = time.monotonic()
+            # importer -> the first number it is owed: a loss before its first
+            # message (our own lap) is a gap it must report too
+            joined: dict[bytes, int] = {}
+            while not self.stop_event.is_set():
+                with self.lock:
+                    idents = list(self.subs)
+                for ident in idents:
+                    if ident not in joined:
+                        joined[ident] = sub.next_seq
+                try:
+                    data = sub.recv(timeout=0.1)
+                except Empty:
+                    data = None
+                except Overrun as exc:
+                    # our own subscriber was lapped: the importers see the gap
+                    # in the numbering and raise Overrun(missed=n) on their side
+                    self.overruns += 1
+                    log.warning(
+                        "%s: exporter lapped, %d message(s) lost here", self.spec, exc.missed
+                    )
+                    continue
+                except PeerDied:
+                    self.stop_event.wait(0.1)
+                    data = None
+                now = time.monotonic()
+                if data is None or now - idle_check > 1.0:
+                    idle_check = now
+                    if not self.live_subs():
+                        return
+                if data is not None:
+                    seq = sub.next_seq - 1
+                    for ident in idents:
+                        self.send(ident, seq, data, joined[ident])
+
+
+class LatestExport(Export):
+    """Follows the local Latest (``wait_newer``) and sends (version, value) to each importer."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._fresh: set[bytes] = set()
+
+    def on_sub(self, ident: bytes, a: int, b: int, session: bytes) -> None:
+        with self.lock:
+            if ident not in self.subs:
+                self._fresh.add(ident)  # a new importer gets the current value at once
+        super().on_sub(ident, a, b, session)
+
+    def loop(self) -> None:
+        with Latest.open(self.spec.local, readonly=True) as lat:
+            order = "C"
+            arr = getattr(lat, "_params", None)
+            if arr is not None and arr.array is not None:
+                order = arr.array.order
+            self.params = {
+                "size": lat.size,
+                "shape": None if lat.shape is None else list(lat.shape),
+                "dtype": None if lat.dtype is None else lat.dtype.str,
+                "order": order,
+            }
+            self._missing_logged = False
+            sent = 0
+            value: Any = b""
+            version = 0
+            while not self.stop_event.is_set():
+                subs = self.live_subs()
+                with self.lock:
+                    fresh, self._fresh = self._fresh, set()
+                try:
+                    lat.wait_newer(sent if not fresh else -1, timeout=0.1)
+                except (Timeout, PeerDied):
+                    continue
+                if lat.get_version() > version:
+                    version, got = lat.get_versioned(timeout=1.0)
+                    value = got if isinstance(got, bytes) else _dtype_bytes(got, order)
+                if version == 0:
+                    continue
+                targets = subs if version > sent else [i for i in subs if i in fresh]
+                for ident in targets:
+                    self.send(ident, version, value)
+                sent = version
+
+
+def _dtype_bytes(arr: Any, order: str) -> bytes:
+    return bytes(arr.tobytes(order=order))
+
+
+@dataclass
+class _QState:
+    """What the exporter knows of one importer of a Queue."""
+
+    acked: int = 0
+    limit: int = 0
+    next_id: int = 1
+    unacked: OrderedDict[int, tuple[bytes, float]] = field(default_factory=OrderedDict)
+
+
+class QueueExport(Export):
+    """The authoritative queue: hands messages out on credit and keeps them until acknowledged.
+
+    Each importer asks for messages with a SUB that carries the last id it
+    applied and its free window. A message taken from the local queue gets
+    the importer's next id and stays in ``unacked`` until that importer
+    acknowledges it; after ``RESEND`` seconds without an acknowledgement it
+    is sent again (the importer drops duplicates by id). An importer silent
+    for ``FORGET`` seconds is forgotten and its unacknowledged messages are
+    counted as ``lost`` (at-most-once for those).
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.states: dict[bytes, _QState] = {}
+        self.lost = 0
+        self.resent = 0
+        self.work = threading.Event()
+
+    def on_sub(self, ident: bytes, a: int, b: int, session: bytes) -> None:
+        super().on_sub(ident, a, b, session)
+        with self.lock:
+            st = self.states.setdefault(ident, _QState())
+            if session == self.session and a > st.acked:
+                st.acked = min(a, st.next_id - 1)
+                for key in [k for k in st.unacked if k <= st.acked]:
+                    del st.unacked[key]
+            st.limit = st.acked + b
+        self.work.set()
+
+    def forget(self, ident: bytes) -> None:
+        st = self.states.pop(ident, None)
+        if st is not None and st.unacked:
+            self.lost += len(st.unacked)
+            log.warning(
+                "%s: %d message(s) sent to %s never acknowledged: lost (at-most-once)",
+                self.spec,
+                len(st.unacked),
+                ident.decode(errors="replace"),
+            )
+
+    def status(self) -> dict[str, Any]:
+        out = super().status()
+        out.update(
+            lost=self.lost,
+            resent=self.resent,
+            unacked=sum(len(s.unacked) for s in self.states.values()),
+        )
+        return out
+
+    def loop(self) -> None:
+        with Queue.open(self.spec.local) as q:
+            self.params = {"capacity": q.capacity, "codec": q.statistics().codec}
+            self._missing_logged = False
+            while not self.stop_event.is_set():
+                self.live_subs()
+                self._resend()
+                with self.lock:
+                    ready = [(i, s) for i, s in self.states.items() if s.next_id <= s.limit]
+                if not ready:
+                    self.work.wait(0.05)
+                    self.work.clear()
+                    continue
+                for ident, st in ready:
+                    try:
+                        data = q.get(timeout=0.05)
+                    except Empty:
+                        break
+                    with self.lock:
+                        mid = st.next_id
+                        st.next_id += 1
+                        st.unacked[mid] = (data, time.monotonic())
+                    self.send(ident, mid, data)
+
+    def _resend(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            due = [
+                (ident, mid, data)
+                for ident, st in self.states.items()
+                for mid, (data, sent) in st.unacked.items()
+                if now - sent > RESEND
+            ]
+            for ident, mid, data in due:
+                self.states[ident].unacked[mid] = (data, now)
+        for ident, mid, data in due:
+            self.resent += 1
+            self.send(ident, mid, data)
+
+
+def make_export(spec: P.Spec, engine: Engine, pipe: str, session: bytes) -> Export:
+    classes: dict[str, type[Export]] = {
+        "broadcast": BroadcastExport,
+        "latest": LatestExport,
+        "queue": QueueExport,
+    }
+    return classes[spec.kind](spec, engine, pipe, session)
+
+
+class Listener(threading.Thread):
+    """Owns the listening socket: answers SUBs, forwards the workers' messages."""
+
+    def __init__(
+        self, engine: Engine, address: str, pipe: str, exports: list[Export], session: bytes
+    ) -> None:
+        super().__init__(name=f"listen {address}", daemon=True)
+        self.address = address
+        self.session = session
+        self.stop_event = threading.Event()
+        self._by_key = {(e.spec.code, e.spec.key): e for e in exports}
+        self.peers: dict[bytes, float] = {}  # importer id -> last message (monotonic)
+        self._router = engine.listener(address)
+        self._pipe = engine.pipe_in(pipe)
+        self.bad = 0
+
+    def run(self) -> None:
+        router, pipe = self._router, self._pipe
+        poller = Poller([router, pipe])
+        try:
+            while not self.stop_event.is_set():
+                for sock in poller.wait(0.1):
+                    if sock is pipe:
+                        # drain what the workers queued (bounded: stay responsive to SUBs)
+                        for _ in range(256):
+                            frames = pipe.recv()
+                            if frames is None:
+                                break
+                            router.send(frames)
+                    else:
+                        for _ in range(64):
+                            frames = router.recv()
+                            if frames is None:
+                                break
+                            self._on_request(frames)
+        finally:
+            router.close()
+            pipe.close()
+
+    def _on_request(self, frames: list[memoryview]) -> None:
+        if len(frames) != 4:
+            self.bad += 1
+            return
+        ident = bytes(frames[0])
+        try:
+            op, kind, a, b, session = P.unpack(frames[1])
+            key = bytes(frames[2]).decode()
+        except (ValueError, UnicodeDecodeError):
+            self.bad += 1
+            return
+        if op != P.SUB:
+            self.bad += 1
+            return
+        now = time.monotonic()
+        if ident not in self.peers or now - self.peers[ident] > P.SILENT:
+            log.info("importer %s connected", ident.decode(errors="replace"))
+        self.peers[ident] = now
+        exp = self._by_key.get((kind, key))
+        if exp is None:
+            reason = f"{P.KIND_NAMES.get(kind, kind)}:{key} is not exported here"
+            self._router.send(
+                [ident, P.header(P.NOEXPORT, kind, 0, 0, self.session), frames[2], reason.encode()]
+            )
+            return
+        exp.on_sub(ident, a, b, session)
+        self._router.send(
+            [ident, P.header(P.DESC, kind, 0, 0, self.session), frames[2], exp.desc()]
+        )
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "address": self.address,
+            "importers": sorted(
+                i.decode(errors="replace") for i, t in self.peers.items() if now - t < P.SILENT
+            ),
+            "bad_messages": self.bad,
+        }
