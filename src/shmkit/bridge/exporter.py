@@ -129,49 +129,70 @@ class Export(threading.Thread):
 class BroadcastExport(Export):
     """Reads the local ring with its own Subscriber; sends (number, payload) to each importer."""
 
+    _bc: _broadcast.Broadcast | None = None
+
     def loop(self) -> None:
         while not self.live_subs():  # nobody to send to: do not hold a subscriber
             if self.stop_event.wait(0.1):
                 return
-        with _broadcast.Broadcast.open(self.spec.local) as bc:
+        with (
+            _broadcast.Broadcast.open(self.spec.local) as bc,
+            _broadcast.subscribe(self.spec.local) as sub,
+        ):
             self.params = {"slot_size": bc.slot_size, "slots": bc.slots}
-        self._missing_logged = False
-        with _broadcast.subscribe(self.spec.local) as sub:
-            log.info("%s: reading from message #%d", self.spec, sub.next_seq)
-            idle_check = time.monotonic()
-            # importer -> the first number it is owed: a loss before its first
-            # message (our own lap) is a gap it must report too
-            joined: dict[bytes, int] = {}
-            while not self.stop_event.is_set():
-                with self.lock:
-                    idents = list(self.subs)
+            self._bc = bc
+            self._missing_logged = False
+            try:
+                self._stream(sub)
+            finally:
+                self._bc = None
+
+    def desc(self) -> bytes:
+        # "next": where the importer's fresh ring starts numbering, so both
+        # hosts number every message alike (read live; the handle may close)
+        bc = self._bc
+        if self.params is None or bc is None:
+            return b""
+        try:
+            nxt = bc.published
+        except (ShmkitError, ValueError):
+            return b""
+        return json.dumps({**self.params, "next": nxt}).encode()
+
+    def _stream(self, sub: _broadcast.Subscriber) -> None:
+        log.info("%s: reading from message #%d", self.spec, sub.next_seq)
+        idle_check = time.monotonic()
+        # importer -> the first number it is owed: a loss before its first
+        # message (our own lap) is a gap it must report too
+        joined: dict[bytes, int] = {}
+        while not self.stop_event.is_set():
+            with self.lock:
+                idents = list(self.subs)
+            for ident in idents:
+                if ident not in joined:
+                    joined[ident] = sub.next_seq
+            try:
+                data = sub.recv(timeout=0.1)
+            except Empty:
+                data = None
+            except Overrun as exc:
+                # our own subscriber was lapped: the importers see the gap
+                # in the numbering and raise Overrun(missed=n) on their side
+                self.overruns += 1
+                log.warning("%s: exporter lapped, %d message(s) lost here", self.spec, exc.missed)
+                continue
+            except PeerDied:
+                self.stop_event.wait(0.1)
+                data = None
+            now = time.monotonic()
+            if data is None or now - idle_check > 1.0:
+                idle_check = now
+                if not self.live_subs():
+                    return
+            if data is not None:
+                seq = sub.next_seq - 1
                 for ident in idents:
-                    if ident not in joined:
-                        joined[ident] = sub.next_seq
-                try:
-                    data = sub.recv(timeout=0.1)
-                except Empty:
-                    data = None
-                except Overrun as exc:
-                    # our own subscriber was lapped: the importers see the gap
-                    # in the numbering and raise Overrun(missed=n) on their side
-                    self.overruns += 1
-                    log.warning(
-                        "%s: exporter lapped, %d message(s) lost here", self.spec, exc.missed
-                    )
-                    continue
-                except PeerDied:
-                    self.stop_event.wait(0.1)
-                    data = None
-                now = time.monotonic()
-                if data is None or now - idle_check > 1.0:
-                    idle_check = now
-                    if not self.live_subs():
-                        return
-                if data is not None:
-                    seq = sub.next_seq - 1
-                    for ident in idents:
-                        self.send(ident, seq, data, joined[ident])
+                    self.send(ident, seq, data, joined[ident])
 
 
 class LatestExport(Export):

@@ -200,11 +200,15 @@ class BroadcastImport(Import):
         self._pub = _broadcast.publisher(
             self.spec.local, params["slot_size"], params["slots"], timeout=2.0
         )
+        pub = self._pub
+        if pub.published == 0 and params.get("next", 0) > 0:
+            pub._skip(params["next"])  # a fresh ring: number messages as the exporter does
+        self.expected = pub.published
         log.info(
             "%s: publishing into local broadcast %r from #%d",
             self.spec,
             self.spec.local,
-            self._pub.published,
+            pub.published,
         )
 
     def close_local(self) -> None:
@@ -216,8 +220,7 @@ class BroadcastImport(Import):
         pub = self._pub
         assert pub is not None
         exp = self.expected
-        if exp is None:
-            exp = first  # the first number the exporter owes us: its losses before count
+        assert exp is not None
         if n > exp:
             pub._skip(n - exp)
             self.gaps += n - exp

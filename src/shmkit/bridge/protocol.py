@@ -48,7 +48,7 @@ HEARTBEAT: Final = 0.25
 #: a peer silent this long is reported disconnected
 SILENT: Final = 2.0
 #: an importer the exporter has not heard from for this long is forgotten
-FORGET: Final = 10.0
+FORGET: Final = 5.0
 
 
 @dataclass(frozen=True)
