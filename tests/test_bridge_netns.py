@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 import shmkit
-from shmkit import Latest, Queue
+from shmkit import Latest, Queue, registry
 from shmkit.errors import Empty, NotFound, Overrun, PeerDied
 
 zmq = pytest.importorskip("zmq", reason="the bridge needs pyzmq (pip install 'shmkit[bridge]')")
@@ -134,9 +134,10 @@ class World:
             + [self.b(w) for w in ("frames", "jobs", "pose")]
             + [f"bridge.{self.name}.a", f"bridge.{self.name}.b"]
         ):
-            subprocess.run(
-                [sys.executable, "-m", "shmkit", "rm", n], capture_output=True, timeout=30
-            )
+            try:
+                registry.remove(n)
+            except NotFound:
+                pass
 
 
 def kinds_words(kinds: list[str]) -> list[tuple[str, str]]:
@@ -285,6 +286,7 @@ class ChildConsumer:
     """A consumer process of a queue (host b); its ids land in a file, one a line."""
 
     def __init__(self, qname: str, tmp: Path) -> None:
+        self.qname = qname
         self.out, self.stop_file = tmp / f"taken-{os.getpid()}-{time.monotonic_ns()}", None
         self.stop_path = tmp / f"stop-{time.monotonic_ns()}"
         self.out.write_text("")
@@ -317,11 +319,20 @@ def take_all(
     """Consume on host a (slowly) while the child consumes on b, until ``total`` are taken."""
     taken_a: list[int] = []
     end = time.monotonic() + timeout
+    quiet = 0.0  # since when both queues were seen empty (what a kill lost never comes)
     while time.monotonic() < end and len(taken_a) + len(child.taken()) < total:
         try:
             taken_a.append(unpack(q.get(timeout=0.05)))
+            quiet = 0.0
         except Empty:
-            pass
+            with Queue.open(child.qname) as qb:
+                empty = q.qsize() == 0 and qb.qsize() == 0
+            if not empty:
+                quiet = 0.0
+            elif not quiet:
+                quiet = time.monotonic()
+            elif time.monotonic() - quiet > 2.0:
+                break
         time.sleep(slow)
     return taken_a, child.finish()
 
@@ -337,7 +348,9 @@ class Traffic:
         self.published = 0
         self.jobs = 0
         self._pub_t = threading.Thread(target=self._publish)
-        self._sub_t = threading.Thread(target=self.check.drain, args=(1 << 62, 120.0, self.sub_stop))
+        self._sub_t = threading.Thread(
+            target=self.check.drain, args=(1 << 62, 120.0, self.sub_stop)
+        )
         self._pub_t.start()
         self._sub_t.start()
 
@@ -415,6 +428,11 @@ def test_link_down_for_2s_then_up(world: World) -> None:
 
     traffic, taken_a, taken_b, took = run_fault(world, fault)
     assert_broadcast_counted(traffic)
+    c = traffic.check
+    print(
+        f"link down 2 s: recovered in {took:.2f} s; broadcast {c.received} received, "
+        f"{c.missed} missed of {traffic.published}; {traffic.jobs} jobs"
+    )
     # both bridges lived: every job taken exactly once, none lost
     assert sorted(taken_a + taken_b) == list(range(traffic.jobs)), world.log()
     assert took < RECOVER
@@ -432,5 +450,10 @@ def test_bridge_kill_9_and_restart(world: World, side: str) -> None:
     everything = taken_a + taken_b
     assert len(everything) == len(set(everything)), "a job was taken twice"
     lost = traffic.jobs - len(everything)
+    c = traffic.check
+    print(
+        f"kill -9 {side}: recovered in {took:.2f} s; broadcast {c.received} received, "
+        f"{c.missed} missed of {traffic.published}; jobs {len(everything)}/{traffic.jobs}"
+    )
     assert 0 <= lost <= 16, f"{lost} jobs lost (credit window 16)"
     assert took < RECOVER
