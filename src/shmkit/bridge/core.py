@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from ..errors import MessageTooLarge, ShmkitError
+from ..errors import MessageTooLarge, NotFound, ShmkitError
 from ..latest import Latest
 from . import protocol as P
 from .engine import Curve, Engine
@@ -59,6 +59,8 @@ class Bridge:
         locals_ = [s.local for s in imports]
         if len(set(locals_)) != len(locals_):
             raise ShmkitError("two --import write into the same local object")
+        if curve is not None and connect and curve.server_key is None:
+            raise ShmkitError("--curve-server-key is needed to --connect with CURVE")
         self.session = os.urandom(16)
         self.status_name = status_name(name)
         self._log_every = log_every
@@ -173,7 +175,12 @@ class Bridge:
 
 def read_status(name: str | None, timeout: float = 0.0) -> dict[str, Any]:
     """The last state a running bridge published (NotFound if none runs under that name)."""
-    with Latest.open(status_name(name), readonly=True) as lat:
+    sname = status_name(name)
+    try:
+        lat = Latest.open(sname, readonly=True)
+    except NotFound:
+        raise NotFound(f"no bridge runs here under the name {sname!r} (--name)") from None
+    with lat:
         raw = lat.get(timeout=timeout)
     result: dict[str, Any] = json.loads(bytes(raw))
     return result
