@@ -136,9 +136,11 @@ def test_queue_latest_broadcast_over_loopback_and_status(name: str, bridges: lis
             # the importer holds no more than the credit window at a time
             for i in range(100):
                 qa.put(b"more%d" % i)
-            wait_for(lambda: qb.qsize() >= 16, 10, "window filled")
+            for i in range(100):
+                qa.put(b"more%d" % i)
+            wait_for(lambda: qb.qsize() >= 64, 10, "window filled")
             time.sleep(0.3)
-            assert qb.qsize() <= 16 and qa.qsize() >= 100 - 16
+            assert qb.qsize() <= 64 and qa.qsize() >= 200 - 64
             st = wait_for(lambda: _status(f"{name}.b"), 5, "status")
             assert st["imports"][0]["peers"] == {f"tcp://127.0.0.1:{port}": True}
         finally:

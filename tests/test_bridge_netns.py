@@ -455,5 +455,5 @@ def test_bridge_kill_9_and_restart(world: World, side: str) -> None:
         f"kill -9 {side}: recovered in {took:.2f} s; broadcast {c.received} received, "
         f"{c.missed} missed of {traffic.published}; jobs {len(everything)}/{traffic.jobs}"
     )
-    assert 0 <= lost <= 16, f"{lost} jobs lost (credit window 16)"
+    assert 0 <= lost <= 64, f"{lost} jobs lost (credit window 64)"
     assert took < RECOVER

@@ -75,8 +75,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--window",
         type=int,
-        default=16,
-        help="queue credit: messages in flight per imported queue (default 16)",
+        default=64,
+        help="queue credit: messages in flight per imported queue (default 64)",
     )
     p.add_argument(
         "--curve-secret",

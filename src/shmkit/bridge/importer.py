@@ -80,7 +80,8 @@ class Import(threading.Thread):
                 if now >= next_sub:
                     self._heartbeat(now)
                     next_sub = now + P.HEARTBEAT
-                for sock in poller.wait(min(0.05, max(0.0, next_sub - time.monotonic()))):
+                wait = min(self.poll_s(), max(0.0, next_sub - time.monotonic()))
+                for sock in poller.wait(wait):
                     peer = next(p for p in self.peers if p.sock is sock)
                     for _ in range(256):
                         frames = sock.recv()
@@ -117,10 +118,10 @@ class Import(threading.Thread):
         return 0, 0
 
     def _on_message(self, peer: _Peer, frames: list[memoryview]) -> None:
-        if len(frames) != 3:
+        if len(frames) < 3:
             return
         try:
-            op, kind, a, b, session = P.unpack(frames[0])
+            op, kind, a, _b, session = P.unpack(frames[0])
         except ValueError:
             return
         if kind != self.spec.code or bytes(frames[1]) != self.spec.key.encode():
@@ -156,7 +157,9 @@ class Import(threading.Thread):
                     self.stop_event.wait(1.0)
         elif op == P.DATA and self.params is not None:
             self.last_data = peer.last_rx
-            self.on_data(a, b, frames[2])
+            for i, payload in enumerate(frames[2:]):  # a batch: numbers a, a+1, ...
+                if not self.on_data(a + i, payload):
+                    break
 
     # --- per kind
     def open_local(self, params: dict[str, Any]) -> None:
@@ -165,7 +168,8 @@ class Import(threading.Thread):
     def close_local(self) -> None:
         raise NotImplementedError
 
-    def on_data(self, n: int, first: int, payload: memoryview) -> None:
+    def on_data(self, n: int, payload: memoryview) -> bool:
+        """Apply message n; False to drop the rest of its batch."""
         raise NotImplementedError
 
     def new_session(self) -> None:
@@ -173,6 +177,10 @@ class Import(threading.Thread):
 
     def after_batch(self) -> None:
         """Called after each poll (a Queue acknowledges promptly here)."""
+
+    def poll_s(self) -> float:
+        """Longest wait for the engine between two ``after_batch`` calls."""
+        return 0.05
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -216,7 +224,7 @@ class BroadcastImport(Import):
             self._pub.close()
             self._pub = None
 
-    def on_data(self, n: int, first: int, payload: memoryview) -> None:
+    def on_data(self, n: int, payload: memoryview) -> bool:
         pub = self._pub
         assert pub is not None
         exp = self.expected
@@ -242,6 +250,7 @@ class BroadcastImport(Import):
         self.expected = n + 1
         self.msgs += 1
         self.bytes += len(payload)
+        return True
 
 
 class LatestImport(Import):
@@ -275,10 +284,10 @@ class LatestImport(Import):
     def new_session(self) -> None:
         self.applied = 0  # a restarted exporter reads the same Latest: versions continue
 
-    def on_data(self, n: int, first: int, payload: memoryview) -> None:
+    def on_data(self, n: int, payload: memoryview) -> bool:
         if n <= self.applied:
             self.dups += 1
-            return
+            return True
         lat = self._lat
         assert lat is not None and self.params is not None
         if self._np is None:
@@ -294,12 +303,13 @@ class LatestImport(Import):
         self.applied = n
         self.msgs += 1
         self.bytes += len(payload)
+        return True
 
 
 class QueueImport(Import):
     """Feeds the local queue by credit; applies ids in order, exactly once."""
 
-    def __init__(self, *args: Any, window: int = 16) -> None:
+    def __init__(self, *args: Any, window: int = 64) -> None:
         super().__init__(*args)
         self._q: Queue[Any] | None = None
         self.window = window
@@ -329,23 +339,24 @@ class QueueImport(Import):
         # us and we applied is delivered; what was in flight is lost.
         self.applied = 0
 
-    def on_data(self, n: int, first: int, payload: memoryview) -> None:
+    def on_data(self, n: int, payload: memoryview) -> bool:
         if n <= self.applied:
             self.dups += 1
-            return
+            return True
         if n > self.applied + 1:
             self.gaps += 1  # an earlier one was lost on the way: it will be re-sent
-            return
+            return False
         q = self._q
         assert q is not None
         try:
-            q.put(bytes(payload), timeout=0.1)
+            q.put(payload, timeout=0.1)
         except Full:
             self.full_waits += 1  # not applied: re-sent after RESEND
-            return
+            return False
         self.applied = n
         self.msgs += 1
         self.bytes += len(payload)
+        return True
 
     def after_batch(self) -> None:
         # acknowledge and grant credit promptly: after half a window applied,
@@ -356,6 +367,10 @@ class QueueImport(Import):
         limit = self.applied + max(0, self.window - self._q.qsize())
         if limit - self._granted >= max(1, self.window // 2):
             self.send_sub(src)
+
+    def poll_s(self) -> float:
+        # while the credit we granted is used up, look for freed local room often
+        return 0.002 if self.source is not None and self.applied >= self._granted else 0.05
 
     def status(self) -> dict[str, Any]:
         out = super().status()
