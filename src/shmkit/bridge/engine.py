@@ -101,6 +101,28 @@ class Socket:
             raise
         return True
 
+    def send_tracked(self, frames: Sequence[Any]) -> Any:
+        """Send without copying and return a tracker whose ``done`` turns True once the
+        engine no longer reads the buffers (None if the message was refused)."""
+        try:
+            tracker = self.raw.send_multipart(frames, copy=False, track=True)
+        except zmq.Again:
+            return None
+        return tracker
+
+    @staticmethod
+    def sent(tracker: Any, timeout: float = 0.0) -> bool:
+        """True once a tracked send no longer reads its buffers (waits up to ``timeout``)."""
+        if tracker.done:
+            return True
+        if timeout <= 0:
+            return False
+        try:
+            tracker.wait(timeout)
+        except zmq.NotDone:
+            return False
+        return True
+
     def recv(self) -> list[memoryview] | None:
         """One multipart message if one is waiting, else None (frames zero-copy)."""
         try:

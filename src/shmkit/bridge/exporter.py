@@ -18,7 +18,7 @@ import json
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,8 @@ RESEND: float = 1.0
 #: most messages, and bytes, sent as one engine message (what was already waiting)
 BATCH: int = 256
 BATCH_BYTES: int = 256 * 1024
+#: slots at least this large are sent straight out of a back-pressured ring
+ZERO_COPY_MIN: int = 64 * 1024
 
 
 class Export(threading.Thread):
@@ -165,6 +167,9 @@ class BroadcastExport(Export):
 
     def _stream(self, sub: _broadcast.Subscriber) -> None:
         log.info("%s: reading from message #%d", self.spec, sub.next_seq)
+        if sub.params.backpressure and sub.slot_size >= ZERO_COPY_MIN:
+            self._stream_views(sub)
+            return
         idle_check = time.monotonic()
         while not self.stop_event.is_set():
             with self.lock:
@@ -206,6 +211,55 @@ class BroadcastExport(Export):
                     batch.append(more)
                     size += len(more)
                 self._flush(idents, first, batch)
+
+    def _stream_views(self, sub: _broadcast.Subscriber) -> None:
+        """Zero-copy out of a back-pressured ring: the engine sends the slot itself.
+
+        A held view pins its slot (the publisher waits for it), so the slot
+        cannot change while the engine reads it; each view is released once
+        the engine's trackers say every send of it is done. In a lossy ring
+        this would be unsafe (the slot may be overwritten mid-send), so lossy
+        rings take the copying path.
+        """
+        assert self._pipe is not None
+        pending: deque[tuple[Any, list[Any]]] = deque()
+        limit = max(1, sub.slots - 1)
+        key = self.spec.key.encode()
+        try:
+            while not self.stop_event.is_set():
+                while pending and all(Socket.sent(t) for t in pending[0][1]):
+                    pending.popleft()[0].release()
+                if len(pending) >= limit:  # the engine is behind: wait for the oldest
+                    for t in pending[0][1]:
+                        Socket.sent(t, 0.1)
+                    continue
+                with self.lock:
+                    idents = list(self.subs)
+                try:
+                    msg = sub.recv_view(timeout=0.002 if pending else 0.1)
+                except Empty:
+                    if not pending and not self.live_subs():
+                        return
+                    continue
+                except PeerDied:
+                    self.stop_event.wait(0.1)
+                    continue
+                hdr = P.header(P.DATA, self.spec.code, msg.seq, 0, self.session)
+                trackers = []
+                for ident in idents:
+                    t = self._pipe.send_tracked([ident, hdr, key, msg.data])
+                    if t is None:
+                        self.drops += 1
+                    else:
+                        trackers.append(t)
+                        self.msgs += 1
+                        self.bytes += len(msg.data)
+                pending.append((msg, trackers))
+        finally:
+            for t_msg, trackers in pending:
+                for t in trackers:
+                    Socket.sent(t, 1.0)
+                t_msg.release()
 
     def _flush(self, idents: list[bytes], first: int, batch: list[bytes]) -> None:
         for ident in idents:
