@@ -10,7 +10,6 @@ import sys
 from typing import Any
 
 from ..errors import ShmkitError
-from . import engine
 from .protocol import Spec, parse_spec
 
 __all__ = ["add_parser", "run"]
@@ -112,7 +111,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, console: Any = None) -> int:
     """Run the bridge in the foreground until SIGINT/SIGTERM; 0 on a clean stop."""
-    from .core import Bridge, read_status  # noqa: PLC0415 - keep `shmkit ls` free of the bridge
+    from . import engine  # noqa: PLC0415 - keep `shmkit ls` free of zmq
+    from .core import Bridge, read_status  # noqa: PLC0415
 
     if args.status:
         print(json.dumps(read_status(args.name), indent=2))
