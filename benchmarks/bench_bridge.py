@@ -181,11 +181,13 @@ def ping(
         sub = _wait_open(lambda: shmkit.subscribe(pong_a))
         rtts: list[float] = []
         with pub, sub:
-            for _ in range(20 + rounds):
+            for i in range(20 + rounds):
                 t = time.perf_counter()
-                pub.publish(b"x" * 64)
+                pub.publish(i.to_bytes(8, "little") * 8)
                 try:
-                    sub.recv(timeout=2.0)
+                    # a late pong of an earlier ping is skipped, never timed
+                    while int.from_bytes(sub.recv(timeout=2.0)[:8], "little") != i:
+                        pass
                 except (Empty, Overrun):
                     continue
                 rtts.append(time.perf_counter() - t)
@@ -209,7 +211,7 @@ def _wait_open(opener: Any, timeout: float = 20.0) -> Any:
 
 def zmq_direct(hosts: netns.TwoHosts, seconds: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key in SIZES:
+    for key, size in SIZES.items():
         pull = hosts.run(
             "b",
             [PY, "-c", ZMQ, "pull", hosts.url("b", 7900), "0", str(seconds)],
@@ -219,7 +221,7 @@ def zmq_direct(hosts: netns.TwoHosts, seconds: float) -> dict[str, Any]:
         assert pull.stdout is not None
         pull.stdout.readline()
         push = hosts.run(
-            "a", [PY, "-c", ZMQ, "push", hosts.url("b", 7900), str(SIZES[key]), str(seconds)]
+            "a", [PY, "-c", ZMQ, "push", hosts.url("b", 7900), str(size), str(seconds)]
         )
         out[key] = float(pull.stdout.readline())
         push.wait(timeout=60)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,27 +65,33 @@ def test_specs() -> None:
         parse_spec("queue:/dev/x", export=True)
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shmkit", "bridge", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    from shmkit.cli import main
+
+    try:
+        rc = main(["bridge", *args])
+    except SystemExit as exc:  # argparse errors
+        rc = int(exc.code or 0)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
 
 
-def test_cli_refuses_what_it_cannot_do_safely(name: str) -> None:
-    out = run_cli()
-    assert out.returncode == 1 and "nothing to do" in out.stdout
+def test_cli_refuses_what_it_cannot_do_safely(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, out, _ = run_cli(capsys)
+    assert rc == 1 and "nothing to do" in out
     # nothing listens unless an address is named
-    out = run_cli("--export", f"queue:{name}")
-    assert out.returncode == 1 and "--listen" in out.stdout
-    out = run_cli("--import", f"queue:{name}")
-    assert out.returncode == 1 and "--connect" in out.stdout
-    out = run_cli("--import", "stream:x", "--connect", "tcp://127.0.0.1:1")
-    assert out.returncode == 2 and "KIND" in out.stderr
-    out = run_cli("--status", "--name", name)
-    assert out.returncode == 1 and "no bridge runs here" in out.stdout
+    rc, out, _ = run_cli(capsys, "--export", f"queue:{name}")
+    assert rc == 1 and "--listen" in out
+    rc, out, _ = run_cli(capsys, "--import", f"queue:{name}")
+    assert rc == 1 and "--connect" in out
+    rc, _, err = run_cli(capsys, "--import", "stream:x", "--connect", "tcp://127.0.0.1:1")
+    assert rc == 2 and "KIND" in err
+    rc, out, _ = run_cli(capsys, "--status", "--name", name)
+    assert rc == 1 and "no bridge runs here" in out
+    rc, out, _ = run_cli(capsys, "--curve-allow", "/nonexistent", "--export", f"queue:{name}")
+    assert rc == 1 and "--curve-secret" in out
 
 
 def test_queue_latest_broadcast_over_loopback_and_status(name: str, bridges: list[Bridge]) -> None:

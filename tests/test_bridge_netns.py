@@ -438,7 +438,7 @@ def test_link_down_for_2s_then_up(world: World) -> None:
     assert took < RECOVER
 
 
-@pytest.mark.parametrize("side", ["a", "b"])
+@pytest.mark.parametrize("side", ["a", pytest.param("b", marks=pytest.mark.slow)])
 def test_bridge_kill_9_and_restart(world: World, side: str) -> None:
     def fault() -> None:
         world.kill(side)
