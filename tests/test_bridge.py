@@ -304,3 +304,45 @@ def test_big_frames_zero_copy_out_of_a_backpressured_ring(name: str, bridges: li
     finally:
         bc.unlink()
         bc.close()
+
+
+def test_an_importer_survives_a_hostile_exporter(name: str, bridges: list[Bridge]) -> None:
+    """Garbage, bad parameters and data for other keys are dropped; the import keeps working."""
+    port = free_port()
+    ctx = zmq.Context()
+    server = ctx.socket(zmq.ROUTER)
+    server.setsockopt(zmq.LINGER, 0)
+    server.bind(f"tcp://127.0.0.1:{port}")
+    try:
+        bridges.append(
+            Bridge(
+                connect=[f"tcp://127.0.0.1:{port}"],
+                imports=[parse_spec(f"queue:jobs={name}.b.jobs", False)],
+                name=f"{name}.b",
+            )
+        )
+        bridges[0].start()
+        assert server.poll(5000)
+        ident = server.recv_multipart()[0]
+        sess = b"s" * 16
+
+        def send(op: int, kind: int, key: bytes, a: int, *payload: bytes) -> None:
+            server.send_multipart([ident, P.header(op, kind, a, 0, sess), key, *payload])
+
+        send(P.DESC, P.QUEUE, b"jobs", 0, b"{not json")
+        send(P.DESC, P.QUEUE, b"jobs", 0, b'{"capacity": 4096}')  # no codec
+        send(P.DATA, P.QUEUE, b"other", 1, b"x")  # another key: ignored
+        server.send_multipart([ident, b"short"])
+        imp = bridges[0].imports[0]
+        wait_for(lambda: imp.bad >= 2, 5, "bad messages counted")
+        assert imp.is_alive()
+        send(P.DESC, P.QUEUE, b"jobs", 0, b'{"capacity": 4096, "codec": "bytes"}')
+        send(P.DATA, P.QUEUE, b"jobs", 1, b"one", b"two")
+        qb = wait_for(lambda: _try_open(Queue.open, f"{name}.b.jobs"), 5, "imported queue")
+        with qb:
+            assert [qb.get(timeout=5.0), qb.get(timeout=5.0)] == [b"one", b"two"]
+        names = {e.name for e in registry.discover()}
+        assert f"{name}.b.other" not in names and "other" not in names
+    finally:
+        server.close(linger=0)
+        ctx.destroy(linger=0)

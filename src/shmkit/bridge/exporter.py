@@ -97,6 +97,9 @@ class Export(threading.Thread):
                 except ShmkitError as exc:
                     log.error("%s: %s; retrying in 1 s", self.spec, exc)
                     self.stop_event.wait(1.0)
+                except Exception:  # a bug must not end the export silently
+                    log.exception("%s: unexpected error; retrying in 1 s", self.spec)
+                    self.stop_event.wait(1.0)
         finally:
             self._pipe.close()
 
@@ -463,7 +466,10 @@ class Listener(threading.Thread):
                             frames = router.recv()
                             if frames is None:
                                 break
-                            self._on_request(frames)
+                            try:
+                                self._on_request(frames)
+                            except (ValueError, KeyError, TypeError):
+                                self.bad += 1
         finally:
             router.close()
             pipe.close()

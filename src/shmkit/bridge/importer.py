@@ -68,6 +68,7 @@ class Import(threading.Thread):
         self.bytes = 0
         self.gaps = 0  # messages reported lost (Broadcast) / dropped out of order (Queue)
         self.dups = 0
+        self.bad = 0
         self.last_data = 0.0
 
     def run(self) -> None:
@@ -87,7 +88,12 @@ class Import(threading.Thread):
                         frames = sock.recv()
                         if frames is None:
                             break
-                        self._on_message(peer, frames)
+                        try:
+                            self._on_message(peer, frames)
+                        except (ValueError, KeyError, TypeError) as exc:
+                            # a malformed DESC or payload from a peer: drop it, keep serving
+                            self.bad += 1
+                            log.warning("%s: bad message from %s: %r", self.spec, peer.address, exc)
                 self.after_batch()
         finally:
             self.close_local()
@@ -148,13 +154,16 @@ class Import(threading.Thread):
                 return  # another peer exports the same key: we follow one
         if op == P.DESC:
             if frames[2] and self.params is None:
-                self.params = json.loads(bytes(frames[2]))
+                params = json.loads(bytes(frames[2]))
+                if not isinstance(params, dict):
+                    raise ValueError(f"parameters must be an object: {params!r}")
                 try:
-                    self.open_local(self.params)
+                    self.open_local(params)
                 except ShmkitError as exc:
                     log.error("%s: cannot open the local object: %s", self.spec, exc)
-                    self.params = None
                     self.stop_event.wait(1.0)
+                    return
+                self.params = params
         elif op == P.DATA and self.params is not None:
             self.last_data = peer.last_rx
             for i, payload in enumerate(frames[2:]):  # a batch: numbers a, a+1, ...
@@ -192,6 +201,7 @@ class Import(threading.Thread):
             "bytes": self.bytes,
             "gaps": self.gaps,
             "duplicates": self.dups,
+            "bad_messages": self.bad,
             "idle_s": None if not self.last_data else round(now - self.last_data, 3),
         }
 
