@@ -139,6 +139,7 @@ class BroadcastExport(Export):
     """Reads the local ring with its own Subscriber; sends (number, payload) to each importer."""
 
     _bc: _broadcast.Broadcast | None = None
+    _sub: _broadcast.Subscriber | None = None
 
     def loop(self) -> None:
         while not self.live_subs():  # nobody to send to: do not hold a subscriber
@@ -168,7 +169,23 @@ class BroadcastExport(Export):
             return b""
         return json.dumps({**self.params, "next": nxt}).encode()
 
+    def status(self) -> dict[str, Any]:
+        out = super().status()
+        sub = self._sub
+        try:
+            out["lag"] = 0 if sub is None else sub.lag  # published here, not yet sent
+        except (ShmkitError, ValueError):
+            out["lag"] = None
+        return out
+
     def _stream(self, sub: _broadcast.Subscriber) -> None:
+        self._sub = sub
+        try:
+            self._stream_any(sub)
+        finally:
+            self._sub = None
+
+    def _stream_any(self, sub: _broadcast.Subscriber) -> None:
         log.info("%s: reading from message #%d", self.spec, sub.next_seq)
         if sub.params.backpressure and sub.slot_size >= ZERO_COPY_MIN:
             self._stream_views(sub)
@@ -348,6 +365,7 @@ class QueueExport(Export):
         self.states: dict[bytes, _QState] = {}
         self.lost = 0
         self.resent = 0
+        self._q: Queue[Any] | None = None
         self.work = threading.Event()
 
     def on_sub(self, ident: bytes, a: int, b: int, session: bytes) -> None:
@@ -374,7 +392,13 @@ class QueueExport(Export):
 
     def status(self) -> dict[str, Any]:
         out = super().status()
+        q = self._q
+        try:
+            backlog = None if q is None else q.qsize()
+        except (ShmkitError, ValueError):
+            backlog = None
         out.update(
+            lag=backlog,
             lost=self.lost,
             resent=self.resent,
             unacked=sum(len(s.unacked) for s in self.states.values()),
@@ -383,6 +407,7 @@ class QueueExport(Export):
 
     def loop(self) -> None:
         with Queue.open(self.spec.local) as q:
+            self._q = q
             self.params = {"capacity": q.capacity, "codec": q.statistics().codec}
             self._missing_logged = False
             while not self.stop_event.is_set():
