@@ -426,17 +426,20 @@ def assert_broadcast_counted(traffic: Traffic) -> None:
     assert c.received + c.missed == traffic.published, (c.received, c.missed, traffic.published)
 
 
-def test_link_down_for_2s_then_up(world: World) -> None:
+@pytest.mark.parametrize("down", [2.0, pytest.param(8.0, marks=pytest.mark.slow)])
+def test_link_down_then_up(world: World, down: float) -> None:
+    """2 s in the default run; 8 s (past the exporter's 5 s stream FORGET) when slow."""
+
     def fault() -> None:
         world.hosts.link(False)
-        time.sleep(2.0)
+        time.sleep(down)
         world.hosts.link(True)
 
     traffic, taken_a, taken_b, took = run_fault(world, fault)
     assert_broadcast_counted(traffic)
     c = traffic.check
     print(
-        f"link down 2 s: recovered in {took:.2f} s; broadcast {c.received} received, "
+        f"link down {down} s: recovered in {took:.2f} s; broadcast {c.received} received, "
         f"{c.missed} missed of {traffic.published}; {traffic.jobs} jobs"
     )
     # both bridges lived: every job taken exactly once, none lost

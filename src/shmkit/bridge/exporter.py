@@ -40,6 +40,8 @@ BATCH: int = 256
 BATCH_BYTES: int = 256 * 1024
 #: slots at least this large are sent straight out of a back-pressured ring
 ZERO_COPY_MIN: int = 64 * 1024
+#: seconds before a silent queue importer's state (and its in-flight messages) is dropped
+QUEUE_FORGET: float = 120.0
 
 
 class Export(threading.Thread):
@@ -345,6 +347,7 @@ class _QState:
     acked: int = 0
     limit: int = 0
     next_id: int = 1
+    seen: float = 0.0
     unacked: OrderedDict[int, tuple[bytes, float]] = field(default_factory=OrderedDict)
 
 
@@ -355,9 +358,11 @@ class QueueExport(Export):
     applied and its free window. A message taken from the local queue gets
     the importer's next id and stays in ``unacked`` until that importer
     acknowledges it; after ``RESEND`` seconds without an acknowledgement it
-    is sent again (the importer drops duplicates by id). An importer silent
-    for ``FORGET`` seconds is forgotten and its unacknowledged messages are
-    counted as ``lost`` (at-most-once for those).
+    is sent again (the importer drops duplicates by id). Nothing new goes to
+    an importer silent for ``SILENT`` seconds; one silent for
+    ``QUEUE_FORGET`` seconds is forgotten and its unacknowledged messages
+    are counted as ``lost`` (at-most-once for those: it died, or its link
+    was down that long).
     """
 
     def __init__(self, *args: Any) -> None:
@@ -371,7 +376,13 @@ class QueueExport(Export):
     def on_sub(self, ident: bytes, a: int, b: int, session: bytes) -> None:
         super().on_sub(ident, a, b, session)
         with self.lock:
-            st = self.states.setdefault(ident, _QState())
+            st = self.states.get(ident)
+            if st is None:
+                st = self.states[ident] = _QState()
+                if session == self.session:
+                    # it knows our ids but we forgot it: carry on after what it applied
+                    st.acked, st.next_id = a, a + 1
+            st.seen = time.monotonic()
             if session == self.session and a > st.acked:
                 st.acked = min(a, st.next_id - 1)
                 for key in [k for k in st.unacked if k <= st.acked]:
@@ -380,6 +391,15 @@ class QueueExport(Export):
         self.work.set()
 
     def forget(self, ident: bytes) -> None:
+        """Its stream ends here; its queue state lives on for ``QUEUE_FORGET`` seconds."""
+
+    def _purge(self, now: float) -> None:
+        with self.lock:
+            gone = [i for i, st in self.states.items() if now - st.seen > QUEUE_FORGET]
+            for ident in gone:
+                self._drop(ident)
+
+    def _drop(self, ident: bytes) -> None:
         st = self.states.pop(ident, None)
         if st is not None and st.unacked:
             self.lost += len(st.unacked)
@@ -413,8 +433,14 @@ class QueueExport(Export):
             while not self.stop_event.is_set():
                 self.live_subs()
                 self._resend()
+                now = time.monotonic()
+                self._purge(now)
                 with self.lock:
-                    ready = [(i, s) for i, s in self.states.items() if s.next_id <= s.limit]
+                    ready = [
+                        (i, s)
+                        for i, s in self.states.items()
+                        if s.next_id <= s.limit and now - s.seen < P.SILENT
+                    ]
                 if not ready:
                     self.work.wait(0.05)
                     self.work.clear()
