@@ -128,6 +128,7 @@ def _info(name: str) -> dict[str, Any]:
         allow_insecure=True,
         sysname=entry.sysname,
         attach=False,
+        trust_uids=(entry.uid,),  # inspection only: another user's readable object too
     ) as seg:
         h = seg.header
         assert h is not None
