@@ -346,3 +346,13 @@ def test_an_importer_survives_a_hostile_exporter(name: str, bridges: list[Bridge
     finally:
         server.close(linger=0)
         ctx.destroy(linger=0)
+
+
+def test_without_pyzmq_the_error_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shmkit.bridge import engine
+
+    monkeypatch.setattr(engine, "zmq", None)
+    with pytest.raises(ShmkitError, match=r"pip install 'shmkit\[bridge\]'"):
+        engine.require()
+    with pytest.raises(ShmkitError, match="pip install"):
+        engine.Engine()
