@@ -356,3 +356,44 @@ def test_without_pyzmq_the_error_says_how_to_install(monkeypatch: pytest.MonkeyP
         engine.require()
     with pytest.raises(ShmkitError, match="pip install"):
         engine.Engine()
+
+
+def test_two_exporters_of_one_key_the_importer_takes_from_one_only(
+    name: str, bridges: list[Bridge]
+) -> None:
+    """Credit goes only to the followed peer: the other exporter's queue keeps its messages."""
+    ports = [free_port(), free_port()]
+    queues = [Queue.create(f"{name}.x{i}.jobs", 1 << 14) for i in range(2)]
+    try:
+        for i, port in enumerate(ports):
+            bridges.append(
+                Bridge(
+                    listen=f"tcp://127.0.0.1:{port}",
+                    exports=[parse_spec(f"queue:{name}.x{i}.jobs=jobs", True)],
+                    name=f"{name}.x{i}",
+                )
+            )
+        bridges.append(
+            Bridge(
+                connect=[f"tcp://127.0.0.1:{p}" for p in ports],
+                imports=[parse_spec(f"queue:jobs={name}.b.jobs", False)],
+                name=f"{name}.b",
+            )
+        )
+        for i, q in enumerate(queues):
+            for j in range(20):
+                q.put(b"%d-%d" % (i, j))
+        for b in bridges:
+            b.start()
+        qb = wait_for(lambda: _try_open(Queue.open, f"{name}.b.jobs"), 10, "imported queue")
+        with qb:
+            got = [qb.get(timeout=5.0) for _ in range(20)]
+            time.sleep(0.5)
+            assert qb.qsize() == 0
+        src = {g.split(b"-")[0] for g in got}
+        assert len(src) == 1  # all from the followed exporter, in order
+        other = queues[1 - int(src.pop())]
+        assert other.qsize() == 20  # untouched: nothing was sent anywhere
+    finally:
+        for q in queues:
+            q.close()

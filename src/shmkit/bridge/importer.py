@@ -26,6 +26,9 @@ __all__ = ["Import", "make_import"]
 
 log = logging.getLogger("shmkit.bridge")
 
+#: seconds before a peer that said NOEXPORT is asked again
+ASK_AGAIN = 5.0
+
 
 class _Raw:
     """A pass-through codec that records the exporter's codec name in the local queue."""
@@ -48,6 +51,7 @@ class _Peer:
         self.session = b""
         self.connected = False
         self.exports = True  # until it says NOEXPORT
+        self.next_ask = 0.0
 
 
 class Import(threading.Thread):
@@ -111,11 +115,14 @@ class Import(threading.Thread):
                     log.warning(
                         "%s: %s silent for %.1f s (reconnecting)", self.spec, p.address, P.SILENT
                     )
-            if p.exports:
+            if p.exports or now >= p.next_ask:
+                p.next_ask = now + ASK_AGAIN  # a peer that said NOEXPORT is asked again later
                 self.send_sub(p)
 
     def send_sub(self, peer: _Peer) -> None:
         a, b = self.credit()
+        if peer is not self.source:
+            b = 0  # credit goes to the one peer we follow
         peer.sock.send(
             [P.header(P.SUB, self.spec.code, a, b, peer.session), self.spec.key.encode(), b""]
         )
@@ -144,12 +151,14 @@ class Import(threading.Thread):
                 log.info("%s: %s does not export it", self.spec, peer.address)
             peer.exports = False
             return
+        peer.exports = True
         if self.source is None:
             self.source = peer
         elif peer is not self.source:
             if self.source.last_rx < peer.last_rx - P.SILENT:
                 log.warning("%s: switching source to %s", self.spec, peer.address)
                 self.source = peer
+                self.new_session()  # another exporter: its numbers are its own
             else:
                 return  # another peer exports the same key: we follow one
         if op == P.DESC:
@@ -338,9 +347,9 @@ class QueueImport(Import):
             self._q = None
 
     def credit(self) -> tuple[int, int]:
-        room = self.window
-        if self._q is not None:
-            room = max(0, self.window - self._q.qsize())
+        if self._q is None:
+            return self.applied, 0  # no credit before the local queue is open
+        room = max(0, self.window - self._q.qsize())
         self._granted = self.applied + room
         return self.applied, room
 
