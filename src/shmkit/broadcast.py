@@ -65,7 +65,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from . import _mutex, _wait
+from . import _core, _mutex, _wait
 from ._broadcast_subscriber import OnOverrun, Start, Subscriber
 from ._handle import Handle
 from ._layout import Kind
@@ -562,6 +562,39 @@ class Publisher(Handle):
             self._make_room(self._ring.next, timeout)
             p = self._ring.publish(data)
         return p
+
+    def _skip(self, count: int) -> int:
+        """Number ``count`` messages as lost without publishing them; return the next number.
+
+        For relays (``shmkit bridge``) that learn of messages lost upstream:
+        a subscriber that reaches a skipped number gets ``Overrun`` counting
+        it, exactly as if the message had been overwritten, never a silent
+        gap. Each skipped slot gets (a release store) the odd sequence ``2(m + slots) + 1``
+        ("being written", as a publisher leaves it mid-copy; ``repair``
+        ignores it) so readers of message m see it lapped, then
+        ``published`` moves on. Lossy rings only (a back-pressured ring has
+        no lost messages to report): ValueError otherwise.
+        """
+        self._check_publish()
+        if self._bc.backpressure:
+            raise ValueError(f"broadcast {self._name!r}: _skip needs a lossy ring")
+        count = check_int(count, "count", 0, 1 << 62)
+        ctl, slots = self._ctl, self._slots
+        n = self._ring.next
+        end = n + count
+        region = _core.Region(ctl._mm)
+        try:
+            base = ctl.body_off
+            for m in range(max(n, end - slots), end):
+                # release: each marker is visible before published below
+                region.store64(base + 8 * ctl.slot_base(m), 2 * (m + slots) + 1)
+            # release: pairs with the acquire load of published in every reader
+            region.store64(base + 8 * _PUBLISHED, end)
+        finally:
+            region.close()
+        self._ring.next = end
+        self._ring.wake_readers()
+        return end
 
     def _check_publish(self) -> None:
         self._check()

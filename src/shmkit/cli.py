@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_parsers(sub)  # put, get
     manage.add_parsers(sub)  # rm, gc, demo
     bench.add_parser(sub, _BENCHES)  # bench
+    from .bridge import cli as bridge_cli  # noqa: PLC0415 - zmq only when bridging
+
+    bridge_cli.add_parser(sub)  # bridge
     return parser
 
 

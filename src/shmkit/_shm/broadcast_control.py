@@ -202,6 +202,18 @@ class Control:
             return 0
         return first if self.q[self.slot_base(first)] == 2 * first + 2 else first + 1
 
+    def first_whole(self, start: int, published: int) -> int:
+        """The first message number >= ``start`` whose slot holds it whole, else ``published``.
+
+        Steps over numbers a relay skipped (``Publisher._skip``) so one
+        Overrun counts a whole gap; in a plain lap it stops at once.
+        """
+        m = max(start, published - self.slots, 0)
+        q = self.q
+        while m < published and q[self.slot_base(m)] != 2 * m + 2:
+            m += 1
+        return m
+
     # ------------------------------------------------------------------ publisher role
 
     def lock_publisher(self, timeout: float | None) -> bool:

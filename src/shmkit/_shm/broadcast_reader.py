@@ -110,7 +110,10 @@ class Reader:
         if latest:
             self.skip(max(n + 1, published - 1) - n)
             return AGAIN
-        new = max(n + 1, published - 1 if self.newest else self._ctl.oldest(published))
+        if self.newest:
+            new = max(n + 1, published - 1)
+        else:
+            new = self._ctl.first_whole(max(n + 1, self._ctl.oldest(published)), published)
         missed = new - n
         self.ring.next = new
         self._count_missed(missed)

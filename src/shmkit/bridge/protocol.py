@@ -1,0 +1,97 @@
+"""What the bridges say to each other, and the ``KIND:NAME[=NAME]`` specs users write.
+
+Every message is a ZeroMQ multipart message of three frames::
+
+    header   HEADER: op u8, kind u8, 6 pad, a u64, b u64, session 16 bytes
+    key      the exported name (UTF-8)
+    payload  bytes (a value, a message, or JSON for DESC/NOEXPORT)
+
+    op        direction            a                 b            session      payload
+    SUB       importer->exporter   applied (queue)   window       exporter's   -
+    DESC      exporter->importer   -                 -            exporter's   JSON params
+    DATA      exporter->importer   seq/version/id    -            exporter's   the message
+    NOEXPORT  exporter->importer   -                 -            exporter's   reason
+
+SUB is the importer's request, heartbeat, and for a Queue its
+acknowledgement and credit all at once; it is re-sent every
+``HEARTBEAT`` seconds, so a reconnect restores everything without a
+handshake. DESC answers every SUB (the exporter's heartbeat). Sessions are
+16 random bytes drawn when a bridge starts: a changed session tells the
+other side the bridge restarted.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from .._names import validate
+
+__all__ = ["HEADER", "KINDS", "Spec", "parse_spec"]
+
+HEADER: Final = struct.Struct("<BB6xQQ16s")
+
+SUB: Final = 1
+DESC: Final = 2
+DATA: Final = 3
+NOEXPORT: Final = 4
+
+BROADCAST: Final = 1
+QUEUE: Final = 2
+LATEST: Final = 3
+KINDS: Final = {"broadcast": BROADCAST, "queue": QUEUE, "latest": LATEST}
+KIND_NAMES: Final = {v: k for k, v in KINDS.items()}
+
+#: seconds between an importer's SUBs (each answered by a DESC)
+HEARTBEAT: Final = 0.25
+#: a peer silent this long is reported disconnected
+SILENT: Final = 2.0
+#: an importer the exporter has not heard from for this long is forgotten
+FORGET: Final = 5.0
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One ``--export`` or ``--import``: the object's kind, its local name and its key.
+
+    ``--export KIND:LOCAL[=KEY]`` offers the local object under KEY (default:
+    its own name). ``--import KIND:KEY[=LOCAL]`` takes the remote KEY into
+    the local object LOCAL (default: the same name, as on real hosts).
+    """
+
+    kind: str
+    local: str
+    key: str
+
+    @property
+    def code(self) -> int:
+        return KINDS[self.kind]
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.local}" + ("" if self.key == self.local else f"<->{self.key}")
+
+
+def parse_spec(text: str, export: bool) -> Spec:
+    """Parse ``KIND:NAME[=NAME]``; ValueError (InvalidName for a bad name) saying why."""
+    kind, sep, rest = text.partition(":")
+    if not sep or kind not in KINDS:
+        raise ValueError(f"{text!r}: expected KIND:NAME with KIND one of {', '.join(KINDS)}")
+    first, _, second = rest.partition("=")
+    first = validate(first)
+    second = validate(second) if second else first
+    if export:
+        return Spec(kind, local=first, key=second)
+    return Spec(kind, local=second, key=first)
+
+
+def header(op: int, kind: int, a: int = 0, b: int = 0, session: bytes = bytes(16)) -> bytes:
+    return HEADER.pack(op, kind, a, b, session)
+
+
+def unpack(frame: memoryview) -> tuple[int, int, int, int, bytes]:
+    """(op, kind, a, b, session) of a header frame; ValueError if it is not one."""
+    if len(frame) != HEADER.size:
+        raise ValueError(f"bad header frame of {len(frame)} bytes")
+    op, kind, a, b, session = HEADER.unpack(frame)
+    return int(op), int(kind), int(a), int(b), bytes(session)
