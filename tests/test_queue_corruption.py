@@ -22,8 +22,8 @@ pytestmark = [
     pytest.mark.skipif(not __import__("os").path.isdir("/dev/shm"), reason="needs /dev/shm"),
 ]
 
-#: Byte offset of the ring in the queue body (queue.py's layout comment: "960 ring").
-RING_OFF = 960
+#: Byte offset of the ring in the queue body (queue.py's layout comment: "2176 ring").
+RING_OFF = 2176
 #: Record header bytes: word 0 length | seq << 32, word 1 check | crc << 32.
 FIELDS = {"length": 0, "seq": 4, "check": 8, "check_top": 11}
 
