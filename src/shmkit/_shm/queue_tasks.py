@@ -17,7 +17,7 @@ import math
 
 from .. import _wait
 from .queue_general import GeneralPaths
-from .queue_ring import _SLOTS, _W_DONE, _W_TAKEN, _mono
+from .queue_ring import _REAP_EVERY, _SLOTS, _W_DONE, _W_TAKEN, _mono
 
 __all__ = ["Tasks"]
 
@@ -64,8 +64,9 @@ class Tasks(GeneralPaths):
             if self._r_join_sleep(max(0.0, min(left, _JOIN_CHECK))):
                 return True
             self._check_open()
-            if self._gone_consumers():
-                # Settled under both locks, after any repair a death left due.
+            if self._gone_consumers() or _mono() - self._last_reap >= _REAP_EVERY:
+                # Under both locks: a consumer that died holding C (mid-take) is
+                # repaired first, then gone slots are settled.
                 self._run_locked(_mono() + _wait.SLICE, self._reap_waiters)
                 if self._r_unfinished() == 0:
                     return True
