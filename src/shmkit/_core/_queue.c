@@ -777,11 +777,21 @@ ready(RingObject *self, int putter, uint64_t need)
     return used <= self->size && self->size - used >= need;
 }
 
-/* Spin without any lock until ready: 1 ready | 0 not within seconds | -1 preempted. */
+/* A large message in flight (a getter waits for a reservation to be
+ * published, a putter for a claim to end) completes within about one copy
+ * (~0.1 ms per MiB): spinning this long for it beats a futex sleep, whose
+ * wake-up waits behind other runnable threads on a loaded machine. */
+#define LARGE_SPIN 2e-3
+
+/* Spin without any lock until ready: 1 ready | 0 not within seconds | -1 preempted.
+ * Past `seconds`, keeps spinning (up to LARGE_SPIN, never past `most`) while
+ * a large message the caller waits for is being copied. */
 static int
-poll_loop(RingObject *self, int putter, uint64_t need, double seconds)
+poll_loop(RingObject *self, int putter, uint64_t need, double seconds, double most)
 {
     double last = shm_monotonic(), end = last + seconds;
+    double large_end = last + (most < LARGE_SPIN ? most : LARGE_SPIN);
+    uint64_t copying = putter ? ST_CLAIMED : ST_RESERVED;
     for (;;) {
         for (int k = 0; k < 32; k++) {
             if (ready(self, putter, need)) {
@@ -791,9 +801,10 @@ poll_loop(RingObject *self, int putter, uint64_t need, double seconds)
         }
         double now = shm_monotonic();
         if (now - last > PREEMPTED) {
-            return -1;
+            return ready(self, putter, need) ? 1 : -1;
         }
-        if (now >= end) {
+        /* relaxed: a hint (the copier's bit, set and cleared under the locks) */
+        if (now >= end && (now >= large_end || !(shm_relaxed64(W(self, Q_STATE)) & copying))) {
             return 0;
         }
         last = now;
@@ -817,7 +828,7 @@ Ring_poll(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (putter < 0 || PyErr_Occurred() || ring_ready(self)) {
         return NULL;
     }
-    return PyLong_FromLong(poll_loop(self, putter, need, seconds));
+    return PyLong_FromLong(poll_loop(self, putter, need, seconds, seconds));
 }
 
 static int
@@ -1035,9 +1046,6 @@ Ring_unlock(RingObject *self, PyObject *arg)
 #define SLICE 0.05
 #define PEND_RES 1
 #define PEND_CLAIM 2
-/* A large put found no room / a large get nothing: spin this long at most
- * (one 1 MiB copy on the other side takes ~0.1 ms), then the general path. */
-#define LARGE_SPIN 2e-3
 /* put_large: the locks stayed busy past the deadline; nothing was put. */
 #define Q_LOCKED_OUT 3
 
@@ -1616,7 +1624,7 @@ spin_wait(RingObject *self, int putter, uint64_t need, double *t, double budget)
         return 0;
     }
     double secs = (*t > 0 && *t < budget) ? *t : budget;
-    int r = poll_loop(self, putter, need, secs);
+    int r = poll_loop(self, putter, need, secs, *t > 0 ? *t : LARGE_SPIN);
     double after = shm_monotonic();
     if (r < 0) {
         self->calm_until = after; /* queue_ring._CALM: 0 */
