@@ -2092,21 +2092,28 @@ Q_settle(RingObject *self, PyObject *arg)
         PyErr_SetString(PyExc_ValueError, "no such slot");
         return NULL;
     }
+    /* Never more than is unfinished: a task_done() may already have finished
+     * one of these (the stdlib lets one mark a message done before it is taken). */
+    uint64_t left = unfinished_of(self);
     uint64_t t = __atomic_exchange_n(taken_word(self, (int)s), 0, __ATOMIC_SEQ_CST);
     uint64_t d = __atomic_exchange_n(done_word(self, (int)s), 0, __ATOMIC_SEQ_CST);
-    uint64_t fin = t > d ? t : d;
-    /* release: pairs with the acquire load of retired in finished_of() */
-    __atomic_fetch_add((uint64_t *)W(self, Q_RETIRED), fin, __ATOMIC_SEQ_CST);
-    if (t > d) {
-        wr(self, Q_ABANDONED, rd(self, Q_ABANDONED) + (t - d));
+    uint64_t owed = t > d ? t - d : 0;
+    if (owed > left) {
+        owed = left;
+    }
+    /* release: pairs with the acquire load of retired in finished_of(); the
+     * done word it absorbs was zeroed first */
+    __atomic_fetch_add((uint64_t *)W(self, Q_RETIRED), d + owed, __ATOMIC_SEQ_CST);
+    if (owed) {
+        wr(self, Q_ABANDONED, rd(self, Q_ABANDONED) + owed);
     }
     if (rd(self, Q_I_WHO) == (uint64_t)s + 1) {
         wr(self, Q_I_WHO, 0);
     }
-    if (t > d) {
+    if (owed) {
         wake_joiners(self, 1);
     }
-    return PyLong_FromUnsignedLongLong(t > d ? t - d : 0);
+    return PyLong_FromUnsignedLongLong(owed);
 }
 
 /* _r_retire(n): n messages left the queue untaken (discarded, corrupt):
