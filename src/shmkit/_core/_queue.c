@@ -48,6 +48,8 @@ static shm_errors E;
 #define Q_CLAIM 288
 #define Q_GWAKE 328 /* u32 futex word consumers sleep on */
 #define Q_PWAKE 332 /* u32 futex word producers sleep on */
+#define Q_GSLEEP 336 /* u32 consumers inside futex_wait on gwake (QUE5) */
+#define Q_PSLEEP 340 /* u32 producers inside futex_wait on pwake */
 /* Tasks (task_done/join, QUE5): a take's intent on the consumers' line, then
  * the task words and the per-slot tables (see queue_ring.py). */
 #define Q_I_WHO 144  /* slot + 1 of the take in progress (0: none to check) */
@@ -226,14 +228,29 @@ hcheck(uint64_t w0, uint64_t pos, uint64_t salt)
     return (w0 ^ pos ^ salt) & M32;
 }
 
+/* The count of threads inside futex_wait on a side's word (u32, beside it). */
+static inline uint32_t *
+sleepers_of(RingObject *self, int off)
+{
+    return (uint32_t *)W(self, off == Q_GWAKE ? Q_GSLEEP : off == Q_PWAKE ? Q_PSLEEP : Q_JWAIT);
+}
+
 /* Bump a side's futex word and wake its sleepers (only called when the state
- * word counts some). release: the waker's stores before are seen by a woken
- * waiter that re-reads the indices. */
+ * word counts some registered). release: the waker's stores before are seen
+ * by a woken waiter that re-reads the indices. The system call is made only
+ * when someone is inside futex_wait: a registered waiter that is awake
+ * (spinning, or taking the locks to leave) costs a waker one increment, not
+ * a syscall per message. Dekker with sleep(): the sleeper counts itself,
+ * then futex_wait compares the word; the waker bumps the word, then reads
+ * the count (both sequentially consistent), so one of them sees the other. */
 static void
 wake(RingObject *self, int off, int n)
 {
     uint32_t *word = (uint32_t *)W(self, off);
-    __atomic_fetch_add(word, 1, __ATOMIC_RELEASE);
+    __atomic_fetch_add(word, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(sleepers_of(self, off), __ATOMIC_SEQ_CST) == 0) {
+        return;
+    }
     shm_futex_wake(word, n);
 }
 
@@ -888,11 +905,16 @@ Ring_sleep(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
         seconds = 0;
     }
     uint32_t *word = (uint32_t *)W(self, off);
+    uint32_t *sleepers = sleepers_of(self, off);
     int rc;
     self->v.inflight++;
+    /* counted before futex_wait compares the word (see wake()); a sleeper
+     * that dies here only costs wakers a needless system call */
+    __atomic_fetch_add(sleepers, 1, __ATOMIC_SEQ_CST);
     Py_BEGIN_ALLOW_THREADS
     rc = shm_futex_wait(word, (uint32_t)expected, seconds);
     Py_END_ALLOW_THREADS
+    __atomic_fetch_sub(sleepers, 1, __ATOMIC_RELAXED);
     shm_view_leave(&self->v);
     if (PyErr_CheckSignals() < 0) {
         return NULL;

@@ -70,6 +70,9 @@ _F_CRC: Final = 1
 #    320    8 res_ticks
 #    328    4 gwake     futex word consumers sleep on (u32; bumped to wake them)
 #    332    4 pwake     futex word producers sleep on
+#    336    4 gsleep    consumers inside futex_wait on gwake (u32): a waker makes the
+#                       wake system call only when it is not 0 (see Waking)
+#    340    4 psleep    producers inside futex_wait on pwake (u32)
 #    384  520 waiters   65 words, one per attach slot + 1 shared: getters | putters << 32
 #    960    8 retired   tasks finished without a live slot's task_done (see Tasks)
 #    968    4 jwake     futex word joiners sleep on (u32)
@@ -149,7 +152,11 @@ _F_CRC: Final = 1
 # Waking. Sleepers wait on gwake (consumers) or pwake (producers), u32 futex
 # words. A waiter registers (state counts, its slot word) and reads the word
 # in the same critical section as its last attempt; a waker that finds
-# waiters counted increments the word (release) after its change and wakes.
+# waiters counted increments the word after its change, and makes the wake
+# system call only if gsleep/psleep shows one inside futex_wait (a sleeper
+# counts itself before futex_wait compares the word; both sides sequentially
+# consistent, so a wake is never lost): a waiter that is registered but awake
+# costs producers an increment per message, not a system call.
 #
 # Tasks (task_done/join, QUE5). unfinished = puts - finished, where finished =
 # retired + the sum of done[]. A take of k messages by the handle in attach
