@@ -2,13 +2,16 @@
 
 Any number of unrelated processes put and get messages through one shared
 byte ring; the capacity is in bytes. The API mirrors the stdlib ``queue``
-module (``put``/``get``, ``*_nowait``, ``Full``/``Empty``) and adds batches,
-a copy-into-your-buffer read and a queue-wide shutdown::
+module (``put``/``get``, ``*_nowait``, ``Full``/``Empty``, ``task_done``/
+``join`` across processes) and adds batches, a copy-into-your-buffer read
+and a queue-wide shutdown::
 
     jobs = Queue.create("jobs", capacity=1 << 20)     # 1 MiB of messages
     jobs.put(b"resize img-0001.png")                  # in one program
     with Queue.open("jobs") as q:                     # in another
         job = q.get(timeout=5.0)                      # Empty after 5 s
+        q.task_done()                                 # after processing it
+    jobs.join(timeout=60.0)                           # True once every job is done
     jobs.shutdown()                                   # producers: Closed; consumers drain
     jobs.unlink()                                     # remove the name
 
@@ -29,6 +32,11 @@ What other processes see and rely on:
   sleeps on a futex word in the segment in slices of at most 50 ms, so a
   deadline, Ctrl-C, a shutdown or a dead peer is noticed within one slice.
   Wake-ups are hints only; one ``/dev/shm`` entry per queue.
+- ``open()`` decodes with the codec the creator recorded where that runs no
+  code (bytes, msgpack); a pickle queue needs ``codec="pickle"`` or
+  ``allow_pickle=True``.
+- A consumer that dies (or closes) before ``task_done()`` never makes
+  ``join()`` hang: what it took counts as done (``abandoned_tasks``).
 - Large messages (128 KiB and more) are copied in and out without holding the
   lock; prefer ``get_into(buffer)`` for them (one copy, no allocation).
 - Producers and consumers have a lock each (on x86-64 Linux), so a put and a
