@@ -339,3 +339,33 @@ def test_join_wakes_many_joiners_across_processes(name: str) -> None:
         finally:
             for j in joiners:
                 kill(j)
+
+
+BIG_HOLDER = """
+import sys
+from shmkit import Queue
+with Queue.open(sys.argv[1]) as q:
+    buf = bytearray(1 << 18)
+    n = q.get_into(buf, timeout=10)  # a large message: claimed, copied outside the locks
+    print("got", n, flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_consumer_killed_holding_an_undone_large_message(name: str) -> None:
+    """The large-message path (claim, copy outside the locks) counts the take the same way."""
+    big = 200_000
+    with Queue.create(name, 3 * (big + 16), unlink_on_exit=True) as q:
+        q.put(b"L" * big)
+        q.put(b"s")
+        holder = spawn(BIG_HOLDER, name)
+        try:
+            assert read_line(holder) == f"got {big}"
+            assert q.unfinished_tasks == 2
+            kill(holder)
+            assert q.get(timeout=1) == b"s"
+            q.task_done()
+            assert q.join(timeout=10) is True
+            assert q.statistics().abandoned_tasks == 1
+        finally:
+            kill(holder)
