@@ -173,7 +173,7 @@ done_word(RingObject *self, int s)
 
 /* Before committing a take of k messages (C held): record the intent, so a
  * death between the commit and the taken store below is repaired exactly
- * (queue_repair._repair_intent). Returns taken[slot] after the take. */
+ * (_r_repair_intent, called by queue_repair._recover). Returns taken[slot] after. */
 static inline uint64_t
 take_intent(RingObject *self, uint64_t gets_after, uint64_t k)
 {

@@ -164,7 +164,7 @@ _F_CRC: Final = 1
 # handle) adds k to taken[s] in the same critical section: it stores the
 # intent (i_gets, i_new, i_who), commits (head, gets), then taken[s]; the
 # next holder of both locks after a death there finishes the taken store if
-# gets shows the take committed (_repair_intent). task_done() increments
+# gets shows the take committed (_r_repair_intent in _recover). task_done() increments
 # done[] of its own slot while that slot took more than it marked done,
 # else another slot's, else retired; it raises ValueError when nothing is
 # unfinished. A slot whose process died, or whose handle closed, is
