@@ -173,7 +173,13 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
 
     @classmethod
     def open(
-        cls, name: str, *, codec: str | Codec[Any] | None = None, readonly: bool = False
+        cls,
+        name: str,
+        *,
+        codec: str | Codec[Any] | None = None,
+        readonly: bool = False,
+        wait: float | None = 0.0,
+        trust_uids: Iterable[int] | None = None,
     ) -> SharedDict[Any]:
         """Attach to an existing dict by name.
 
@@ -182,8 +188,11 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
         opened with that codec named explicitly, so nothing is unpickled
         unless this process asked for it (``codec="bytes"`` reads raw bytes).
         ``readonly=True`` maps it read-only (writes raise PermissionDenied).
+        ``wait``, ``trust_uids``: see :meth:`Segment.open`.
         """
-        seg = Segment._open_object(name, Kind.DICT, readonly=readonly)
+        seg = Segment._open_object(
+            name, Kind.DICT, readonly=readonly, wait=wait, trust_uids=trust_uids
+        )
         try:
             assert seg.header is not None
             what = f"dict {name!r}"

@@ -333,7 +333,14 @@ class Queue(Tasks, Handle, Generic[T]):
     @overload
     @classmethod
     def open(
-        cls, name: str, *, codec: Literal["bytes"], spin: float = ..., allow_pickle: bool = ...
+        cls,
+        name: str,
+        *,
+        codec: Literal["bytes"],
+        spin: float = ...,
+        allow_pickle: bool = ...,
+        wait: float | None = ...,
+        trust_uids: Iterable[int] | None = ...,
     ) -> Queue[bytes]: ...
     @overload
     @classmethod
@@ -344,11 +351,20 @@ class Queue(Tasks, Handle, Generic[T]):
         codec: Literal["pickle", "msgpack"] | None = ...,
         spin: float = ...,
         allow_pickle: bool = ...,
+        wait: float | None = ...,
+        trust_uids: Iterable[int] | None = ...,
     ) -> Queue[Any]: ...
     @overload
     @classmethod
     def open(
-        cls, name: str, *, codec: Codec[T], spin: float = ..., allow_pickle: bool = ...
+        cls,
+        name: str,
+        *,
+        codec: Codec[T],
+        spin: float = ...,
+        allow_pickle: bool = ...,
+        wait: float | None = ...,
+        trust_uids: Iterable[int] | None = ...,
     ) -> Queue[T]: ...
     @classmethod
     def open(
@@ -358,6 +374,8 @@ class Queue(Tasks, Handle, Generic[T]):
         codec: str | Codec[Any] | None = None,
         spin: float = DEFAULT_SPIN,
         allow_pickle: bool = False,
+        wait: float | None = 0.0,
+        trust_uids: Iterable[int] | None = None,
     ) -> Queue[Any]:
         """Attach to an existing queue by name.
 
@@ -368,8 +386,11 @@ class Queue(Tasks, Handle, Generic[T]):
         unpickling runs code any writer chooses. A codec passed explicitly
         must be the recorded one.
 
+        ``wait`` seconds (None: forever) lets the name appear first;
+        ``trust_uids``: see :meth:`Segment.open`.
+
         Raises:
-            NotFound: no such queue.
+            NotFound: no such queue (after ``wait``).
             LayoutError: the name holds another kind of object, a corrupt
                 queue, or a queue of another layout version.
             ValueError: a pickle queue opened without consent, a custom
@@ -381,7 +402,7 @@ class Queue(Tasks, Handle, Generic[T]):
         if not isinstance(allow_pickle, bool):
             raise TypeError(f"allow_pickle must be a bool, not {type(allow_pickle).__name__}")
         spin = _check_spin(spin)
-        seg = Segment._open_object(name, Kind.QUEUE)
+        seg = Segment._open_object(name, Kind.QUEUE, wait=wait, trust_uids=trust_uids)
         try:
             cod = open_codec(seg, codec, allow_pickle)
             return cls(seg, cod, spin)

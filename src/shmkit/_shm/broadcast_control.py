@@ -22,6 +22,7 @@ import os
 import sys
 import time
 import weakref
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Final, Protocol
 
@@ -85,9 +86,11 @@ class _Retirable(Protocol):
 live: weakref.WeakSet[_Retirable] = weakref.WeakSet()
 
 
-def open_segment(name: str) -> tuple[Segment, Params]:
+def open_segment(
+    name: str, wait: float | None = 0.0, trust_uids: Iterable[int] | None = None
+) -> tuple[Segment, Params]:
     """Open and validate a broadcast segment: header, params and control block."""
-    seg = Segment._open_object(name, Kind.BROADCAST)
+    seg = Segment._open_object(name, Kind.BROADCAST, wait=wait, trust_uids=trust_uids)
     try:
         assert seg.header is not None
         what = f"broadcast {name!r}"
@@ -386,9 +389,7 @@ class Control:
             raise ValueError(f"start #{start} is beyond the {published} messages published")
         return start
 
-    def join(
-        self, entry: int, start: str | int, tethered: bool, ring: _seqlock.Ring
-    ) -> int:
+    def join(self, entry: int, start: str | int, tethered: bool, ring: _seqlock.Ring) -> int:
         """Fill a claimed entry and return the subscriber's first message number.
 
         In a back-pressured ring a tethered subscriber is protected from its
@@ -471,8 +472,6 @@ class BroadcastStatistics:
     aborted_loans: int
     live_subscribers: int
     subscribers: tuple[SubscriberInfo, ...]
-
-
 
 
 def collect(ctl: Control, alive: bool, own: int) -> BroadcastStatistics:
