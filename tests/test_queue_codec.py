@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from shmkit import Queue
+from shmkit.errors import CodecMismatch
 
 from .helpers import finish, read_line, spawn
 
@@ -63,7 +64,7 @@ def test_every_created_and_opened_codec_combination(name: str, created: str, ope
             kwargs["codec"] = _codec(opened)
         want = _expect(created, opened)
         if want != "ok":
-            with pytest.raises(ValueError, match=want) as info:
+            with pytest.raises(CodecMismatch, match=want) as info:
                 Queue.open(name, **kwargs)
             message = str(info.value)
             assert "\n" not in message and name in message
@@ -78,7 +79,7 @@ def test_every_created_and_opened_codec_combination(name: str, created: str, ope
 
 def test_pickle_refusal_says_what_to_pass(name: str) -> None:
     with Queue.create(name, 4096, codec="pickle", unlink_on_exit=True):
-        with pytest.raises(ValueError) as info:
+        with pytest.raises(CodecMismatch) as info:
             Queue.open(name)
         text = str(info.value)
         assert "codec='pickle'" in text and "allow_pickle=True" in text and "trusted" in text
@@ -90,7 +91,7 @@ def test_open_or_create_adopts_and_checks_the_codec(name: str) -> None:
         q.put([1, 2])
         with Queue.open_or_create(name, 4096) as adopted:  # codec=None: adopt msgpack
             assert adopted.codec.name == "msgpack" and adopted.get(timeout=1) == [1, 2]
-        with pytest.raises(ValueError, match="contradicts"):
+        with pytest.raises(CodecMismatch, match="contradicts"):
             Queue.open_or_create(name, 4096, codec="bytes")
     finally:
         q.unlink()
@@ -111,9 +112,10 @@ def test_bad_allow_pickle_is_a_type_error(name: str) -> None:
 PICKLE_READER = """
 import sys
 from shmkit import Queue
+from shmkit.errors import CodecMismatch
 try:
     Queue.open(sys.argv[1])
-except ValueError as e:
+except CodecMismatch:
     print("refused", flush=True)
 with Queue.open(sys.argv[1], allow_pickle=True) as q:
     print(repr(q.get(timeout=5)), flush=True)

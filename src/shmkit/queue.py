@@ -393,7 +393,7 @@ class Queue(Tasks, Handle, Generic[T]):
             NotFound: no such queue (after ``wait``).
             LayoutError: the name holds another kind of object, a corrupt
                 queue, or a queue of another layout version.
-            ValueError: a pickle queue opened without consent, a custom
+            CodecMismatch: (a ValueError) a pickle queue opened without consent, a custom
                 codec's queue opened without that codec, or a ``codec`` that
                 contradicts the recorded one (the message says what to pass).
         """
@@ -468,7 +468,7 @@ class Queue(Tasks, Handle, Generic[T]):
 
         Raises:
             LayoutError: it exists with a smaller capacity than asked for.
-            ValueError: as :meth:`open` (a codec that contradicts the queue's).
+            CodecMismatch: as :meth:`open` (a codec that contradicts the queue's).
         """
         want = _check_capacity(capacity)
         cod = None if codec is None else _codec.resolve(codec)

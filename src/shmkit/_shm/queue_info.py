@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from .._codec import Codec, resolve
 from .._layout import Kind
-from ..errors import IncompatibleLayout, LayoutError
+from ..errors import CodecMismatch, IncompatibleLayout, LayoutError
 from ..segment import Segment
 from .queue_ring import (
     _CLAIMED,
@@ -120,27 +120,27 @@ def open_codec(seg: Segment, codec: Codec[Any] | None, allow_pickle: bool) -> Co
 
     ``codec=None`` adopts ``"bytes"`` and ``"msgpack"``, and ``"pickle"`` only
     with ``allow_pickle``; an explicit codec must carry the recorded name.
-    Raises ValueError (one line, saying what to pass) otherwise.
+    Raises CodecMismatch (a ValueError; one line, saying what to pass) otherwise.
     """
     recorded = parse_params(seg)[3]
     what = f"queue {seg.name!r} was created with codec={recorded!r}"
     if codec is not None:
         if codec.name != recorded:
-            raise ValueError(
+            raise CodecMismatch(
                 f"{what}; codec={codec.name!r} contradicts it: "
                 f"pass codec={recorded!r} or leave codec out"
             )
         return codec
     if recorded == "pickle":
         if not allow_pickle:
-            raise ValueError(
+            raise CodecMismatch(
                 f"{what}, which runs code any writer chooses when unpickling: pass "
                 "codec='pickle' (or allow_pickle=True) if every writer is trusted"
             )
         return resolve("pickle")
     if recorded in _ADOPTED:
         return resolve(recorded)
-    raise ValueError(f"{what} (a custom codec): pass that codec object as codec=")
+    raise CodecMismatch(f"{what} (a custom codec): pass that codec object as codec=")
 
 
 #: Recorded codecs a handle adopts without being asked: decoding them runs no code.
