@@ -1975,16 +1975,13 @@ Q_set_identity(RingObject *self, PyObject *args)
 /* ---------------------------------------------------------------- tasks
  *
  * unfinished = puts - finished, finished = retired + sum of done[slot]
- * (queue_ring.py, "Tasks"). Readers load retired first (acquire), then the
- * done words, then puts: retired grows only after the done word it absorbs
- * was zeroed (settle), and puts only grows, so a reader may see fewer
- * finished tasks than there are, never more: join() never returns early. */
+ * (queue_ring.py, "Tasks"). Every word of finished only grows, each by one
+ * atomic operation, and puts is loaded last: a reader may see fewer finished
+ * tasks than there are, never more, so join() never returns early. */
 
 static uint64_t
 finished_of(RingObject *self)
 {
-    /* acquire: pairs with the release add in settle(): the done word it
-     * zeroed before is seen zeroed */
     uint64_t f = __atomic_load_n((uint64_t *)W(self, Q_RETIRED), __ATOMIC_ACQUIRE);
     for (int s = 0; s < Q_ACCT_SLOTS; s++) {
         f += __atomic_load_n(done_word(self, s), __ATOMIC_ACQUIRE);
@@ -2102,7 +2099,9 @@ Q_join_sleep(RingObject *self, PyObject *arg)
 }
 
 /* _r_settle(slot) -> tasks settled: the slot's consumer died or closed (both
- * locks held): what it took and did not mark done counts as done. */
+ * locks held): what it took and did not mark done counts as done. One
+ * compare-and-swap of its done word up to its taken word finishes them, so a
+ * settler killed at any instant leaves them finished or not, never half. */
 static PyObject *
 Q_settle(RingObject *self, PyObject *arg)
 {
@@ -2114,18 +2113,27 @@ Q_settle(RingObject *self, PyObject *arg)
         PyErr_SetString(PyExc_ValueError, "no such slot");
         return NULL;
     }
+    uint64_t *tw = taken_word(self, (int)s), *dw = done_word(self, (int)s);
     /* Never more than is unfinished: a task_done() may already have finished
      * one of these (the stdlib lets one mark a message done before it is taken). */
     uint64_t left = unfinished_of(self);
-    uint64_t t = __atomic_exchange_n(taken_word(self, (int)s), 0, __ATOMIC_SEQ_CST);
-    uint64_t d = __atomic_exchange_n(done_word(self, (int)s), 0, __ATOMIC_SEQ_CST);
-    uint64_t owed = t > d ? t - d : 0;
-    if (owed > left) {
-        owed = left;
+    uint64_t t = __atomic_load_n(tw, __ATOMIC_RELAXED);
+    uint64_t d = __atomic_load_n(dw, __ATOMIC_RELAXED);
+    uint64_t owed;
+    for (;;) {
+        owed = t > d ? t - d : 0;
+        owed = owed < left ? owed : left;
+        /* seq_cst: as task_done()'s increments (finished_of() sums these words) */
+        if (owed == 0 ||
+            __atomic_compare_exchange_n(dw, &d, d + owed, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
+            break;
+        }
     }
-    /* release: pairs with the acquire load of retired in finished_of(); the
-     * done word it absorbs was zeroed first */
-    __atomic_fetch_add((uint64_t *)W(self, Q_RETIRED), d + owed, __ATOMIC_SEQ_CST);
+    if (t > d + owed) {
+        /* what could not be credited (already finished otherwise) is forgotten,
+         * so the next handle in this slot starts with nothing outstanding */
+        __atomic_store_n(tw, d + owed, __ATOMIC_RELAXED);
+    }
     if (owed) {
         wr(self, Q_ABANDONED, rd(self, Q_ABANDONED) + owed);
     }

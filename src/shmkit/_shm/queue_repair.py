@@ -328,7 +328,7 @@ class LockAndWait(RingProtocol):
             if slot not in alive:
                 if c[_W_WAITERS + slot]:
                     c[_W_WAITERS + slot] = 0
-                if c[_W_TAKEN + slot] or c[_W_DONE + slot]:
+                if c[_W_TAKEN + slot] != c[_W_DONE + slot]:
                     self._r_settle(slot)
         self._sum_waiters()
 

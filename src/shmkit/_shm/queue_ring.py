@@ -79,7 +79,8 @@ _F_CRC: Final = 1
 #    972    4 jwait     joiners asleep (u32; a hint for wakers)
 #    976    8 abandoned tasks settled for consumers that died or closed (statistics)
 #   1024  520 taken     65 words: messages each attach slot took (word 64: handles
-#                       without a slot); written only under C
+#                       without a slot); written only under C; a slot with taken ==
+#                       done holds no unfinished task
 #   1600  520 done      65 words: task_done() calls credited to each slot (atomic)
 #   2176 ring ring      the byte ring; a stream position p lives at ring index p % ring
 # Each side's words have a cache line of their own, and so does each mutex: a
@@ -168,13 +169,14 @@ _F_CRC: Final = 1
 # done[] of its own slot while that slot took more than it marked done,
 # else another slot's, else retired; it raises ValueError when nothing is
 # unfinished. A slot whose process died, or whose handle closed, is
-# settled under both locks: taken and done are zeroed (done first) and
-# retired grows by what it took, so its unfinished tasks count as done
-# (at most once: the messages were delivered or lost with it) and join()
-# never waits for a consumer that is gone. Messages that leave the queue
-# untaken (shutdown(immediate=True), corrupt records) are retired too.
-# Readers load retired (acquire) before done[] and puts last, so they may
-# see fewer finished tasks than there are, never more. A joiner counts
+# settled under both locks: one compare-and-swap raises its done word to
+# its taken word (never by more than is unfinished), so its unfinished
+# tasks count as done (at most once: the messages were delivered or lost
+# with it) and join() never waits for a consumer that is gone; a settler
+# killed at any instant leaves them settled or not. Messages that leave the
+# queue untaken (shutdown(immediate=True), corrupt records) are retired.
+# Every word of finished only grows, and readers load puts last, so they
+# may see fewer finished tasks than there are, never more. A joiner counts
 # itself in jwait, reads jwake, re-checks and sleeps; whoever may have
 # finished the last task fences, reads jwait and, if joiners sleep and
 # nothing is unfinished, bumps jwake and wakes them all.

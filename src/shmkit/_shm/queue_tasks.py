@@ -85,5 +85,5 @@ class Tasks(GeneralPaths):
         if slot >= _SLOTS or seg is None or getattr(seg, "_slot", -1) != slot:
             return
         c = self._c
-        if c[_W_TAKEN + slot] or c[_W_DONE + slot]:
+        if c[_W_TAKEN + slot] != c[_W_DONE + slot]:
             self._run_locked(deadline, lambda: self._r_settle(slot))
