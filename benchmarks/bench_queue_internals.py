@@ -7,7 +7,8 @@ asleep in futex_wait). Run it under ``strace -f -c -e trace=futex`` to count
 the system calls themselves.
 
 ``large-load``: 1 MiB messages with ``get_into`` while N CPU-bound processes
-run beside it; prints GB/s (compare builds by alternating runs)::
+run beside it (0: none); prints GB/s and how often each side's futex word
+was bumped (a sleeping peer woken; compare builds by alternating runs)::
 
     python benchmarks/bench_queue_internals.py wakes [--messages N] [--spin S]
     python benchmarks/bench_queue_internals.py large-load [--messages N] [--load N]
@@ -83,12 +84,16 @@ def large_load(n: int, load: int) -> None:
                 q.get_into(buf, timeout=30)
             dt = time.perf_counter() - t0
             proc.join(30)
+            words = q._c[_GWAKE_WORD]  # gwake (low 32 bits) and pwake (high)
     finally:
         stop.set()
         for h in hogs:
             h.join(10)
     rate = (n - 1) * LARGE / dt / 1e9
-    print(f"1 MiB get_into beside {load} CPU-bound processes: {rate:.2f} GB/s")
+    print(
+        f"1 MiB get_into beside {load} CPU-bound processes: {rate:.2f} GB/s; futex words "
+        f"bumped: consumers' {words & 0xFFFF_FFFF}, producers' {words >> 32} (in {n} messages)"
+    )
 
 
 def main(argv: list[str]) -> int:
