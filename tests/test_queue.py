@@ -595,8 +595,8 @@ class Evil:
     def __reduce__(self):
         return (os.system, ("touch " + sys.argv[2],))
 from shmkit.queue import Queue
-with Queue.open(sys.argv[1], codec="pickle") as q:
-    q.put(Evil())
+with Queue.open(sys.argv[1]) as q:  # a bytes queue: the writer sends pickle bytes
+    q.put(pickle.dumps(Evil()))
 print("sent", flush=True)
 """
 

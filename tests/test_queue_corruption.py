@@ -9,21 +9,23 @@ layout (the common header in ``_layout``, the queue body and record format in
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from shmkit import Empty, Queue
+from shmkit.errors import IncompatibleLayout
 
-from .helpers import body_offset, header_field, peek, poke, xor_byte
+from .helpers import attach_offset, body_offset, header_field, peek, poke, xor_byte
 
 pytestmark = [
     pytest.mark.timeout(30),
     pytest.mark.skipif(not __import__("os").path.isdir("/dev/shm"), reason="needs /dev/shm"),
 ]
 
-#: Byte offset of the ring in the queue body (queue.py's layout comment: "960 ring").
-RING_OFF = 960
+#: Byte offset of the ring in the queue body (queue.py's layout comment: "2176 ring").
+RING_OFF = 2176
 #: Record header bytes: word 0 length | seq << 32, word 1 check | crc << 32.
 FIELDS = {"length": 0, "seq": 4, "check": 8, "check_top": 11}
 
@@ -197,3 +199,28 @@ def test_only_corrupt_records_leave_the_queue_empty_and_counted(
     assert q.statistics().corrupt_records == len(MSGS)
     q.put(b"fresh")
     assert _drain(q, api) == [b"fresh"]
+
+
+@pytest.mark.parametrize("magic", [b"QUE4", b"QUE3", b"QUE9"])
+def test_a_queue_of_another_layout_version_is_refused_with_a_clear_error(
+    name: str, magic: bytes
+) -> None:
+    """A QUE4 queue (before task_done/join) or any other version is refused on open,
+    with the CRC-covered header still valid: never reinterpreted (T20)."""
+    with Queue.create(name, 256, unlink_on_exit=True):
+        params = 128 + header_field(name, 32, 4)
+        assert peek(name, params, 4) == b"QUE5"
+        poke(name, params, magic)
+        # Re-seal the header CRC (offset 108; CRC of [0, attach_off) with the state
+        # word at 16 and the CRC zeroed), as a segment written by that version has.
+        image = bytearray(peek(name, 0, attach_offset(name)))
+        image[16:20] = bytes(4)
+        image[108:112] = bytes(4)
+        poke(name, 108, struct.pack("<I", zlib.crc32(image)))
+        with pytest.raises(IncompatibleLayout) as info:
+            Queue.open(name)
+        err = info.value
+        assert (err.found, err.expected) == (int(magic[3:]), 5)
+        text = str(err)
+        assert "\n" not in text and magic.decode() in text and "QUE5" in text
+        assert "create it again" in text

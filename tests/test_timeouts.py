@@ -215,6 +215,12 @@ def queue_put_many(name: str, busy: bool) -> Iterator[tuple[Call, State]]:
         yield (lambda t: q.put_many([b"a", b"b"], timeout=t)), (lambda: _queue_state(q))
 
 
+@case
+def queue_join(name: str, busy: bool) -> Iterator[tuple[Call, State]]:
+    with _queue(name, busy, full=True) as q:  # full: tasks are unfinished
+        yield (lambda t: q.join(timeout=t)), (lambda: _queue_state(q))
+
+
 # ---------------------------------------------------------------------- broadcast
 
 

@@ -20,6 +20,7 @@ or ``except queue.Empty`` keeps working::
     │   └── IncompatibleLayout                another layout version / ABI
     ├── ShmFull              (OSError)        /dev/shm cannot hold the object
     ├── MessageTooLarge      (ValueError)
+    ├── CodecMismatch        (ValueError)     a queue's recorded codec refuses the opener's
     ├── OwnerDied                             lock acquired; its last holder died holding it
     ├── LockNotRecoverable                    a dead holder's lock was released unrepaired
     ├── NotOwner             (RuntimeError)   release() by a thread that does not hold it
@@ -63,6 +64,7 @@ __all__ = [
     "IncompatibleLayout",
     "ShmFull",
     "MessageTooLarge",
+    "CodecMismatch",
     "OwnerDied",
     "LockNotRecoverable",
     "NotOwner",
@@ -159,6 +161,11 @@ class ShmFull(ShmkitError, OSError):
 
 class MessageTooLarge(ShmkitError, ValueError):
     """A message can never fit in the object, however long one waits."""
+
+
+class CodecMismatch(ShmkitError, ValueError):
+    """A queue opened with a codec other than the one its creator recorded, or a
+    pickle queue opened without the opener's consent (the message says what to pass)."""
 
 
 class OwnerDied(ShmkitError):

@@ -2,13 +2,16 @@
 
 Any number of unrelated processes put and get messages through one shared
 byte ring; the capacity is in bytes. The API mirrors the stdlib ``queue``
-module (``put``/``get``, ``*_nowait``, ``Full``/``Empty``) and adds batches,
-a copy-into-your-buffer read and a queue-wide shutdown::
+module (``put``/``get``, ``*_nowait``, ``Full``/``Empty``, ``task_done``/
+``join`` across processes) and adds batches, a copy-into-your-buffer read
+and a queue-wide shutdown::
 
     jobs = Queue.create("jobs", capacity=1 << 20)     # 1 MiB of messages
     jobs.put(b"resize img-0001.png")                  # in one program
     with Queue.open("jobs") as q:                     # in another
         job = q.get(timeout=5.0)                      # Empty after 5 s
+        q.task_done()                                 # after processing it
+    jobs.join(timeout=60.0)                           # True once every job is done
     jobs.shutdown()                                   # producers: Closed; consumers drain
     jobs.unlink()                                     # remove the name
 
@@ -29,6 +32,11 @@ What other processes see and rely on:
   sleeps on a futex word in the segment in slices of at most 50 ms, so a
   deadline, Ctrl-C, a shutdown or a dead peer is noticed within one slice.
   Wake-ups are hints only; one ``/dev/shm`` entry per queue.
+- ``open()`` decodes with the codec the creator recorded where that runs no
+  code (bytes, msgpack); a pickle queue needs ``codec="pickle"`` or
+  ``allow_pickle=True``.
+- A consumer that dies (or closes) before ``task_done()`` never makes
+  ``join()`` hang: what it took counts as done (``abandoned_tasks``).
 - Large messages (128 KiB and more) are copied in and out without holding the
   lock; prefer ``get_into(buffer)`` for them (one copy, no allocation).
 - Producers and consumers have a lock each (on x86-64 Linux), so a put and a
@@ -38,6 +46,7 @@ What other processes see and rely on:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable, Iterable
@@ -48,8 +57,7 @@ from ._codec import Codec
 from ._core import _queue
 from ._handle import Handle
 from ._layout import Kind, align
-from ._shm.queue_general import GeneralPaths
-from ._shm.queue_info import QueueStatistics, describe, parse_params, snapshot
+from ._shm.queue_info import QueueStatistics, describe, open_codec, parse_params, snapshot
 from ._shm.queue_liveness import identity
 from ._shm.queue_ring import (  # noqa: F401  (the layout's names, for tests and tools)
     _AGAIN,
@@ -88,7 +96,8 @@ from ._shm.queue_ring import (  # noqa: F401  (the layout's names, for tests and
     _NoLock,
     _perf,
 )
-from .errors import LayoutError
+from ._shm.queue_tasks import Tasks
+from .errors import LayoutError, ShmkitError
 from .segment import Segment, open_or_create
 
 if TYPE_CHECKING:
@@ -132,7 +141,7 @@ def _reopen(name: str, codec: object, spin: float) -> Queue[Any]:
 # ----------------------------------------------------------------------------- Queue
 
 
-class Queue(GeneralPaths, Handle, Generic[T]):
+class Queue(Tasks, Handle, Generic[T]):
     """A handle on a named queue. Create with :meth:`create`, attach with :meth:`open`.
 
     ``T`` is what ``get()`` returns: ``bytes`` for the default codec. Handles
@@ -214,7 +223,10 @@ class Queue(GeneralPaths, Handle, Generic[T]):
         )
         self._set_decode(self._decode)
         word, ticks = identity(seg)
-        self._set_identity(word, ticks, os.getpid())
+        self._set_identity(word, ticks, os.getpid(), self._wslot)
+        # A slot's task words left by a process that died in it (nobody settled
+        # them yet) are not ours: settle them before this handle takes anything.
+        self._settle_own(_mono() + 1.0)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -324,8 +336,9 @@ class Queue(GeneralPaths, Handle, Generic[T]):
         cls,
         name: str,
         *,
-        codec: Literal["bytes"] = ...,
+        codec: Literal["bytes"],
         spin: float = ...,
+        allow_pickle: bool = ...,
         wait: float | None = ...,
         trust_uids: Iterable[int] | None = ...,
     ) -> Queue[bytes]: ...
@@ -335,8 +348,9 @@ class Queue(GeneralPaths, Handle, Generic[T]):
         cls,
         name: str,
         *,
-        codec: Literal["pickle", "msgpack"],
+        codec: Literal["pickle", "msgpack"] | None = ...,
         spin: float = ...,
+        allow_pickle: bool = ...,
         wait: float | None = ...,
         trust_uids: Iterable[int] | None = ...,
     ) -> Queue[Any]: ...
@@ -348,6 +362,7 @@ class Queue(GeneralPaths, Handle, Generic[T]):
         *,
         codec: Codec[T],
         spin: float = ...,
+        allow_pickle: bool = ...,
         wait: float | None = ...,
         trust_uids: Iterable[int] | None = ...,
     ) -> Queue[T]: ...
@@ -356,28 +371,40 @@ class Queue(GeneralPaths, Handle, Generic[T]):
         cls,
         name: str,
         *,
-        codec: str | Codec[Any] = "bytes",
+        codec: str | Codec[Any] | None = None,
         spin: float = DEFAULT_SPIN,
+        allow_pickle: bool = False,
         wait: float | None = 0.0,
         trust_uids: Iterable[int] | None = None,
     ) -> Queue[Any]:
         """Attach to an existing queue by name.
 
-        The codec is this handle's choice: the one the creator recorded is
-        never applied implicitly, so a pickle queue opened with the default
-        codec yields raw bytes and never unpickles.
+        The creator records its codec in the queue's header. By default
+        (``codec=None``) the handle adopts it when that is safe: ``"bytes"``
+        and ``"msgpack"``. A ``"pickle"`` queue is refused unless the opener
+        consents (``codec="pickle"`` or ``allow_pickle=True``), because
+        unpickling runs code any writer chooses. A codec passed explicitly
+        must be the recorded one.
 
         ``wait`` seconds (None: forever) lets the name appear first;
         ``trust_uids``: see :meth:`Segment.open`.
 
         Raises:
             NotFound: no such queue (after ``wait``).
-            LayoutError: the name holds another kind of object, or a corrupt queue.
+            LayoutError: the name holds another kind of object, a corrupt
+                queue, or a queue of another layout version.
+            CodecMismatch: (a ValueError) a pickle queue opened without consent, a custom
+                codec's queue opened without that codec, or a ``codec`` that
+                contradicts the recorded one (the message says what to pass).
         """
-        cod = _codec.resolve(codec)
+        if codec is not None:
+            codec = _codec.resolve(codec)
+        if not isinstance(allow_pickle, bool):
+            raise TypeError(f"allow_pickle must be a bool, not {type(allow_pickle).__name__}")
         spin = _check_spin(spin)
         seg = Segment._open_object(name, Kind.QUEUE, wait=wait, trust_uids=trust_uids)
         try:
+            cod = open_codec(seg, codec, allow_pickle)
             return cls(seg, cod, spin)
         except BaseException:
             seg.close()
@@ -390,10 +417,11 @@ class Queue(GeneralPaths, Handle, Generic[T]):
         name: str,
         capacity: int,
         *,
-        codec: Literal["bytes"] = ...,
+        codec: Literal["bytes"],
         mode: int = ...,
         spin: float = ...,
         checksum: bool = ...,
+        allow_pickle: bool = ...,
     ) -> Queue[bytes]: ...
     @overload
     @classmethod
@@ -402,10 +430,11 @@ class Queue(GeneralPaths, Handle, Generic[T]):
         name: str,
         capacity: int,
         *,
-        codec: Literal["pickle", "msgpack"],
+        codec: Literal["pickle", "msgpack"] | None = ...,
         mode: int = ...,
         spin: float = ...,
         checksum: bool = ...,
+        allow_pickle: bool = ...,
     ) -> Queue[Any]: ...
     @overload
     @classmethod
@@ -418,6 +447,7 @@ class Queue(GeneralPaths, Handle, Generic[T]):
         mode: int = ...,
         spin: float = ...,
         checksum: bool = ...,
+        allow_pickle: bool = ...,
     ) -> Queue[T]: ...
     @classmethod
     def open_or_create(
@@ -425,21 +455,28 @@ class Queue(GeneralPaths, Handle, Generic[T]):
         name: str,
         capacity: int,
         *,
-        codec: str | Codec[Any] = "bytes",
+        codec: str | Codec[Any] | None = None,
         mode: int = 0o600,
         spin: float = DEFAULT_SPIN,
         checksum: bool = False,
+        allow_pickle: bool = False,
     ) -> Queue[Any]:
         """Open ``name``, creating it if needed; safe when many processes race.
 
+        ``codec`` as for :meth:`open` when the queue exists (None adopts the
+        recorded one where safe); a new queue gets ``codec`` or ``"bytes"``.
+
         Raises:
             LayoutError: it exists with a smaller capacity than asked for.
+            CodecMismatch: as :meth:`open` (a codec that contradicts the queue's).
         """
         want = _check_capacity(capacity)
-        cod = _codec.resolve(codec)
+        cod = None if codec is None else _codec.resolve(codec)
         q: Queue[Any] = open_or_create(
-            lambda: cls.create(name, capacity, codec=cod, mode=mode, spin=spin, checksum=checksum),
-            lambda: cls.open(name, codec=cod, spin=spin),
+            lambda: cls.create(
+                name, capacity, codec=cod or "bytes", mode=mode, spin=spin, checksum=checksum
+            ),
+            lambda: cls.open(name, codec=cod, spin=spin, allow_pickle=allow_pickle),
             f"queue {name!r}",
         )
         if q.capacity < want:
@@ -452,6 +489,9 @@ class Queue(GeneralPaths, Handle, Generic[T]):
         seg = self._seg
         if seg is None:
             return
+        with contextlib.suppress(ShmkitError):  # a corrupt segment must not stop close
+            # What this handle took and did not mark done counts as done now.
+            self._settle_own(_mono() + 1.0)
         self._seg = None
         # From here every operation raises Closed at its first step (a C call
         # on the ring). The mapping and the pthread mutexes stay until this
@@ -481,6 +521,8 @@ class Queue(GeneralPaths, Handle, Generic[T]):
             st: int = c[_W_STATE] | _SHUT
             c[_W_STATE] = st
             if immediate:
+                # The discarded messages' tasks are done (queue.Queue in 3.13 does the same).
+                self._r_retire(max(c[_W_PUTS] - c[_W_GETS], 0))
                 # Same order as a skip: head first, then gets (_repair copes with a death between).
                 c[_W_HEAD] = c[_W_TAIL]
                 c[_W_GETS] = c[_W_PUTS]

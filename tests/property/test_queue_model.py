@@ -70,6 +70,10 @@ class QueueModel(RuleBasedStateMachine):
         self.other: Queue[bytes] | None = None
         self.ring = 0
         self.shut = False
+        # task_done/join, as queue.Queue counts them: put adds, task_done removes;
+        # per handle, what it took and has not marked done (settled when it closes)
+        self.unfinished = 0
+        self.outstanding = {True: 0, False: 0}
 
     @initialize(capacity=st.integers(8, 400), checksum=st.booleans())
     def create(self, capacity: int, checksum: bool) -> None:
@@ -121,6 +125,7 @@ class QueueModel(RuleBasedStateMachine):
             q.put_nowait(data)
             self.model.append(data)
             self.records.append([record_size(data), 1])
+            self.unfinished += 1
 
     @rule(batch=st.lists(payloads, max_size=6), which=st.booleans())
     def put_many(self, batch: list[bytes], which: bool) -> None:
@@ -141,12 +146,14 @@ class QueueModel(RuleBasedStateMachine):
             q.put_many(batch, timeout=0)
             self.model.extend(batch)
             self.records.append([need, len(batch)])
+            self.unfinished += len(batch)
 
     @rule(which=st.booleans())
     def get(self, which: bool) -> None:
         q = self.handle(which)
         if self.model:
             assert q.get_nowait() == self.take(1)[0]
+            self.outstanding[which] += 1
         elif self.shut:
             with pytest.raises(Closed):
                 q.get_nowait()
@@ -163,6 +170,7 @@ class QueueModel(RuleBasedStateMachine):
             return
         want = self.take(min(k, len(self.model)))
         assert q.get_many(k, timeout=0) == want
+        self.outstanding[which] += len(want)
 
     @rule(size=st.integers(0, 256), which=st.booleans())
     def get_into(self, size: int, which: bool) -> None:
@@ -177,12 +185,30 @@ class QueueModel(RuleBasedStateMachine):
         else:
             n = q.get_into(buf, timeout=0)
             assert bytes(buf[:n]) == self.take(1)[0]
+            self.outstanding[which] += 1
 
     @rule()
     def reopen(self) -> None:
         assert self.other is not None
-        self.other.close()
+        self.other.close()  # what it took and did not mark done counts as done
+        self.unfinished -= min(self.outstanding[False], self.unfinished)
+        self.outstanding[False] = 0
         self.other = Queue.open(self.name)
+
+    @rule(which=st.booleans())
+    def task_done(self, which: bool) -> None:
+        q = self.handle(which)
+        if not self.unfinished:
+            with pytest.raises(ValueError):
+                q.task_done()
+            return
+        q.task_done()
+        self.unfinished -= 1
+        for h in (which, not which):  # its own messages first, then the other handle's
+            if self.outstanding[h]:
+                self.outstanding[h] -= 1
+                break
+        assert q.join(timeout=0) == (not self.unfinished)
 
     @precondition(lambda self: not self.shut)
     @rule(data=payloads)
@@ -229,6 +255,7 @@ class QueueModel(RuleBasedStateMachine):
         assert self.queue.full() == (self.ring - self.used < 16)
         assert stats.corrupt_records == 0
         assert stats.waiting_getters == stats.waiting_putters == 0
+        assert stats.unfinished_tasks == self.queue.unfinished_tasks == self.unfinished
 
 
 QueueModel.TestCase.settings = settings(

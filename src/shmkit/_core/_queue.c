@@ -48,7 +48,21 @@ static shm_errors E;
 #define Q_CLAIM 288
 #define Q_GWAKE 328 /* u32 futex word consumers sleep on */
 #define Q_PWAKE 332 /* u32 futex word producers sleep on */
-#define Q_RING 960
+#define Q_GSLEEP 336 /* u32 consumers inside futex_wait on gwake (QUE5) */
+#define Q_PSLEEP 340 /* u32 producers inside futex_wait on pwake */
+/* Tasks (task_done/join, QUE5): a take's intent on the consumers' line, then
+ * the task words and the per-slot tables (see queue_ring.py). */
+#define Q_I_WHO 144  /* slot + 1 of the take in progress (0: none to check) */
+#define Q_I_GETS 152 /* gets once that take commits */
+#define Q_I_NEW 160  /* taken[slot] once that take commits */
+#define Q_RETIRED 960   /* tasks finished for no live slot (discards, dead consumers) */
+#define Q_JWAKE 968     /* u32 futex word joiners sleep on */
+#define Q_JWAIT 972     /* u32 joiners asleep (a hint for wakers) */
+#define Q_ABANDONED 976 /* tasks settled for consumers that died or closed */
+#define Q_TAKEN 1024    /* u64 x 65: messages each attach slot took (slot 64: shared) */
+#define Q_DONE 1600     /* u64 x 65: task_done() calls credited to each slot */
+#define Q_ACCT_SLOTS 65
+#define Q_RING 2176
 #define Q_HDR 16
 
 #define ST_SHUT 1u
@@ -106,6 +120,8 @@ typedef struct {
     uint64_t id_word;  /* who claims/reserves: pid | tag << 32 (queue_ring.identity) */
     uint64_t id_ticks; /* and its start time */
     long id_pid;       /* the process those were made for (a forked child differs) */
+    int slot;          /* this handle's attach slot (64: none), for task accounting */
+    unsigned long slot_gen; /* fork_gen when slot was set: a forked child uses 64 */
     int pend;          /* our reservation (PEND_RES) / claim (PEND_CLAIM) left marked */
     uint64_t pend_res_pos, pend_claim_pos;
     uint64_t pend_res_who, pend_claim_who; /* the identity words they carry */
@@ -125,6 +141,58 @@ static inline void
 wr(RingObject *self, int off, uint64_t x)
 {
     shm_set_relaxed64(W(self, off), x);
+}
+
+/* Bumped in a forked child: an inherited handle's attach slot is its parent's. */
+static unsigned long fork_gen;
+
+static void
+queue_after_fork_child(void)
+{
+    fork_gen++;
+}
+
+/* The slot whose taken/done words this handle's takes and task_done() use. */
+static inline int
+acct_slot(const RingObject *self)
+{
+    return self->slot_gen == fork_gen ? self->slot : Q_ACCT_SLOTS - 1;
+}
+
+static inline uint64_t *
+taken_word(RingObject *self, int s)
+{
+    return (uint64_t *)W(self, Q_TAKEN + 8 * s);
+}
+
+static inline uint64_t *
+done_word(RingObject *self, int s)
+{
+    return (uint64_t *)W(self, Q_DONE + 8 * s);
+}
+
+/* Before committing a take of k messages (C held): record the intent, so a
+ * death between the commit and the taken store below is repaired exactly
+ * (_r_repair_intent, called by queue_repair._recover). Returns taken[slot] after. */
+static inline uint64_t
+take_intent(RingObject *self, uint64_t gets_after, uint64_t k)
+{
+    int s = acct_slot(self);
+    uint64_t nt = __atomic_load_n(taken_word(self, s), __ATOMIC_RELAXED) + k;
+    wr(self, Q_I_GETS, gets_after);
+    wr(self, Q_I_NEW, nt);
+    if (rd(self, Q_I_WHO) != (uint64_t)s + 1) {
+        wr(self, Q_I_WHO, (uint64_t)s + 1);
+    }
+    return nt;
+}
+
+/* After the commit (C held): this slot took them. Relaxed: only C holders
+ * write it; task_done() reads it as a bound. */
+static inline void
+take_taken(RingObject *self, uint64_t nt)
+{
+    __atomic_store_n(taken_word(self, acct_slot(self)), nt, __ATOMIC_RELAXED);
 }
 
 static int
@@ -160,14 +228,29 @@ hcheck(uint64_t w0, uint64_t pos, uint64_t salt)
     return (w0 ^ pos ^ salt) & M32;
 }
 
+/* The count of threads inside futex_wait on a side's word (u32, beside it). */
+static inline uint32_t *
+sleepers_of(RingObject *self, int off)
+{
+    return (uint32_t *)W(self, off == Q_GWAKE ? Q_GSLEEP : off == Q_PWAKE ? Q_PSLEEP : Q_JWAIT);
+}
+
 /* Bump a side's futex word and wake its sleepers (only called when the state
- * word counts some). release: the waker's stores before are seen by a woken
- * waiter that re-reads the indices. */
+ * word counts some registered). release: the waker's stores before are seen
+ * by a woken waiter that re-reads the indices. The system call is made only
+ * when someone is inside futex_wait: a registered waiter that is awake
+ * (spinning, or taking the locks to leave) costs a waker one increment, not
+ * a syscall per message. Dekker with sleep(): the sleeper counts itself,
+ * then futex_wait compares the word; the waker bumps the word, then reads
+ * the count (both sequentially consistent), so one of them sees the other. */
 static void
 wake(RingObject *self, int off, int n)
 {
     uint32_t *word = (uint32_t *)W(self, off);
-    __atomic_fetch_add(word, 1, __ATOMIC_RELEASE);
+    __atomic_fetch_add(word, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(sleepers_of(self, off), __ATOMIC_SEQ_CST) == 0) {
+        return;
+    }
     shm_futex_wake(word, n);
 }
 
@@ -435,6 +518,7 @@ take_begin(RingObject *self, take_t *t, int fresh)
 static void
 take_commit(RingObject *self, const take_t *t, uint64_t pos, uint64_t seq)
 {
+    uint64_t nt = take_intent(self, seq, seq - t->gets);
     shm_crash("queue.get.copied");
     if (pos != t->head) {
         /* release: our reads of the records are done before a producer that
@@ -444,6 +528,7 @@ take_commit(RingObject *self, const take_t *t, uint64_t pos, uint64_t seq)
     }
     wr(self, Q_GETS, seq);
     shm_crash("queue.get.counted");
+    take_taken(self, nt);
     pthread_mutex_unlock(self->cm);
     if (t->st >> ST_PW_SHIFT) {
         wake(self, Q_PWAKE, INT_MAX);
@@ -709,11 +794,21 @@ ready(RingObject *self, int putter, uint64_t need)
     return used <= self->size && self->size - used >= need;
 }
 
-/* Spin without any lock until ready: 1 ready | 0 not within seconds | -1 preempted. */
+/* A large message in flight (a getter waits for a reservation to be
+ * published, a putter for a claim to end) completes within about one copy
+ * (~0.1 ms per MiB): spinning this long for it beats a futex sleep, whose
+ * wake-up waits behind other runnable threads on a loaded machine. */
+#define LARGE_SPIN 2e-3
+
+/* Spin without any lock until ready: 1 ready | 0 not within seconds | -1 preempted.
+ * Past `seconds`, keeps spinning (up to LARGE_SPIN, never past `most`) while
+ * a large message the caller waits for is being copied. */
 static int
-poll_loop(RingObject *self, int putter, uint64_t need, double seconds)
+poll_loop(RingObject *self, int putter, uint64_t need, double seconds, double most)
 {
     double last = shm_monotonic(), end = last + seconds;
+    double large_end = last + (most < LARGE_SPIN ? most : LARGE_SPIN);
+    uint64_t copying = putter ? ST_CLAIMED : ST_RESERVED;
     for (;;) {
         for (int k = 0; k < 32; k++) {
             if (ready(self, putter, need)) {
@@ -723,9 +818,10 @@ poll_loop(RingObject *self, int putter, uint64_t need, double seconds)
         }
         double now = shm_monotonic();
         if (now - last > PREEMPTED) {
-            return -1;
+            return ready(self, putter, need) ? 1 : -1;
         }
-        if (now >= end) {
+        /* relaxed: a hint (the copier's bit, set and cleared under the locks) */
+        if (now >= end && (now >= large_end || !(shm_relaxed64(W(self, Q_STATE)) & copying))) {
             return 0;
         }
         last = now;
@@ -749,7 +845,7 @@ Ring_poll(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (putter < 0 || PyErr_Occurred() || ring_ready(self)) {
         return NULL;
     }
-    return PyLong_FromLong(poll_loop(self, putter, need, seconds));
+    return PyLong_FromLong(poll_loop(self, putter, need, seconds, seconds));
 }
 
 static int
@@ -809,11 +905,16 @@ Ring_sleep(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
         seconds = 0;
     }
     uint32_t *word = (uint32_t *)W(self, off);
+    uint32_t *sleepers = sleepers_of(self, off);
     int rc;
     self->v.inflight++;
+    /* counted before futex_wait compares the word (see wake()); a sleeper
+     * that dies here only costs wakers a needless system call */
+    __atomic_fetch_add(sleepers, 1, __ATOMIC_SEQ_CST);
     Py_BEGIN_ALLOW_THREADS
     rc = shm_futex_wait(word, (uint32_t)expected, seconds);
     Py_END_ALLOW_THREADS
+    __atomic_fetch_sub(sleepers, 1, __ATOMIC_RELAXED);
     shm_view_leave(&self->v);
     if (PyErr_CheckSignals() < 0) {
         return NULL;
@@ -967,9 +1068,6 @@ Ring_unlock(RingObject *self, PyObject *arg)
 #define SLICE 0.05
 #define PEND_RES 1
 #define PEND_CLAIM 2
-/* A large put found no room / a large get nothing: spin this long at most
- * (one 1 MiB copy on the other side takes ~0.1 ms), then the general path. */
-#define LARGE_SPIN 2e-3
 /* put_large: the locks stayed busy past the deadline; nothing was put. */
 #define Q_LOCKED_OUT 3
 
@@ -1281,6 +1379,7 @@ claim(RingObject *self, uint64_t room, uint64_t *pos, uint64_t *n, PyObject **by
     wr(self, Q_CLAIM_TICKS, self->id_ticks);
     wr(self, Q_STATE, st | ST_CLAIMED);
     shm_crash("queue.get.claiming");
+    uint64_t nt = take_intent(self, gets + 1, 1);
     shm_crash("queue.get.copied");
     /* release: pairs with the producers' acquire of head (the claim still
      * keeps them off this record's space) */
@@ -1288,6 +1387,7 @@ claim(RingObject *self, uint64_t room, uint64_t *pos, uint64_t *n, PyObject **by
     shm_crash("queue.get.advanced");
     wr(self, Q_GETS, gets + 1);
     shm_crash("queue.get.counted");
+    take_taken(self, nt);
     *pos = head;
     *n = len;
     return Q_OK;
@@ -1546,7 +1646,7 @@ spin_wait(RingObject *self, int putter, uint64_t need, double *t, double budget)
         return 0;
     }
     double secs = (*t > 0 && *t < budget) ? *t : budget;
-    int r = poll_loop(self, putter, need, secs);
+    int r = poll_loop(self, putter, need, secs, *t > 0 ? *t : LARGE_SPIN);
     double after = shm_monotonic();
     if (r < 0) {
         self->calm_until = after; /* queue_ring._CALM: 0 */
@@ -1850,19 +1950,282 @@ Q_put_many(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *
     return res;
 }
 
-/* _set_identity(word, ticks, pid): who this handle is in claims and reservations. */
+/* _set_identity(word, ticks, pid, slot): who this handle is in claims and
+ * reservations, and the attach slot its takes and task_done() are counted in. */
 static PyObject *
 Q_set_identity(RingObject *self, PyObject *args)
 {
     unsigned long long word, ticks;
     long pid;
-    if (!PyArg_ParseTuple(args, "KKl", &word, &ticks, &pid)) {
+    int slot;
+    if (!PyArg_ParseTuple(args, "KKli", &word, &ticks, &pid, &slot)) {
         return NULL;
+    }
+    if (slot < 0 || slot >= Q_ACCT_SLOTS) {
+        slot = Q_ACCT_SLOTS - 1;
     }
     self->id_word = word;
     self->id_ticks = ticks;
     self->id_pid = pid;
+    self->slot = slot;
+    self->slot_gen = fork_gen;
     Py_RETURN_NONE;
+}
+
+/* ---------------------------------------------------------------- tasks
+ *
+ * unfinished = puts - finished, finished = retired + sum of done[slot]
+ * (queue_ring.py, "Tasks"). Every word of finished only grows, each by one
+ * atomic operation, and puts is loaded last: a reader may see fewer finished
+ * tasks than there are, never more, so join() never returns early. */
+
+static uint64_t
+finished_of(RingObject *self)
+{
+    uint64_t f = __atomic_load_n((uint64_t *)W(self, Q_RETIRED), __ATOMIC_ACQUIRE);
+    for (int s = 0; s < Q_ACCT_SLOTS; s++) {
+        f += __atomic_load_n(done_word(self, s), __ATOMIC_ACQUIRE);
+    }
+    return f;
+}
+
+static uint64_t
+unfinished_of(RingObject *self)
+{
+    uint64_t f = finished_of(self);
+    /* acquire: pairs with the producers' store of puts (a hint: they hold P) */
+    uint64_t p = shm_load64(W(self, Q_PUTS));
+    return p > f ? p - f : 0;
+}
+
+/* Wake every joiner if one sleeps. Called after a change that may have
+ * finished the last task, with a full fence between that change and the
+ * load of jwait (pairs with the fence in join_sleep: Dekker). */
+static void
+wake_joiners(RingObject *self, int check)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (__atomic_load_n((uint32_t *)W(self, Q_JWAIT), __ATOMIC_RELAXED) == 0) {
+        return;
+    }
+    if (check && unfinished_of(self) != 0) {
+        return;
+    }
+    wake(self, Q_JWAKE, INT_MAX);
+}
+
+/* One more task_done() for slot s if it took more than it marked done. */
+static int
+try_done(RingObject *self, int s)
+{
+    uint64_t *dw = done_word(self, s);
+    uint64_t d = __atomic_load_n(dw, __ATOMIC_RELAXED);
+    for (;;) {
+        if (d >= __atomic_load_n(taken_word(self, s), __ATOMIC_RELAXED)) {
+            return 0;
+        }
+        if (__atomic_compare_exchange_n(dw, &d, d + 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
+            return 1;
+        }
+    }
+}
+
+static PyObject *
+Q_task_done(RingObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (ring_ready(self)) {
+        return NULL;
+    }
+    if (unfinished_of(self) == 0) {
+        PyErr_SetString(PyExc_ValueError, "task_done() called too many times");
+        return NULL;
+    }
+    /* Credit this handle's own outstanding messages first (what settle()
+     * subtracts if it dies), else another slot's, else the queue's: the
+     * stdlib lets any thread mark any put item done. */
+    int s = acct_slot(self);
+    if (!try_done(self, s)) {
+        int j = 0;
+        while (j < Q_ACCT_SLOTS && (j == s || !try_done(self, j))) {
+            j++;
+        }
+        if (j == Q_ACCT_SLOTS) {
+            __atomic_fetch_add((uint64_t *)W(self, Q_RETIRED), 1, __ATOMIC_SEQ_CST);
+        }
+    }
+    wake_joiners(self, 1);
+    Py_RETURN_NONE;
+}
+
+/* _r_unfinished() -> tasks put and not yet marked done (a snapshot) */
+static PyObject *
+Q_unfinished(RingObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (ring_ready(self)) {
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(unfinished_of(self));
+}
+
+/* _r_join_sleep(seconds) -> True once no task is unfinished. Counts itself
+ * in jwait, reads the futex word, checks, then sleeps (GIL released): a
+ * task_done() that finishes the last task after our check sees jwait. */
+static PyObject *
+Q_join_sleep(RingObject *self, PyObject *arg)
+{
+    double seconds = PyFloat_AsDouble(arg);
+    if ((seconds == -1.0 && PyErr_Occurred()) || ring_ready(self)) {
+        return NULL;
+    }
+    uint32_t *jwait = (uint32_t *)W(self, Q_JWAIT);
+    uint32_t *jwake = (uint32_t *)W(self, Q_JWAKE);
+    __atomic_fetch_add(jwait, 1, __ATOMIC_SEQ_CST);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST); /* pairs with the fence in wake_joiners */
+    uint32_t v = __atomic_load_n(jwake, __ATOMIC_ACQUIRE);
+    int done = unfinished_of(self) == 0;
+    if (!done && seconds > 0) {
+        self->v.inflight++;
+        Py_BEGIN_ALLOW_THREADS
+        shm_futex_wait(jwake, v, seconds);
+        Py_END_ALLOW_THREADS
+        shm_view_leave(&self->v);
+        done = unfinished_of(self) == 0;
+    }
+    __atomic_fetch_sub(jwait, 1, __ATOMIC_RELAXED);
+    if (PyErr_CheckSignals() < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(done);
+}
+
+/* _r_settle(slot) -> tasks settled: the slot's consumer died or closed (both
+ * locks held): what it took and did not mark done counts as done. One
+ * compare-and-swap of its done word up to its taken word finishes them, so a
+ * settler killed at any instant leaves them finished or not, never half. */
+static PyObject *
+Q_settle(RingObject *self, PyObject *arg)
+{
+    long s = PyLong_AsLong(arg);
+    if ((s == -1 && PyErr_Occurred()) || ring_ready(self)) {
+        return NULL;
+    }
+    if (s < 0 || s >= Q_ACCT_SLOTS) {
+        PyErr_SetString(PyExc_ValueError, "no such slot");
+        return NULL;
+    }
+    uint64_t *tw = taken_word(self, (int)s), *dw = done_word(self, (int)s);
+    /* Never more than is unfinished: a task_done() may already have finished
+     * one of these (the stdlib lets one mark a message done before it is taken). */
+    uint64_t left = unfinished_of(self);
+    uint64_t t = __atomic_load_n(tw, __ATOMIC_RELAXED);
+    uint64_t d = __atomic_load_n(dw, __ATOMIC_RELAXED);
+    uint64_t owed;
+    for (;;) {
+        owed = t > d ? t - d : 0;
+        owed = owed < left ? owed : left;
+        /* seq_cst: as task_done()'s increments (finished_of() sums these words) */
+        if (owed == 0 ||
+            __atomic_compare_exchange_n(dw, &d, d + owed, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
+            break;
+        }
+    }
+    if (t > d + owed) {
+        /* what could not be credited (already finished otherwise) is forgotten,
+         * so the next handle in this slot starts with nothing outstanding */
+        __atomic_store_n(tw, d + owed, __ATOMIC_RELAXED);
+    }
+    if (owed) {
+        wr(self, Q_ABANDONED, rd(self, Q_ABANDONED) + owed);
+    }
+    if (rd(self, Q_I_WHO) == (uint64_t)s + 1) {
+        wr(self, Q_I_WHO, 0);
+    }
+    if (owed) {
+        wake_joiners(self, 1);
+    }
+    return PyLong_FromUnsignedLongLong(owed);
+}
+
+/* _r_retire(n): n messages left the queue untaken (discarded, corrupt):
+ * their tasks are done (both locks held). */
+static PyObject *
+Q_retire(RingObject *self, PyObject *arg)
+{
+    unsigned long long n = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred() || ring_ready(self)) {
+        return NULL;
+    }
+    if (n) {
+        __atomic_fetch_add((uint64_t *)W(self, Q_RETIRED), n, __ATOMIC_SEQ_CST);
+        wake_joiners(self, 1);
+    }
+    Py_RETURN_NONE;
+}
+
+/* _r_take_intent(gets_after, k) -> taken after; _r_take_taken(taken): the
+ * general path's take accounting, in the fast paths' order (both locks held). */
+static PyObject *
+Q_take_intent(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_r_take_intent(gets_after, k)");
+        return NULL;
+    }
+    unsigned long long g = PyLong_AsUnsignedLongLong(args[0]);
+    unsigned long long k = PyLong_AsUnsignedLongLong(args[1]);
+    if (PyErr_Occurred() || ring_ready(self)) {
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(take_intent(self, g, k));
+}
+
+static PyObject *
+Q_take_taken(RingObject *self, PyObject *arg)
+{
+    unsigned long long nt = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred() || ring_ready(self)) {
+        return NULL;
+    }
+    take_taken(self, nt);
+    Py_RETURN_NONE;
+}
+
+/* _r_repair_intent(): a consumer died (or was interrupted) between a take's
+ * commit and its taken store: finish that store if the take committed (both
+ * locks held, after the counters were repaired). */
+static PyObject *
+Q_repair_intent(RingObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (ring_ready(self)) {
+        return NULL;
+    }
+    uint64_t who = rd(self, Q_I_WHO);
+    if (who >= 1 && who <= Q_ACCT_SLOTS && rd(self, Q_GETS) >= rd(self, Q_I_GETS)) {
+        uint64_t *tw = taken_word(self, (int)who - 1);
+        uint64_t nt = rd(self, Q_I_NEW);
+        if (__atomic_load_n(tw, __ATOMIC_RELAXED) < nt) {
+            __atomic_store_n(tw, nt, __ATOMIC_RELAXED);
+        }
+    }
+    wr(self, Q_I_WHO, 0);
+    Py_RETURN_NONE;
+}
+
+/* _r_outstanding(slot) -> messages the slot took and did not mark done */
+static PyObject *
+Q_outstanding(RingObject *self, PyObject *arg)
+{
+    long s = PyLong_AsLong(arg);
+    if ((s == -1 && PyErr_Occurred()) || ring_ready(self)) {
+        return NULL;
+    }
+    if (s < 0 || s >= Q_ACCT_SLOTS) {
+        PyErr_SetString(PyExc_ValueError, "no such slot");
+        return NULL;
+    }
+    uint64_t d = __atomic_load_n(done_word(self, (int)s), __ATOMIC_ACQUIRE);
+    uint64_t t = __atomic_load_n(taken_word(self, (int)s), __ATOMIC_ACQUIRE);
+    return PyLong_FromUnsignedLongLong(t > d ? t - d : 0);
 }
 
 /* _set_decode(decode | None): the codec's decode (None: raw bytes). */
@@ -1912,6 +2275,20 @@ static PyMethodDef QueueCore_methods[] = {
     {"_set_identity", (PyCFunction)Q_set_identity, METH_VARARGS,
      "_set_identity(word, ticks, pid)"},
     {"_set_decode", (PyCFunction)Q_set_decode, METH_O, "_set_decode(decode | None)"},
+    {"task_done", (PyCFunction)Q_task_done, METH_NOARGS,
+     "task_done(): mark one message taken from the queue as processed (like "
+     "queue.Queue.task_done), in any process.\n\nRaises ValueError if called more times "
+     "than messages were put, Closed."},
+    {"_r_unfinished", (PyCFunction)Q_unfinished, METH_NOARGS, "_r_unfinished() -> int"},
+    {"_r_join_sleep", (PyCFunction)Q_join_sleep, METH_O,
+     "_r_join_sleep(seconds) -> True once no task is unfinished"},
+    {"_r_settle", (PyCFunction)Q_settle, METH_O, "_r_settle(slot) -> tasks settled"},
+    {"_r_retire", (PyCFunction)Q_retire, METH_O, "_r_retire(n): n messages left untaken"},
+    {"_r_take_intent", (PyCFunction)(void (*)(void))Q_take_intent, METH_FASTCALL,
+     "_r_take_intent(gets_after, k) -> taken after"},
+    {"_r_take_taken", (PyCFunction)Q_take_taken, METH_O, "_r_take_taken(taken)"},
+    {"_r_repair_intent", (PyCFunction)Q_repair_intent, METH_NOARGS, "_r_repair_intent()"},
+    {"_r_outstanding", (PyCFunction)Q_outstanding, METH_O, "_r_outstanding(slot) -> int"},
     {"_r_pending", (PyCFunction)Q_pending, METH_NOARGS,
      "_r_pending() -> (reservation, claim) positions this handle left marked"},
     {NULL, NULL, 0, NULL},
@@ -1965,6 +2342,8 @@ Ring_init(RingObject *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->cmutex, Py_NewRef(cmutex));
     Py_XSETREF(self->pmutex, Py_NewRef(pmutex));
     self->tc = 0;
+    self->slot = Q_ACCT_SLOTS - 1;
+    self->slot_gen = fork_gen;
     return 0;
 }
 
@@ -2092,6 +2471,10 @@ PyInit__queue(void)
         return NULL;
     }
     shm_crash_load();
+    if (pthread_atfork(NULL, NULL, queue_after_fork_child) != 0) {
+        PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
+        return NULL;
+    }
     if (PyType_Ready(&RingType) < 0 || PyType_Ready(&QueueCoreType) < 0) {
         return NULL;
     }

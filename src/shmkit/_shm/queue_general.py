@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import _codec, _wait
 from ..errors import Closed, LayoutError, MessageTooLarge
+from .queue_liveness import _Claim, _Reservation
 from .queue_repair import LockAndWait, _deadline
 from .queue_ring import (
     _AGAIN,
@@ -29,10 +30,8 @@ from .queue_ring import (
     _W_HEAD,
     _W_STATE,
     _W_TAIL,
-    _Claim,
     _mono,
     _perf,
-    _Reservation,
 )
 
 __all__ = ["GeneralPaths"]

@@ -9,9 +9,11 @@ mislead much. None of it blocks or repairs.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any, Final
 
+from .._codec import Codec, resolve
 from .._layout import Kind
-from ..errors import LayoutError
+from ..errors import CodecMismatch, IncompatibleLayout, LayoutError
 from ..segment import Segment
 from .queue_ring import (
     _CLAIMED,
@@ -24,12 +26,16 @@ from .queue_ring import (
     _PARAMS,
     _RING_OFF,
     _SHUT,
+    _SLOTS,
+    _W_ABANDONED,
     _W_CLAIM,
     _W_CORRUPT,
+    _W_DONE,
     _W_GETS,
     _W_HEAD,
     _W_PUTS,
     _W_RECOV,
+    _W_RETIRED,
     _W_STATE,
     _W_TAIL,
     MAX_CAPACITY,
@@ -54,6 +60,10 @@ class QueueStatistics:
         recoveries: times a process died holding the lock and the next holder
             repaired the queue.
         corrupt_records: records skipped because they failed validation.
+        unfinished_tasks: messages put and not yet marked done with
+            ``task_done()`` (what ``join()`` waits for).
+        abandoned_tasks: tasks counted as done because the consumer that
+            took them died or closed its handle first.
         shut_down: ``shutdown()`` was called.
         codec: the creator's codec name.
         checksum: every record carries a CRC32 of its payload.
@@ -70,6 +80,8 @@ class QueueStatistics:
     waiting_putters: int
     recoveries: int
     corrupt_records: int
+    unfinished_tasks: int
+    abandoned_tasks: int
     shut_down: bool
     codec: str
     checksum: bool
@@ -83,6 +95,13 @@ def parse_params(seg: Segment) -> tuple[int, int, int, str]:
         raise LayoutError(f"{what}: queue parameters missing or of the wrong size")
     magic, flags, ring, cap, codec = _PARAMS.unpack(hdr.params)
     if magic != _MAGIC:
+        if magic[:3] == _MAGIC[:3] and magic[3:].isdigit():
+            raise IncompatibleLayout(
+                f"{what} has queue layout {magic.decode()} (made by another shmkit version); "
+                f"this one reads {_MAGIC.decode()}: remove it (shmkit rm) and create it again",
+                found=int(magic[3:]),
+                expected=int(_MAGIC[3:]),
+            )
         raise LayoutError(f"{what}: queue layout {magic!r}, this shmkit reads {_MAGIC!r}")
     if flags & ~_F_CRC:
         raise LayoutError(f"{what}: unknown queue flags {flags:#x}")
@@ -96,10 +115,45 @@ def parse_params(seg: Segment) -> tuple[int, int, int, str]:
     return flags, ring, cap, name
 
 
+def open_codec(seg: Segment, codec: Codec[Any] | None, allow_pickle: bool) -> Codec[Any]:
+    """The codec a handle opening ``seg`` uses: the recorded one where that is safe.
+
+    ``codec=None`` adopts ``"bytes"`` and ``"msgpack"``, and ``"pickle"`` only
+    with ``allow_pickle``; an explicit codec must carry the recorded name.
+    Raises CodecMismatch (a ValueError; one line, saying what to pass) otherwise.
+    """
+    recorded = parse_params(seg)[3]
+    what = f"queue {seg.name!r} was created with codec={recorded!r}"
+    if codec is not None:
+        if codec.name != recorded:
+            raise CodecMismatch(
+                f"{what}; codec={codec.name!r} contradicts it: "
+                f"pass codec={recorded!r} or leave codec out"
+            )
+        return codec
+    if recorded == "pickle":
+        if not allow_pickle:
+            raise CodecMismatch(
+                f"{what}, which runs code any writer chooses when unpickling: pass "
+                "codec='pickle' (or allow_pickle=True) if every writer is trusted"
+            )
+        return resolve("pickle")
+    if recorded in _ADOPTED:
+        return resolve(recorded)
+    raise CodecMismatch(f"{what} (a custom codec): pass that codec object as codec=")
+
+
+#: Recorded codecs a handle adopts without being asked: decoding them runs no code.
+_ADOPTED: Final = ("bytes", "msgpack")
+
+
 def snapshot(
     c: memoryview, name: str, *, ring: int, cap: int, flags: int, codec: str
 ) -> QueueStatistics:
     """Statistics from the control words, clamped so a corrupt word cannot mislead much."""
+    # retired before done[] and puts last (see Tasks): never more finished than there are
+    finished = c[_W_RETIRED]
+    finished += sum(c[_W_DONE : _W_DONE + _SLOTS + 1])
     gets = c[_W_GETS]
     head = c[_W_HEAD]
     tail = c[_W_TAIL]
@@ -117,6 +171,8 @@ def snapshot(
         waiting_putters=(st >> 32) & _M31,
         recoveries=c[_W_RECOV],
         corrupt_records=c[_W_CORRUPT],
+        unfinished_tasks=max(puts - finished, 0),
+        abandoned_tasks=c[_W_ABANDONED],
         shut_down=bool(st & _SHUT),
         codec=codec,
         checksum=bool(flags & _F_CRC),

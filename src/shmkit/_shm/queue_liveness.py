@@ -15,7 +15,7 @@ from typing import Final
 from .. import _layout, _ofd, _process
 from ..segment import Segment
 
-__all__ = ["holder_liveness", "identity"]
+__all__ = ["_Claim", "_Reservation", "holder_liveness", "identity"]
 
 _M31: Final = 0x7FFF_FFFF
 _M32: Final = 0xFFFF_FFFF
@@ -73,3 +73,27 @@ def holder_liveness(seg: Segment | None, word: int, ticks: int) -> _process.Live
     if tag & _TAG_NS and (tag & _M31) == _pidns() != 0 and 0 < pid <= _process.PID_MAX:
         return _process.liveness(pid, ticks)
     return unknown  # another PID namespace, or a word we cannot read: never acted on
+
+
+class _Reservation:
+    """Space reserved at tail for one large record, written after unlocking."""
+
+    __slots__ = ("n", "pos", "seq", "who")
+
+    def __init__(self, pos: int, seq: int, n: int, who: int) -> None:
+        self.pos = pos  # stream position of the record (tail when reserved)
+        self.seq = seq  # its sequence number (puts when reserved)
+        self.n = n
+        self.who = who  # the identity word recorded (identity())
+
+
+class _Claim:
+    """A record taken under the lock whose payload is copied out after unlocking."""
+
+    __slots__ = ("n", "pos", "start", "who")
+
+    def __init__(self, pos: int, start: int, n: int, who: int) -> None:
+        self.pos = pos  # stream position of the record (the claim word)
+        self.start = start  # ring index of its payload
+        self.n = n
+        self.who = who  # the identity word recorded (identity())

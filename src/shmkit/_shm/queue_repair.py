@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from .. import _process, _wait
 from .._mutex import BUSY, Mutex
 from ..errors import Closed, Empty, Full
+from .queue_liveness import _Claim, _Reservation
 from .queue_ring import (
     _AGAIN,
     _ARMED,
@@ -43,6 +44,7 @@ from .queue_ring import (
     _SPIN_MAX,
     _W_CLAIM,
     _W_CLAIM_PID,
+    _W_DONE,
     _W_GETS,
     _W_HEAD,
     _W_PDIED,
@@ -52,13 +54,12 @@ from .queue_ring import (
     _W_RING,
     _W_STATE,
     _W_TAIL,
+    _W_TAKEN,
     _W_WAITERS,
     RingProtocol,
-    _Claim,
     _mono,
     _NoLock,
     _qcrash,
-    _Reservation,
 )
 
 __all__ = ["LockAndWait"]
@@ -310,7 +311,11 @@ class LockAndWait(RingProtocol):
         c[_W_STATE] = (c[_W_STATE] & _BUSY) | min(g, _GWM) << _GW | min(p, _M31) << 32
 
     def _reap_waiters(self) -> None:
-        """Forget waiter counts of attach slots whose process is gone (lock held)."""
+        """Forget waiter counts of attach slots whose process is gone (lock held).
+
+        A gone consumer's unfinished tasks are settled too (see Tasks in
+        queue_ring.py): what it took and never marked done counts as done.
+        """
         seg = self._seg
         if seg is None:
             return
@@ -320,9 +325,17 @@ class LockAndWait(RingProtocol):
         alive.add(self._wslot)
         c = self._c
         for slot in range(_SLOTS):
-            if slot not in alive and c[_W_WAITERS + slot]:
-                c[_W_WAITERS + slot] = 0
+            if slot not in alive:
+                if c[_W_WAITERS + slot]:
+                    c[_W_WAITERS + slot] = 0
+                if c[_W_TAKEN + slot] != c[_W_DONE + slot]:
+                    self._r_settle(slot)
         self._sum_waiters()
+
+    def _gone_consumers(self) -> bool:
+        """Does another attach slot hold tasks it took and has not marked done? (a hint)"""
+        c = self._c
+        return any(c[_W_TAKEN + s] != c[_W_DONE + s] for s in range(_SLOTS) if s != self._wslot)
 
     def _reap_soon(self) -> None:
         self._run_locked(_mono() + 0.001, self._reap_waiters)
@@ -368,6 +381,7 @@ class LockAndWait(RingProtocol):
     def _recover(self) -> None:
         """Repair after a dead holder (both locks held): counters, claims, waiters."""
         self._repair()
+        self._r_repair_intent()  # a take's taken store, after gets was repaired
         self._reclaim_dead(count=False)  # one death, one recovery
         self._reap_waiters()
         c = self._c

@@ -10,7 +10,6 @@ format and store order. ``shmkit.queue.Queue`` holds the policy.
 from __future__ import annotations
 
 import mmap
-import operator
 import struct
 import threading
 import time
@@ -19,23 +18,24 @@ from typing import Any, Final
 
 from .. import _crash, _mutex, _process, _wait
 from .._core import _queue
-from .._layout import align
 from ..errors import Closed, LayoutError, MessageTooLarge
 from ..segment import Segment
-from .queue_liveness import holder_liveness, identity
+from .queue_batch import U32, split_batch
+from .queue_liveness import _Claim, _Reservation, holder_liveness, identity
 
 __all__ = ["BufferTooSmall", "RingProtocol"]
 
 # Queue parameters, stored once in the segment header's params (never change):
 # offset size field
-#      0    4 magic     b"QUE4" (the digit is the body layout version; 4: claim and
-#                       reservation identities are attach slots, not bare pids)
+#      0    4 magic     b"QUE5" (the digit is the body layout version; 4: claim and
+#                       reservation identities are attach slots, not bare pids; 5: the
+#                       task words for task_done()/join(). Another digit is refused.)
 #      4    4 flags     bit 0: every record carries a CRC32 of its payload
 #      8    8 ring      ring bytes = capacity + 16 (one record header)
 #     16    8 capacity  largest message in bytes (a multiple of 8)
 #     24   16 codec     the creator's codec name, ASCII, NUL-padded (informational)
 _PARAMS: Final = struct.Struct("<4sIQQ16s")
-_MAGIC: Final = b"QUE4"
+_MAGIC: Final = b"QUE5"
 _F_CRC: Final = 1
 
 # Body, from body_off (64-aligned); control words are little-endian u64:
@@ -45,6 +45,9 @@ _F_CRC: Final = 1
 #     64   64 mutex P   producers' robust mutex (two-lock mode only)
 #    128    8 head      stream position of the oldest record                (consumers)
 #    136    8 gets      records removed so far                              (consumers)
+#    144    8 i_who     a take's intent (see Tasks): its slot + 1, 0 when none is open
+#    152    8 i_gets    gets once that take commits
+#    160    8 i_new     taken[slot] once that take commits
 #    192    8 tail      stream position just past the newest record         (producers)
 #    200    8 puts      records published so far                            (producers)
 #    208    8 pdied     producers' side repaired alone after a death; the rest is due
@@ -67,8 +70,19 @@ _F_CRC: Final = 1
 #    320    8 res_ticks
 #    328    4 gwake     futex word consumers sleep on (u32; bumped to wake them)
 #    332    4 pwake     futex word producers sleep on
+#    336    4 gsleep    consumers inside futex_wait on gwake (u32): a waker makes the
+#                       wake system call only when it is not 0 (see Waking)
+#    340    4 psleep    producers inside futex_wait on pwake (u32)
 #    384  520 waiters   65 words, one per attach slot + 1 shared: getters | putters << 32
-#    960 ring ring      the byte ring; a stream position p lives at ring index p % ring
+#    960    8 retired   tasks finished without a live slot's task_done (see Tasks)
+#    968    4 jwake     futex word joiners sleep on (u32)
+#    972    4 jwait     joiners asleep (u32; a hint for wakers)
+#    976    8 abandoned tasks settled for consumers that died or closed (statistics)
+#   1024  520 taken     65 words: messages each attach slot took (word 64: handles
+#                       without a slot); written only under C; a slot with taken ==
+#                       done holds no unfinished task
+#   1600  520 done      65 words: task_done() calls credited to each slot (atomic)
+#   2176 ring ring      the byte ring; a stream position p lives at ring index p % ring
 # Each side's words have a cache line of their own, and so does each mutex: a
 # producer and a consumer working at once touch each other's line only to
 # read where the other one is.
@@ -139,7 +153,33 @@ _F_CRC: Final = 1
 # Waking. Sleepers wait on gwake (consumers) or pwake (producers), u32 futex
 # words. A waiter registers (state counts, its slot word) and reads the word
 # in the same critical section as its last attempt; a waker that finds
-# waiters counted increments the word (release) after its change and wakes.
+# waiters counted increments the word after its change, and makes the wake
+# system call only if gsleep/psleep shows one inside futex_wait (a sleeper
+# counts itself before futex_wait compares the word; both sides sequentially
+# consistent, so a wake is never lost): a waiter that is registered but awake
+# costs producers an increment per message, not a system call.
+#
+# Tasks (task_done/join, QUE5). unfinished = puts - finished, where finished =
+# retired + the sum of done[]. A take of k messages by the handle in attach
+# slot s (word 64 for a handle without one: a forked child's inherited
+# handle) adds k to taken[s] in the same critical section: it stores the
+# intent (i_gets, i_new, i_who), commits (head, gets), then taken[s]; the
+# next holder of both locks after a death there finishes the taken store if
+# gets shows the take committed (_r_repair_intent in _recover). task_done() increments
+# done[] of its own slot while that slot took more than it marked done,
+# else another slot's, else retired; it raises ValueError when nothing is
+# unfinished. A slot whose process died, or whose handle closed, is
+# settled under both locks: one compare-and-swap raises its done word to
+# its taken word (never by more than is unfinished), so its unfinished
+# tasks count as done (at most once: the messages were delivered or lost
+# with it) and join() never waits for a consumer that is gone; a settler
+# killed at any instant leaves them settled or not. Messages that leave the
+# queue untaken (shutdown(immediate=True), corrupt records) are retired.
+# Every word of finished only grows, and readers load puts last, so they
+# may see fewer finished tasks than there are, never more. A joiner counts
+# itself in jwait, reads jwake, re-checks and sleeps; whoever may have
+# finished the last task fences, reads jwait and, if joiners sleep and
+# nothing is unfinished, bumps jwake and wakes them all.
 #
 # Interrupted critical sections. The general path releases its locks in a
 # finally through one C call (Ring.unlock); if an exception left the section
@@ -172,13 +212,19 @@ _W_RES_TICKS: Final = 40
 _W_WAITERS: Final = 48
 _P_MUTEX: Final = 64  # byte offset of mutex P in the body
 _SLOTS: Final = 64  # attach slots with their own waiter word; word 64 is shared by the rest
-_RING_OFF: Final = align(8 * (_W_WAITERS + _SLOTS + 1))
+_W_I_WHO: Final = 18
+_W_I_GETS: Final = 19
+_W_I_NEW: Final = 20
+_W_RETIRED: Final = 120
+_W_ABANDONED: Final = 122
+_W_TAKEN: Final = 128
+_W_DONE: Final = 200
+_RING_OFF: Final = 2176
 _W_RING: Final = _RING_OFF // 8
+assert _RING_OFF == _queue.RING_OFF and _W_DONE + _SLOTS + 1 <= _W_RING
 
 _SALT: Final = 0x5155_4555_454B_4D53
 _SALT_BATCH: Final = 0x4241_5443_484B_4D53  # batch records: a check word of their own
-_U32: Final = struct.Struct("<I")
-_U32X2: Final = struct.Struct("<II")
 _M32: Final = 0xFFFF_FFFF
 _M31: Final = 0x7FFF_FFFF
 _M64: Final = 0xFFFF_FFFF_FFFF_FFFF
@@ -236,30 +282,6 @@ class _NoLock:
 _NOLOCK: Final = _NoLock()
 
 
-class _Reservation:
-    """Space reserved at tail for one large record, written after unlocking."""
-
-    __slots__ = ("n", "pos", "seq", "who")
-
-    def __init__(self, pos: int, seq: int, n: int, who: int) -> None:
-        self.pos = pos  # stream position of the record (tail when reserved)
-        self.seq = seq  # its sequence number (puts when reserved)
-        self.n = n
-        self.who = who  # the identity word recorded (identity())
-
-
-class _Claim:
-    """A record taken under the lock whose payload is copied out after unlocking."""
-
-    __slots__ = ("n", "pos", "start", "who")
-
-    def __init__(self, pos: int, start: int, n: int, who: int) -> None:
-        self.pos = pos  # stream position of the record (the claim word)
-        self.start = start  # ring index of its payload
-        self.n = n
-        self.who = who  # the identity word recorded (identity())
-
-
 class BufferTooSmall(MessageTooLarge):
     """``get_into``: the next message does not fit the buffer; it stays queued.
 
@@ -278,44 +300,6 @@ def _hcheck(w0: int, pos: int) -> int:
 
 def _hcheck_batch(w0: int, pos: int) -> int:
     return (w0 ^ pos ^ _SALT_BATCH) & _M32
-
-
-def _split_batch(
-    buf: Any, start: int, n: int, skip: int, limit: int
-) -> tuple[list[bytes], int] | None:
-    """Messages ``skip`` .. ``skip + limit`` of the batch payload ``buf[start : start + n]``.
-
-    The payload is a u32 count k, k u32 end offsets (cumulative, from the
-    first message's first byte) and the messages. Reads only the offsets it
-    needs, so taking one message is O(1) however large the batch. Returns the
-    messages and k, or None if the payload is not a well-formed batch.
-    """
-    if n < 8:
-        return None
-    k = _U32.unpack_from(buf, start)[0]
-    if not 0 < k <= (n - 4) >> 2 or skip >= k:
-        return None
-    first = start + 4 + 4 * k
-    total = n - 4 - 4 * k
-    if _U32.unpack_from(buf, first - 4)[0] != total:  # the last end is the size
-        return None
-    m = min(limit, k - skip)
-    if m == 1:  # one message (get): two offsets, no lists
-        if skip:
-            b, e = _U32X2.unpack_from(buf, start + 4 * skip)
-        else:
-            b, e = 0, _U32.unpack_from(buf, start + 4)[0]
-        if not b <= e <= total:
-            return None
-        return [buf[first + b : first + e]], k
-    if skip:
-        ends: tuple[int, ...] = struct.unpack_from(f"<{m + 1}I", buf, start + 4 * skip)
-    else:
-        ends = (0, *struct.unpack_from(f"<{m}I", buf, start + 4))
-    if ends[-1] > total or not all(map(operator.le, ends, ends[1:])):
-        return None
-    offs = list(map(first.__add__, ends))
-    return list(map(buf.__getitem__, map(slice, offs[:-1], offs[1:]))), k
 
 
 def _init_body(mm: mmap.mmap, body_off: int) -> None:
@@ -473,6 +457,7 @@ class RingProtocol(_queue.QueueCore):
         pos = head
         seq = gets
         got = 0
+        noted = 0  # messages already counted in this slot's taken word (see Tasks)
         bad = 0
         while got < limit and pos < tail:
             i = pos % ring
@@ -490,8 +475,8 @@ class RingProtocol(_queue.QueueCore):
                 or rec > tail - pos
                 or (skip and (not batch or pos != head))  # only a batch at head is taken in part
             ):
-                head, tail, gets, puts = self._resync(seq, pos, head, gets)
-                pos, seq = head, gets
+                head, tail, gets, puts = self._resync(seq, pos, head, gets, got - noted)
+                pos, seq, noted = head, gets, got
                 continue
             s = i + _HDR
             if s >= ring:
@@ -506,8 +491,8 @@ class RingProtocol(_queue.QueueCore):
                         crc = zlib.crc32(self._rv[base : base + n - k], crc)
                     if crc != w1 >> 32:
                         if batch:  # its count is not to be trusted: skip to the next record
-                            head, tail, gets, puts = self._resync(seq, pos, head, gets)
-                            pos, seq = head, gets
+                            head, tail, gets, puts = self._resync(seq, pos, head, gets, got - noted)
+                            pos, seq, noted = head, gets, got
                             continue
                         bad += 1
                         pos += rec
@@ -522,10 +507,10 @@ class RingProtocol(_queue.QueueCore):
                         area = b"".join((rv[base + s : base + ring], rv[base : base + n - k]))
                         start = 0
                     want = 1 if into is not None else limit - got
-                    split = _split_batch(area, start, n, skip, want)
+                    split = split_batch(area, start, n, skip, want)
                     if split is None:
-                        head, tail, gets, puts = self._resync(seq, pos, head, gets)
-                        pos, seq = head, gets
+                        head, tail, gets, puts = self._resync(seq, pos, head, gets, got - noted)
+                        pos, seq, noted = head, gets, got
                         continue
                     msgs, total = split
                     if into is not None:
@@ -580,10 +565,11 @@ class RingProtocol(_queue.QueueCore):
             seq += 1
         if bad:
             c[_W_CORRUPT] += bad
+            self._r_retire(bad)
         if seq != gets:
             if _ARMED:
                 _qcrash("queue.get.copied")
-            self._commit_take(seq, pos, head, gets)
+            self._commit_take(seq, pos, head, gets, got - noted)
             st = c[_W_STATE]
             if st >= _PUTW_ONE:
                 self._wake(True, (st >> 32) & _M31, _M31)
@@ -597,22 +583,30 @@ class RingProtocol(_queue.QueueCore):
         """get_into's buffer is too small: commit what was taken (the message stays queued)."""
         if bad:
             self._c[_W_CORRUPT] += bad
+            self._r_retire(bad)
         self._commit_take(seq, pos, head, gets)
         return BufferTooSmall(
             f"queue {self._name!r}: the next message is {needed} bytes; the buffer holds {size}",
             needed=needed,
         )
 
-    def _resync(self, seq: int, pos: int, head: int, gets: int) -> tuple[int, int, int, int]:
+    def _resync(
+        self, seq: int, pos: int, head: int, gets: int, took: int
+    ) -> tuple[int, int, int, int]:
         """Commit what was taken, skip the bad record at ``pos``; the new head, tail, gets, puts."""
-        self._commit_take(seq, pos, head, gets)
+        self._commit_take(seq, pos, head, gets, took)
         self._skip_corrupt()
         c = self._c
         return c[_W_HEAD], c[_W_TAIL], c[_W_GETS], c[_W_PUTS]
 
-    def _commit_take(self, seq: int, pos: int, head: int, gets: int) -> None:
-        """Store head, then gets: a death between loses what was taken, never repeats it."""
+    def _commit_take(self, seq: int, pos: int, head: int, gets: int, took: int = 0) -> None:
+        """Store head, then gets: a death between loses what was taken, never repeats it.
+
+        ``took`` messages of them were delivered: this slot's taken word grows
+        by as many, in the fast paths' order (intent, commit, taken; see Tasks).
+        """
         c = self._c
+        taken = self._r_take_intent(seq, took) if took else -1
         if pos != head:
             c[_W_HEAD] = pos
             if _ARMED:
@@ -621,6 +615,8 @@ class RingProtocol(_queue.QueueCore):
             c[_W_GETS] = seq
             if _ARMED:
                 _qcrash("queue.get.counted")
+        if took:
+            self._r_take_taken(taken)
 
     def _skip_corrupt(self) -> None:
         """The record at head failed validation (lock held): skip to the next valid one.
@@ -644,11 +640,13 @@ class RingProtocol(_queue.QueueCore):
                     c[_W_HEAD] = pos
                     c[_W_GETS] = gets + ahead
                     c[_W_CORRUPT] += ahead
+                    self._r_retire(ahead)
                     return
             pos += 8
         c[_W_HEAD] = tail
         c[_W_GETS] = puts
         c[_W_CORRUPT] += max(left, 1)
+        self._r_retire(max(left, 0))
 
     def _peek(self, pos: int) -> tuple[int, int, int] | None:
         """(length, seq mod 2**32, messages) of a record at ``pos`` if its check word matches.
@@ -672,7 +670,7 @@ class RingProtocol(_queue.QueueCore):
         if w1 & _M32 != _hcheck_batch(w0, pos) or n < 8:
             return None
         s = (i + _HDR) % ring  # a multiple of 8, as ring is: the count never wraps
-        k = _U32.unpack_from(self._mm, self._base + s)[0]
+        k = U32.unpack_from(self._mm, self._base + s)[0]
         return n, w0 >> 32, k if 4 + 4 * k <= n else 0
 
     def _check_indices(self, head: int, tail: int, gets: int, puts: int) -> None:
