@@ -384,3 +384,44 @@ def test_asyncio_timeout_and_wait_for_cancel_cleanly(name: str) -> None:
     finally:
         q.sync.unlink()
         q.close()
+
+
+WORKER = """
+import sys, time
+import shmkit
+q = shmkit.Queue.open(sys.argv[1])
+print("ready", flush=True)
+for _ in range(int(sys.argv[2])):
+    q.get(timeout=10)
+    time.sleep(0.002)
+    q.task_done()
+"""
+
+
+async def test_join_waits_for_task_done_in_another_process(queue: aio.Queue[bytes]) -> None:
+    """await q.join() returns exactly when another process marked the last task done."""
+    assert await queue.join(timeout=0) is True  # nothing put yet
+    for i in range(20):
+        await queue.put(b"%d" % i)
+    assert await queue.join(timeout=0.05) is False  # nobody works on them yet
+    worker = spawn(WORKER, queue.name, "20")
+    try:
+        assert read_line(worker) == "ready"
+        with anyio.fail_after(20):
+            assert await queue.join(timeout=15) is True
+        assert queue.sync.unfinished_tasks == 0
+        finish(worker)
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+async def test_cancelled_join_leaves_the_count_alone(queue: aio.Queue[bytes]) -> None:
+    await queue.put(b"x")
+    with anyio.move_on_after(0.05) as scope:
+        await queue.join()
+    assert scope.cancelled_caught
+    assert queue.sync.unfinished_tasks == 1
+    assert await queue.get(timeout=1) == b"x"
+    queue.task_done()
+    assert await queue.join(timeout=1) is True

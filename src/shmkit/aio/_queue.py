@@ -322,14 +322,13 @@ class Queue(Wrapper["_q.Queue[T]"], Generic[T]):
     # ------------------------------------------------------------------ join
 
     async def join(self, timeout: float | None = None) -> Any:
-        """Wait until every message put was marked done (``task_done()``).
+        """Wait until every message put was marked done (``task_done()``), in any process.
 
-        Only where the blocking Queue has ``join()``; raises AttributeError otherwise.
+        True once nothing is unfinished, False when ``timeout`` ran out (like
+        the blocking :meth:`shmkit.Queue.join`). Cancelling it changes no count.
         """
         timeout = check_timeout(timeout)
         q: Any = self.sync
-        if not hasattr(q, "join"):
-            raise AttributeError("this shmkit.Queue has no join(); task_done/join are not built")
 
         def attempt() -> object:
             try:
