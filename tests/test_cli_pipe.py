@@ -239,3 +239,28 @@ def test_each_line_is_sent_as_it_arrives_like_tail_f(
             putter.kill()
             putter.communicate(timeout=10)
         registry.remove(name)
+
+
+def test_put_and_get_on_a_msgpack_queue_speak_text_and_json(name: str) -> None:
+    """A msgpack queue: put sends each line as a str, get prints each object as JSON."""
+    pytest.importorskip("msgpack")
+    q = shmkit.Queue.create(name, 1 << 14, codec="msgpack")
+    try:
+        q.put({"n": 1})
+        put = subprocess.run(
+            [sys.executable, "-m", "shmkit", "put", name],
+            input=b"hello\n",
+            capture_output=True,
+            timeout=60,
+        )
+        assert put.returncode == 0, put.stderr
+        got = subprocess.run(
+            [sys.executable, "-m", "shmkit", "get", name, "--count", "2", "--timeout", "5"],
+            capture_output=True,
+            timeout=60,
+        )
+        assert got.returncode == 0, got.stderr
+        assert got.stdout.decode().splitlines() == ['{"n": 1}', '"hello"']
+    finally:
+        q.unlink()
+        q.close()

@@ -27,6 +27,7 @@ into a Broadcast takes the publisher role (one at a time per ring).
 from __future__ import annotations
 
 import argparse
+import json
 import struct
 import sys
 import time
@@ -181,8 +182,10 @@ def _sender(args: argparse.Namespace) -> tuple[Any, Any]:
             else queue.Queue.open(args.name)
         )
 
+        text = q.codec.name != "bytes"  # a msgpack queue gets each record as a str
+
         def put(data: bytes) -> None:
-            q.put(data, timeout=args.timeout)
+            q.put(data.decode("utf-8", "replace") if text else data, timeout=args.timeout)
 
         return put, q.close
     pub = broadcast.publisher(
@@ -238,7 +241,11 @@ def _receiver(args: argparse.Namespace) -> tuple[Any, Any]:
         )
 
         def get() -> bytes | None:
-            return bytes(q.get(timeout=args.timeout))
+            item = q.get(timeout=args.timeout)
+            if isinstance(item, (bytes, bytearray, memoryview)):
+                return bytes(item)
+            # A msgpack queue yields objects: one JSON document per record.
+            return json.dumps(item, default=repr).encode()
 
         return get, q.close
     sub = broadcast.subscribe(args.name)
