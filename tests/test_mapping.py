@@ -127,7 +127,7 @@ def test_msgpack_codec_is_recorded_and_used_on_open(name: str) -> None:
 
 
 def test_bad_keys_and_values_raise_and_lose_nothing(name: str) -> None:
-    with SharedDict.create(name, capacity=4, size=4096, max_key=16) as d:
+    with SharedDict.create(name, capacity=4, size=4096, max_key=16, grow=False) as d:
         try:
             d["keep"] = b"v"
             for bad in (1, None, 1.5, ("t",), bytearray(b"k")):
@@ -155,7 +155,7 @@ def test_bad_keys_and_values_raise_and_lose_nothing(name: str) -> None:
 
 
 def test_full_heap_coalesces_fragmented_free_space(name: str) -> None:
-    with SharedDict.create(name, capacity=64, size=64 * 64) as d:
+    with SharedDict.create(name, capacity=64, size=64 * 64, grow=False) as d:
         try:
             for i in range(64):
                 d[f"{i:02}"] = b""  # 64 one-unit blocks fill the heap

@@ -142,7 +142,7 @@ POINTS = [
 
 def _fresh(name: str) -> SharedDict[bytes]:
     # A small heap and a tight table: splits, coalescing, Full and compactions all happen.
-    return SharedDict.create(name, capacity=KEYS + 4, size=KEYS * 64 * 3)
+    return SharedDict.create(name, capacity=KEYS + 4, size=KEYS * 64 * 3, grow=False)
 
 
 #: (crash point, how many passes to let by): early and later in the run.
@@ -234,7 +234,7 @@ def test_random_kills_soak(name: str) -> None:
 
 
 def test_full_is_an_error_not_a_death(name: str) -> None:
-    with SharedDict.create(name, capacity=2) as d:
+    with SharedDict.create(name, capacity=2, grow=False) as d:
         try:
             d["a"] = d["b"] = b"1"
             with pytest.raises(Full):

@@ -17,11 +17,13 @@ key or value (each entry is validated like a seqlock and retried); writes
 serialise on a robust mutex taken and released inside one C call
 (``shmkit._core._dict``; format and ordering rule: ``shmkit._shm.dict_table``).
 
-Sizing: the table is fixed at creation. ``capacity`` entries fit (one more
-new key raises ``Full``); the heap holds ``size`` bytes, each entry taking
-``align64(32 + len(key) + len(value))``. There is no growth: size for the
-peak, e.g. ``size = 1.25 * capacity * bytes_per_entry`` (the default is 256
-bytes per entry of capacity). ``statistics()`` shows how full both are.
+Sizing: ``capacity`` entries and ``size`` heap bytes at creation (each entry
+takes ``align64(32 + len(key) + len(value))``). When either runs out the dict
+grows (by default): the writer that found it full builds the next generation,
+a segment twice the size, copies the entries and publishes it; every process
+follows on its next operation (``shmkit._shm.dict_gens``). ``grow=False``, or
+``max_bytes=`` reached, raises ``Full`` instead. ``statistics()`` shows how
+full the table is and its generation.
 
 Crash safety: a writer killed at any instant leaves every key with its old or
 its new value; the next writer repairs the free space (see ``verify()``).
@@ -30,23 +32,31 @@ Lifetime is explicit as for every shmkit object: ``unlink()`` removes it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
-import struct
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar, overload
 
-from . import _codec, _mutex, _wait
+from . import _codec, _crash, _mutex, _names, _wait
 from ._codec import Codec
 from ._core import _dict
 from ._core._dict import DictBase
 from ._handle import Handle
 from ._layout import Kind
+from ._shm import dict_gens
 from ._shm import dict_table as fmt
-from .errors import LayoutError, LockTimeout, PermissionDenied, ReadStarved, Timeout
+from .errors import (
+    LayoutError,
+    LockTimeout,
+    NotFound,
+    PermissionDenied,
+    ReadStarved,
+    Timeout,
+)
 from .segment import Segment, open_or_create
 
 __all__ = ["DictStats", "SharedDict", "describe"]
@@ -71,13 +81,14 @@ class DictStats:
     bytes_used: int  # heap bytes in live entries (64-byte units, headers included)
     heap_size: int
     tombstones: int
-    generation: int  # index generation: bumped by compaction and clear()
+    generation: int  # table generation: 0 at creation, +1 each time the dict grew
     writes: int  # changes committed since creation
     writer_deaths: int  # writers that died mid-write (each repaired by the next)
     compactions: int
     dropped: int  # corrupt entries a repair removed (0 unless memory was damaged)
     waiters: int  # processes asleep in wait_changed
     retries: int  # this handle: reads retried because a writer changed the entry
+    index_epoch: int = 0  # index copy in use: bumped by compaction and clear()
 
 
 class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
@@ -97,32 +108,34 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
     def __init__(self, seg: Segment, params: fmt.DictParams, codec: Codec[Any]) -> None:
         assert seg.header is not None
         self._name = seg.name
-        self._seg: Segment | None = seg
-        self._p = params
+        self._seg: Segment | None = seg  # the root: writer mutex, generation word
+        self._gen_seg: Segment | None = None  # the current generation's table, once grown
+        self._root_p = params
+        self._p = params  # the current table's params
         self.readonly = seg.readonly
         self._codec = codec
         raw = isinstance(codec, _codec.RawCodec)
         base = seg.header.body_off
         self._mutex = None if self.readonly else _mutex.Mutex(seg.mmap, base, seg.sysname, 0)
         self._flock = self._mutex is not None and self._mutex.kind != "pthread"
-        idx0, idx1 = params.index_off
         self._c_attach(
             seg.mmap,
             self._name,
             base,
-            params.capacity,
-            params.nslots,
-            params.heap_size,
             params.max_key,
             params.seed,
-            idx0,
-            idx1,
-            params.heap_off,
             self._flock,
+            params.grow,
             None if raw else self._encode,
             None if raw else codec.decode,
         )
+        self._c_retarget(seg.mmap, *dict_gens.geometry(seg, params))
         _live[id(self)] = self
+        try:
+            self._remap()
+        except BaseException:
+            self.close()
+            raise
 
     def _encode(self, value: Any) -> Any:
         return _codec.as_bytes(self._codec.encode(value))
@@ -139,11 +152,13 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
         max_key: int = fmt.DEFAULT_MAX_KEY,
         codec: str | Codec[Any] = "bytes",
         mode: int = 0o600,
+        grow: bool = True,
+        max_bytes: int | None = None,
     ) -> SharedDict[Any]:
         """Create an empty dict; AlreadyExists if the name is taken.
 
         Args:
-            capacity: the most entries it holds (Full beyond).
+            capacity: entries the first table holds.
             size: heap bytes for keys and values (default 256 per entry of
                 capacity, at least 64 KiB); rounded up to 64.
             max_key: longest key in bytes (str keys count their UTF-8 bytes).
@@ -151,9 +166,14 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
                 ``"msgpack"``, ``"pickle"`` (every writer fully trusted) or a
                 Codec; its name is recorded in the header.
             mode: permission bits (0o600: this user only).
+            grow: when the table is full, grow into a table twice the size
+                that every process follows (default); False: raise Full.
+            max_bytes: the largest table (index and heap, bytes) growth may
+                build; beyond it a full table raises Full. None: no limit
+                but /dev/shm itself (ShmFull when it has no room).
         """
         cod = _codec.resolve(codec)
-        params = _make_params(capacity, size, max_key, cod.name)
+        params = _make_params(capacity, size, max_key, cod.name, grow, max_bytes)
         parsed = fmt.parse_params(params, _body_size(params), f"dict {name!r}")
         seg = Segment._create_object(
             name,
@@ -188,6 +208,8 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
             assert seg.header is not None
             what = f"dict {name!r}"
             parsed = fmt.parse_params(seg.header.params, seg.header.body_size, what)
+            if parsed.generation != 0:
+                raise LayoutError(f"{what}: generation {parsed.generation} is not a dict's root")
             if seg.header.nsems != 0:
                 raise LayoutError(f"{what}: {seg.header.nsems} semaphores, expected none")
             if codec is None:
@@ -212,14 +234,23 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
         max_key: int = fmt.DEFAULT_MAX_KEY,
         codec: str | Codec[Any] = "bytes",
         mode: int = 0o600,
+        grow: bool = True,
+        max_bytes: int | None = None,
     ) -> SharedDict[Any]:
         """Open ``name`` or create it; safe when many processes race.
 
-        An existing dict keeps its creator's capacity and size.
+        An existing dict keeps its creator's sizes and growth policy.
         """
         return open_or_create(
             lambda: cls.create(
-                name, capacity=capacity, size=size, max_key=max_key, codec=codec, mode=mode
+                name,
+                capacity=capacity,
+                size=size,
+                max_key=max_key,
+                codec=codec,
+                mode=mode,
+                grow=grow,
+                max_bytes=max_bytes,
             ),
             lambda: cls.open(name, codec=codec),
             f"dict {name!r}",
@@ -235,7 +266,20 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
         mutex, self._mutex = self._mutex, None
         if mutex is not None:
             mutex.close()
+        gen_seg, self._gen_seg = self._gen_seg, None
+        if gen_seg is not None:
+            gen_seg.close()
         seg.close()
+
+    def unlink(self) -> None:
+        """Remove the dict's name and every generation segment it grew, for everyone.
+
+        Handles already open keep working until they close (growing a dict
+        whose name is gone is not supported).
+        """
+        sysname = self._seg.sysname if self._seg is not None else _names.system_name(self._name)
+        Segment.remove(self._name)
+        dict_gens.sweep(sysname, None, upto=self._p.generation)
 
     def __reduce__(self) -> tuple[Any, ...]:
         codec: object = self._codec.name if self._codec.name in _PLAIN else self._codec
@@ -297,12 +341,26 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
         return raw if isinstance(self._codec, _codec.RawCodec) else self._codec.decode(raw)
 
     def _write_slow(self, op: int, key: Any, data: Any, expect: int, timeout: float | None) -> Any:
-        """One write op, waiting up to ``timeout`` for the writer mutex (LockTimeout)."""
+        """One write op, waiting up to ``timeout`` for the writer mutex (LockTimeout),
+        following the dict into newer generations and growing it when full."""
         self._check_open()
-        mutex = self._mutex
-        if mutex is None:
+        if self._mutex is None:
             raise PermissionDenied(f"dict {self._name!r} is open readonly")
         timeout = _wait.check_timeout(timeout)
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if end is None else max(0.0, end - time.monotonic())
+            try:
+                got = self._write_once(op, key, data, expect, left)
+            except _dict.NeedGrowth as exc:
+                left = None if end is None else max(0.0, end - time.monotonic())
+                self._grow(int(exc.args[0]), left)
+                continue
+            if got is not _dict.MOVED:
+                return got
+            self._remap()
+
+    def _write_once(self, op: int, key: Any, data: Any, expect: int, timeout: float | None) -> Any:
         if not self._flock:
 
             def attempt() -> Any:
@@ -320,6 +378,18 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
                 )
             return result[0]
         # flock backend: the mutex is held by Python around one C call.
+        with self._held(timeout) as got:
+            return self._c_write(op, key, data, expect, _held_wait(got))
+
+    @contextlib.contextmanager
+    def _held(self, timeout: float | None) -> Iterator[int]:
+        """Hold the writer mutex from Python (flock backend, growth, verify).
+
+        Yields OK or OWNER_DIED; pass ``_held_wait(got)`` to the C call.
+        """
+        mutex = self._mutex
+        if mutex is None:
+            raise PermissionDenied(f"dict {self._name!r} is open readonly")
         got = _wait.wait(
             lambda: _none_if_busy(mutex.try_acquire()),
             lambda s: _none_if_busy(mutex.acquire_slice(s)),
@@ -329,17 +399,80 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
         if got is None:
             raise LockTimeout(f"dict {self._name!r}: another writer held the lock for {timeout} s")
         try:
-            return self._c_write(op, key, data, expect, -2.0 if got == _mutex.OWNER_DIED else -1.0)
+            yield got
         finally:
             mutex.core.release_if_held()
 
     def _write(self, op: int, key: Any, data: Any = None, expect: int = 0) -> Any:
-        if self._flock or self._mutex is None:
-            return self._write_slow(op, key, data, expect, None)
-        got = self._c_write(op, key, data, expect, 0.0)
-        if got is _dict.BUSY:
-            return self._write_slow(op, key, data, expect, None)
-        return got
+        if not self._flock and self._mutex is not None:
+            try:
+                got = self._c_write(op, key, data, expect, 0.0)
+            except _dict.NeedGrowth:
+                got = _dict.BUSY
+            if got is not _dict.BUSY and got is not _dict.MOVED:
+                return got
+        return self._write_slow(op, key, data, expect, None)
+
+    # ------------------------------------------------------------ generations
+
+    def _remap(self) -> None:
+        """Follow the root's generation word to the current table (takes no lock)."""
+        root = self._segment()
+        for attempt in range(10_000):
+            gen = self._c_gen()
+            if gen == self._p.generation:
+                return
+            if gen == 0 or gen < self._p.generation:
+                raise LayoutError(f"dict {self._name!r}: generation went back to {gen}")
+            try:
+                seg, p = dict_gens.open_generation(root, self._root_p, gen, readonly=self.readonly)
+            except NotFound:
+                time.sleep(min(1e-3, 1e-5 * attempt))  # replaced meanwhile: read gen again
+                continue
+            try:
+                self._c_retarget(seg.mmap, *dict_gens.geometry(seg, p))
+            except BaseException:
+                seg.close()
+                raise
+            old, self._gen_seg, self._p = self._gen_seg, seg, p
+            if old is not None:
+                old.close()
+            return
+        raise LayoutError(f"dict {self._name!r}: generation segments keep vanishing")
+
+    def _grow(self, need: int, timeout: float | None) -> None:
+        """Build the next generation (a table twice the size), copy, publish, follow.
+
+        Runs under the writer mutex held from Python: creating a segment is
+        Python code, but the shared state changes in one C call (``_c_grow``)
+        and every step before it touches only the new, unpublished segment.
+        """
+        root = self._segment()
+        seen = self._p.generation
+        with self._held(timeout) as got:
+            self._remap()
+            if self._p.generation != seen:
+                return  # another writer grew it meanwhile: retry the write there
+            dict_gens.sweep(root.sysname, seen, upto=seen)
+            used = self._c_counters()[4]
+            capacity, heap = dict_gens.next_size(self._p, used, need, f"dict {self._name!r}")
+            seg, p = dict_gens.create_generation(root, self._p, capacity, heap)
+            try:
+                if _crash.ARMED:
+                    _crash.point("dict.grow.created")
+                copied = self._c_grow(seg.mmap, *dict_gens.geometry(seg, p), _held_wait(got))
+                if copied is _dict.MOVED:  # cannot happen while we hold the mutex
+                    raise LayoutError(f"dict {self._name!r}: generation changed under the lock")
+            except BaseException:
+                seg.unlink()
+                seg.close()
+                raise
+            old, self._gen_seg, self._p = self._gen_seg, seg, p
+            if old is not None:
+                old.close()
+            if _crash.ARMED:
+                _crash.point("dict.grow.published")
+            dict_gens.sweep(root.sysname, p.generation, upto=p.generation)
 
     def _data(self, value: Any) -> Any:
         return value if isinstance(self._codec, _codec.RawCodec) else self._encode(value)
@@ -510,26 +643,32 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
         Checks every index slot (its block in bounds and whole, the stored
         hash matching the key, the key reachable from its home slot, no
         duplicate), the counters, and that live and free blocks tile the used
-        heap exactly (nothing leaked, nothing overlapping). A writable handle
-        takes the writer lock, first repairing what a dead writer left, as
-        the next writer would; a read-only handle checks without it (results
-        are exact only while nobody writes).
+        heap exactly (nothing leaked, nothing overlapping), in the current
+        generation. A writable handle takes the writer lock, first repairing
+        what a dead writer left (as the next writer would) and removing
+        generation segments a dead grower left; a read-only handle checks
+        without it (results are exact only while nobody writes).
         """
         self._check_open()
         timeout = _wait.check_timeout(timeout)
-        got = _wait.wait(
-            lambda: _none_if(self._c_verify(0.0)),
-            lambda s: _none_if(self._c_verify(s)),
-            timeout,
-            on_slice=self._check_open,
-        )
-        if got is None:
-            raise LockTimeout(f"dict {self._name!r}: verify() could not take the writer lock")
-        return list(got)
+        if self._mutex is None:
+            for _ in range(1000):
+                got = self._c_verify(0.0)
+                if got is not _dict.MOVED:
+                    return list(got)  # type: ignore[call-overload]
+                self._remap()
+            raise ReadStarved(f"dict {self._name!r}: it kept growing during verify()")
+        root = self._segment()
+        with self._held(timeout) as held:
+            self._remap()
+            dict_gens.sweep(root.sysname, self._p.generation or None, upto=self._p.generation)
+            got = self._c_verify(_held_wait(held))
+        return list(got)  # type: ignore[call-overload]
 
     def statistics(self) -> DictStats:
         """A snapshot of sizes and counters (see :class:`DictStats`)."""
         self._check_open()
+        self._remap()
         (writes, epoch, count, tombs, used, _bump, _dirty, deaths, waiters, comp, dropped) = (
             self._c_counters()
         )
@@ -539,13 +678,14 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
             used,
             self._p.heap_size,
             tombs,
-            epoch,
+            self._p.generation,
             writes,
             deaths,
             comp,
             dropped,
             waiters,
             self._c_retries,
+            epoch,
         )
 
     def _after_fork_in_child(self) -> None:
@@ -557,11 +697,22 @@ def _none_if_busy(got: int) -> int | None:
     return None if got == _mutex.BUSY else got
 
 
+def _held_wait(got: int) -> float:
+    """The ``wait`` argument of a C call made while Python holds the mutex."""
+    return -2.0 if got == _mutex.OWNER_DIED else -1.0
+
+
 def _none_if(got: Any) -> Any:
     return None if got is _dict.BUSY else got
 
 
-def _make_params(capacity: object, size: object, max_key: object, codec: str) -> bytes:
+def _make_params(
+    capacity: object, size: object, max_key: object, codec: str, grow: object, max_bytes: object
+) -> bytes:
+    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int)):
+        raise TypeError(f"max_bytes must be an int or None, not {type(max_bytes).__name__}")
+    if isinstance(max_bytes, int) and max_bytes < 1:
+        raise ValueError(f"max_bytes must be positive, not {max_bytes}")
     for label, value in (("capacity", capacity), ("max_key", max_key)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{label} must be an int, not {type(value).__name__}")
@@ -579,7 +730,20 @@ def _make_params(capacity: object, size: object, max_key: object, codec: str) ->
         raise ValueError(f"size {size} is beyond shmkit's limit of {fmt.MAX_HEAP} bytes")
     if not codec.isascii() or len(codec) > 16:
         raise ValueError(f"codec name {codec!r} must be at most 16 ASCII characters")
-    return fmt.make_params(capacity, heap, max_key, secrets.randbits(64), codec)
+    if max_bytes is not None and fmt.body_size(capacity, heap) > max_bytes:
+        raise ValueError(
+            f"capacity {capacity} and size {heap} need {fmt.body_size(capacity, heap)} bytes, "
+            f"more than max_bytes={max_bytes}"
+        )
+    return fmt.make_params(
+        capacity,
+        heap,
+        max_key,
+        secrets.randbits(64),
+        codec,
+        grow=bool(grow),
+        max_bytes=max_bytes or 0,
+    )
 
 
 def _body_size(params: bytes) -> int:
@@ -592,29 +756,9 @@ def _reopen(name: str, codec: object, readonly: bool) -> SharedDict[Any]:
 
 
 def describe(seg: Segment) -> dict[str, object]:
-    """JSON-serialisable facts about an opened DICT segment (for ``shmkit ls``/``info``)."""
-    header = seg.header
-    if header is None or header.kind != Kind.DICT:
-        raise LayoutError(f"{seg.name!r} is not a dict")
-    p = fmt.parse_params(header.params, header.body_size, f"dict {seg.name!r}")
-    mm = seg.mmap
-    writes, epoch, count, tombs, used, _bump, dirty, deaths = struct.unpack_from(
-        "<8Q", mm, header.body_off + fmt.WRITES_AT
-    )
-    return {
-        "kind": "dict",
-        "entries": count,
-        "capacity": p.capacity,
-        "bytes_used": used,
-        "heap_size": p.heap_size,
-        "generation": epoch,
-        "tombstones": tombs,
-        "writes": writes,
-        "writer_deaths": deaths,
-        "needs_repair": bool(dirty),
-        "codec": p.codec,
-        "max_key": p.max_key,
-    }
+    """JSON-serialisable facts about an opened dict (``shmkit ls``/``info``): the
+    current generation's entries, capacity and bytes used, and the generation."""
+    return dict_gens.describe(seg)
 
 
 def _after_fork_in_child() -> None:

@@ -416,13 +416,19 @@ class Segment:
         init: Callable[[_mm.mmap, int], None] | None = None,
         attach_slots: int = DEFAULT_ATTACH_SLOTS,
         unlink_on_exit: bool = False,
+        sysname: str | None = None,
     ) -> Segment:
-        """Create a shmkit object: header, body, semaphores; READY is stored last."""
-        name = _names.validate(name)
-        if _names.is_verbatim(name):
-            raise InvalidName(f"{kind.name.lower()} objects need a shmkit name, not {name!r}")
+        """Create a shmkit object: header, body, semaphores; READY is stored last.
+
+        ``sysname`` names the system object directly (a SharedDict's
+        generation segments, ``<root>~gN``); ``name`` is then only recorded.
+        """
+        if sysname is None:
+            name = _names.validate(name)
+            if _names.is_verbatim(name):
+                raise InvalidName(f"{kind.name.lower()} objects need a shmkit name, not {name!r}")
+            sysname = _names.system_name(name)
         mode = _check_mode(mode)
-        sysname = _names.system_name(name)
         what = f"{kind.name.lower()} {name!r}"
         me = _process.current()
         image = _layout.build(

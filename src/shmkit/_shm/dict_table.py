@@ -4,14 +4,21 @@ Params (immutable, covered by the header CRC), little-endian::
 
     offset size field
          0    4 version     PARAMS_VERSION
-         4    4 flags       0 (reserved)
-         8    8 capacity    most live entries (Full beyond)
+         4    4 flags       bit 0 GROW: a full table grows into a new generation
+         8    8 capacity    most live entries of this table (Full/growth beyond)
         16    8 nslots      index slots, a power of two >= capacity * 4 / 3
         24    8 heap_size   bytes of the block heap, a multiple of 64
         32    4 max_key     longest key in bytes (str keys: UTF-8)
-        36    4 reserved    0
-        40    8 seed        hash seed, random per dict (the same in every process)
+        36    4 generation  0 for the root segment; N for the segment <root>~gN
+        40    8 seed        hash seed, random per dict (the same in every process
+                            and every generation)
         48   16 codec       value codec name, ASCII, zero-padded
+        64    8 max_bytes   growth stops where root + table would pass it (0: no limit)
+
+The root segment (the user's name) is generation 0 and holds the one writer
+mutex, the ``writes`` futex word and the ``gen`` word for every generation;
+generation N >= 1 is the segment ``<root sysname>~gN`` (a name no user name
+maps to) with the same layout, whose own mutex and ``gen`` words are unused.
 
 Body (offsets from body_off, which is 64-aligned; words are u64)::
 
@@ -32,8 +39,11 @@ Body (offsets from body_off, which is 64-aligned; words are u64)::
        136    8 stamp           last block stamp handed out (block seq = 2 stamp + 2)
        144    8 compactions     index rebuilds (tombstones dropped)
        152    8 dropped         entries a repair found corrupt and dropped
-       192  8*C free lists      head per size class (heap offset + 1; 0 = empty)
-        I0  8*N index 0         N = nslots slot words; I0 = align64(192 + 8*C)
+       192    8 gen             root only, a cache line of its own: the current
+                                generation; stored (release) once, by the grower,
+                                after the new table is whole
+       256  8*C free lists      head per size class (heap offset + 1; 0 = empty)
+        I0  8*N index 0         N = nslots slot words; I0 = align64(256 + 8*C)
         I1  8*N index 1         I1 = I0 + 8*N
          H    . heap            H = align64(I1 + 8*N), heap_size bytes
 
@@ -81,11 +91,13 @@ from typing import Final
 from .._layout import MAX_BODY, align
 from ..errors import LayoutError
 
-PARAMS: Final = struct.Struct("<IIQQQIIQ16s")
-PARAMS_VERSION: Final = 1
+PARAMS: Final = struct.Struct("<IIQQQIIQ16sQ")
+PARAMS_VERSION: Final = 2
+#: Params flags.
+GROW: Final = 1
 #: Size classes (free-list heads).
 CLASSES: Final = 96
-CTL_END: Final = 192
+CTL_END: Final = 256
 UNIT: Final = 64
 BLOCK_HEAD: Final = 32
 #: Limits.
@@ -108,6 +120,7 @@ WAITERS_AT: Final = 128
 STAMP_AT: Final = 136
 COMPACTIONS_AT: Final = 144
 DROPPED_AT: Final = 152
+GEN_AT: Final = 192
 FREE_AT: Final = CTL_END
 
 
@@ -121,6 +134,9 @@ class DictParams:
     max_key: int
     seed: int
     codec: str
+    generation: int = 0
+    grow: bool = False
+    max_bytes: int = 0
 
     @property
     def index_off(self) -> tuple[int, int]:
@@ -147,18 +163,29 @@ def block_bytes(key_len: int, value_len: int) -> int:
     return align(BLOCK_HEAD + key_len + value_len, UNIT)
 
 
-def make_params(capacity: int, heap_size: int, max_key: int, seed: int, codec: str) -> bytes:
+def make_params(
+    capacity: int,
+    heap_size: int,
+    max_key: int,
+    seed: int,
+    codec: str,
+    *,
+    generation: int = 0,
+    grow: bool = False,
+    max_bytes: int = 0,
+) -> bytes:
     """Pack params (values already validated by the caller)."""
     return PARAMS.pack(
         PARAMS_VERSION,
-        0,
+        GROW if grow else 0,
         capacity,
         slots_for(capacity),
         heap_size,
         max_key,
-        0,
+        generation,
         seed,
         codec.encode("ascii").ljust(16, b"\0"),
+        max_bytes,
     )
 
 
@@ -169,10 +196,12 @@ def parse_params(params: bytes, body_size: int, what: str = "dict") -> DictParam
     """
     if len(params) != PARAMS.size:
         raise LayoutError(f"{what}: params are {len(params)} bytes, expected {PARAMS.size}")
-    version, flags, capacity, nslots, heap, max_key, reserved, seed, codec_b = PARAMS.unpack(params)
+    version, flags, capacity, nslots, heap, max_key, gen, seed, codec_b, max_bytes = PARAMS.unpack(
+        params
+    )
     if version != PARAMS_VERSION:
         raise LayoutError(f"{what}: dict params version {version} is not {PARAMS_VERSION}")
-    if flags or reserved:
+    if flags & ~GROW:
         raise LayoutError(f"{what}: unknown flags {flags:#x}")
     if not 1 <= capacity <= MAX_CAPACITY or nslots != slots_for(capacity):
         raise LayoutError(f"{what}: capacity {capacity} / {nslots} slots are inconsistent")
@@ -183,7 +212,9 @@ def parse_params(params: bytes, body_size: int, what: str = "dict") -> DictParam
     name = codec_b.rstrip(b"\0")
     if b"\0" in name or not name or not name.isascii():
         raise LayoutError(f"{what}: codec name {codec_b!r} is invalid")
-    parsed = DictParams(capacity, nslots, heap, max_key, seed, name.decode("ascii"))
+    parsed = DictParams(
+        capacity, nslots, heap, max_key, seed, name.decode("ascii"), gen, bool(flags & GROW), max_bytes
+    )
     if parsed.body_size != body_size:
         raise LayoutError(f"{what}: body of {body_size} bytes, its layout needs {parsed.body_size}")
     return parsed
