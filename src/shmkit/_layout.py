@@ -55,6 +55,8 @@ from .errors import IncompatibleLayout, LayoutError
 MAGIC: Final = b"SHMKIT\x00\x01"
 LAYOUT_VERSION: Final = 1
 HEADER_SIZE: Final = 128
+
+
 def _abi() -> int:
     """The ABI word: processes whose words differ cannot share an object.
 

@@ -34,14 +34,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar, overload
 
-from . import _codec, _crash, _mutex, _names, _wait
+from . import _codec, _mutex, _names, _wait
 from ._codec import Codec
 from ._core import _dict
 from ._core._dict import DictBase
@@ -173,8 +172,10 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
                 but /dev/shm itself (ShmFull when it has no room).
         """
         cod = _codec.resolve(codec)
-        params = _make_params(capacity, size, max_key, cod.name, grow, max_bytes)
-        parsed = fmt.parse_params(params, _body_size(params), f"dict {name!r}")
+        params, body = fmt.user_params(
+            capacity, size, max_key, cod.name, grow=grow, max_bytes=max_bytes
+        )
+        parsed = fmt.parse_params(params, body, f"dict {name!r}")
         seg = Segment._create_object(
             name,
             Kind.DICT,
@@ -441,38 +442,8 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
         raise LayoutError(f"dict {self._name!r}: generation segments keep vanishing")
 
     def _grow(self, need: int, timeout: float | None) -> None:
-        """Build the next generation (a table twice the size), copy, publish, follow.
-
-        Runs under the writer mutex held from Python: creating a segment is
-        Python code, but the shared state changes in one C call (``_c_grow``)
-        and every step before it touches only the new, unpublished segment.
-        """
-        root = self._segment()
-        seen = self._p.generation
-        with self._held(timeout) as got:
-            self._remap()
-            if self._p.generation != seen:
-                return  # another writer grew it meanwhile: retry the write there
-            dict_gens.sweep(root.sysname, seen, upto=seen)
-            used = self._c_counters()[4]
-            capacity, heap = dict_gens.next_size(self._p, used, need, f"dict {self._name!r}")
-            seg, p = dict_gens.create_generation(root, self._p, capacity, heap)
-            try:
-                if _crash.ARMED:
-                    _crash.point("dict.grow.created")
-                copied = self._c_grow(seg.mmap, *dict_gens.geometry(seg, p), _held_wait(got))
-                if copied is _dict.MOVED:  # cannot happen while we hold the mutex
-                    raise LayoutError(f"dict {self._name!r}: generation changed under the lock")
-            except BaseException:
-                seg.unlink()
-                seg.close()
-                raise
-            old, self._gen_seg, self._p = self._gen_seg, seg, p
-            if old is not None:
-                old.close()
-            if _crash.ARMED:
-                _crash.point("dict.grow.published")
-            dict_gens.sweep(root.sysname, p.generation, upto=p.generation)
+        """Build the next generation, copy, publish, follow (``dict_gens.grow``)."""
+        dict_gens.grow(self, need, timeout)
 
     def _data(self, value: Any) -> Any:
         return value if isinstance(self._codec, _codec.RawCodec) else self._encode(value)
@@ -654,16 +625,17 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
         if self._mutex is None:
             for _ in range(1000):
                 got = self._c_verify(0.0)
-                if got is not _dict.MOVED:
-                    return list(got)  # type: ignore[call-overload]
-                self._remap()
+                if isinstance(got, list):
+                    return [str(x) for x in got]
+                self._remap()  # MOVED
             raise ReadStarved(f"dict {self._name!r}: it kept growing during verify()")
         root = self._segment()
         with self._held(timeout) as held:
             self._remap()
             dict_gens.sweep(root.sysname, self._p.generation or None, upto=self._p.generation)
             got = self._c_verify(_held_wait(held))
-        return list(got)  # type: ignore[call-overload]
+        assert isinstance(got, list)  # neither BUSY nor MOVED while we hold the mutex
+        return [str(x) for x in got]
 
     def statistics(self) -> DictStats:
         """A snapshot of sizes and counters (see :class:`DictStats`)."""
@@ -704,51 +676,6 @@ def _held_wait(got: int) -> float:
 
 def _none_if(got: Any) -> Any:
     return None if got is _dict.BUSY else got
-
-
-def _make_params(
-    capacity: object, size: object, max_key: object, codec: str, grow: object, max_bytes: object
-) -> bytes:
-    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int)):
-        raise TypeError(f"max_bytes must be an int or None, not {type(max_bytes).__name__}")
-    if isinstance(max_bytes, int) and max_bytes < 1:
-        raise ValueError(f"max_bytes must be positive, not {max_bytes}")
-    for label, value in (("capacity", capacity), ("max_key", max_key)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{label} must be an int, not {type(value).__name__}")
-    assert isinstance(capacity, int) and isinstance(max_key, int)
-    if not 1 <= capacity <= fmt.MAX_CAPACITY:
-        raise ValueError(f"capacity must be between 1 and {fmt.MAX_CAPACITY}, not {capacity}")
-    if not 1 <= max_key <= fmt.MAX_KEY:
-        raise ValueError(f"max_key must be between 1 and {fmt.MAX_KEY}, not {max_key}")
-    if size is None:
-        size = max(64 * 1024, 256 * capacity)
-    if isinstance(size, bool) or not isinstance(size, int):
-        raise TypeError(f"size must be an int, not {type(size).__name__}")
-    heap = max(fmt.MIN_HEAP, -(-size // fmt.UNIT) * fmt.UNIT)
-    if heap > fmt.MAX_HEAP:
-        raise ValueError(f"size {size} is beyond shmkit's limit of {fmt.MAX_HEAP} bytes")
-    if not codec.isascii() or len(codec) > 16:
-        raise ValueError(f"codec name {codec!r} must be at most 16 ASCII characters")
-    if max_bytes is not None and fmt.body_size(capacity, heap) > max_bytes:
-        raise ValueError(
-            f"capacity {capacity} and size {heap} need {fmt.body_size(capacity, heap)} bytes, "
-            f"more than max_bytes={max_bytes}"
-        )
-    return fmt.make_params(
-        capacity,
-        heap,
-        max_key,
-        secrets.randbits(64),
-        codec,
-        grow=bool(grow),
-        max_bytes=max_bytes or 0,
-    )
-
-
-def _body_size(params: bytes) -> int:
-    fields = fmt.PARAMS.unpack(params)
-    return fmt.body_size(fields[2], fields[4])
 
 
 def _reopen(name: str, codec: object, readonly: bool) -> SharedDict[Any]:

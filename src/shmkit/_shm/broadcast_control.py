@@ -386,9 +386,7 @@ class Control:
             raise ValueError(f"start #{start} is beyond the {published} messages published")
         return start
 
-    def join(
-        self, entry: int, start: str | int, tethered: bool, ring: _seqlock.Ring
-    ) -> int:
+    def join(self, entry: int, start: str | int, tethered: bool, ring: _seqlock.Ring) -> int:
         """Fill a claimed entry and return the subscriber's first message number.
 
         In a back-pressured ring a tethered subscriber is protected from its
@@ -471,8 +469,6 @@ class BroadcastStatistics:
     aborted_loans: int
     live_subscribers: int
     subscribers: tuple[SubscriberInfo, ...]
-
-
 
 
 def collect(ctl: Control, alive: bool, own: int) -> BroadcastStatistics:

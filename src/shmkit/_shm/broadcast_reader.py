@@ -30,9 +30,7 @@ AGAIN: Final = object()  # recv_latest was overtaken: go for the new newest
 class Reader:
     """One subscriber entry of a broadcast and the C ring over its cursor."""
 
-    def __init__(
-        self, ctl: Control, start: str | int, newest: bool, tethered: bool
-    ) -> None:
+    def __init__(self, ctl: Control, start: str | int, newest: bool, tethered: bool) -> None:
         self._ctl = ctl
         self.name = ctl.name
         self._q = ctl.q

@@ -26,14 +26,18 @@ from __future__ import annotations
 import os
 import re
 import struct
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
-from .. import _platform
+from .. import _crash, _mutex, _platform
+from .._core import _dict
 from .._layout import Kind
 from .._sysobj import unlink_shm
 from ..errors import Full, LayoutError, MessageTooLarge, NotFound
 from ..segment import Segment
 from . import dict_table as fmt
+
+if TYPE_CHECKING:
+    from ..mapping import SharedDict
 
 SEP: Final = "~g"
 _GEN: Final = re.compile(r"(.+)~g([0-9]{1,9})")
@@ -120,7 +124,7 @@ def next_size(p: fmt.DictParams, used: int, need: int, what: str) -> tuple[int, 
     return capacity, heap
 
 
-def geometry(seg: Segment, p: fmt.DictParams) -> tuple[int, ...]:
+def geometry(seg: Segment, p: fmt.DictParams) -> tuple[int, int, int, int, int, int, int, int]:
     """The table arguments of ``_c_retarget``/``_c_grow`` (after the mapping)."""
     assert seg.header is not None
     idx0, idx1 = p.index_off
@@ -251,3 +255,39 @@ def describe(seg: Segment) -> dict[str, object]:
         "codec": p.codec,
         "max_key": p.max_key,
     }
+
+
+def grow(d: SharedDict[Any], need: int, timeout: float | None) -> None:
+    """Build the next generation (a table twice the size), copy, publish, follow.
+
+    Runs under the writer mutex held from Python: creating a segment is
+    Python code, but the shared state changes in one C call (``_c_grow``)
+    and every step before it touches only the new, unpublished segment.
+    """
+    root = d._segment()
+    seen = d._p.generation
+    with d._held(timeout) as got:
+        d._remap()
+        if d._p.generation != seen:
+            return  # another writer grew it meanwhile: retry the write there
+        sweep(root.sysname, seen, upto=seen)
+        used = d._c_counters()[4]
+        capacity, heap = next_size(d._p, used, need, f"dict {d.name!r}")
+        seg, p = create_generation(root, d._p, capacity, heap)
+        try:
+            if _crash.ARMED:
+                _crash.point("dict.grow.created")
+            wait = -2.0 if got == _mutex.OWNER_DIED else -1.0  # we hold it (a dead holder before)
+            copied = d._c_grow(seg.mmap, *geometry(seg, p), wait)
+            if copied is _dict.MOVED:  # cannot happen while we hold the mutex
+                raise LayoutError(f"dict {d.name!r}: generation changed under the lock")
+        except BaseException:
+            seg.unlink()
+            seg.close()
+            raise
+        old, d._gen_seg, d._p = d._gen_seg, seg, p
+        if old is not None:
+            old.close()
+        if _crash.ARMED:
+            _crash.point("dict.grow.followed")
+        sweep(root.sysname, p.generation, upto=p.generation)

@@ -84,6 +84,7 @@ release fence, so a copy that saw any later store fails the re-check.
 
 from __future__ import annotations
 
+import secrets
 import struct
 from dataclasses import dataclass
 from typing import Final
@@ -213,7 +214,15 @@ def parse_params(params: bytes, body_size: int, what: str = "dict") -> DictParam
     if b"\0" in name or not name or not name.isascii():
         raise LayoutError(f"{what}: codec name {codec_b!r} is invalid")
     parsed = DictParams(
-        capacity, nslots, heap, max_key, seed, name.decode("ascii"), gen, bool(flags & GROW), max_bytes
+        capacity,
+        nslots,
+        heap,
+        max_key,
+        seed,
+        name.decode("ascii"),
+        gen,
+        bool(flags & GROW),
+        max_bytes,
     )
     if parsed.body_size != body_size:
         raise LayoutError(f"{what}: body of {body_size} bytes, its layout needs {parsed.body_size}")
@@ -223,3 +232,52 @@ def parse_params(params: bytes, body_size: int, what: str = "dict") -> DictParam
 def body_size(capacity: int, heap_size: int) -> int:
     """The body size a dict of ``capacity`` entries and ``heap_size`` heap bytes needs."""
     return DictParams(capacity, slots_for(capacity), heap_size, 1, 0, "bytes").body_size
+
+
+def user_params(
+    capacity: object,
+    size: object,
+    max_key: object,
+    codec: str,
+    *,
+    grow: object = True,
+    max_bytes: object = None,
+) -> tuple[bytes, int]:
+    """Validate ``SharedDict.create``'s arguments (TypeError/ValueError) and pack
+    its params with a fresh random seed; returns ``(params, body size)``."""
+    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int)):
+        raise TypeError(f"max_bytes must be an int or None, not {type(max_bytes).__name__}")
+    if isinstance(max_bytes, int) and max_bytes < 1:
+        raise ValueError(f"max_bytes must be positive, not {max_bytes}")
+    for label, value in (("capacity", capacity), ("max_key", max_key)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{label} must be an int, not {type(value).__name__}")
+    assert isinstance(capacity, int) and isinstance(max_key, int)
+    if not 1 <= capacity <= MAX_CAPACITY:
+        raise ValueError(f"capacity must be between 1 and {MAX_CAPACITY}, not {capacity}")
+    if not 1 <= max_key <= MAX_KEY:
+        raise ValueError(f"max_key must be between 1 and {MAX_KEY}, not {max_key}")
+    if size is None:
+        size = max(64 * 1024, 256 * capacity)
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"size must be an int, not {type(size).__name__}")
+    heap = max(MIN_HEAP, -(-size // UNIT) * UNIT)
+    if heap > MAX_HEAP:
+        raise ValueError(f"size {size} is beyond shmkit's limit of {MAX_HEAP} bytes")
+    if not codec.isascii() or len(codec) > 16:
+        raise ValueError(f"codec name {codec!r} must be at most 16 ASCII characters")
+    if max_bytes is not None and body_size(capacity, heap) > max_bytes:
+        raise ValueError(
+            f"capacity {capacity} and size {heap} need {body_size(capacity, heap)} bytes, "
+            f"more than max_bytes={max_bytes}"
+        )
+    params = make_params(
+        capacity,
+        heap,
+        max_key,
+        secrets.randbits(64),
+        codec,
+        grow=bool(grow),
+        max_bytes=max_bytes or 0,
+    )
+    return params, body_size(capacity, heap)

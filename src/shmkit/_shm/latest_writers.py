@@ -70,7 +70,6 @@ def scan(ctl: memoryview, fd: int, base: int, mine: int) -> tuple[list[int], lis
     return live, dead
 
 
-
 def describe(seg: Segment) -> dict[str, object]:
     """JSON-serialisable facts about an opened LATEST segment (for ``shmkit info``).
 
@@ -115,5 +114,3 @@ def describe(seg: Segment) -> dict[str, object]:
     if p.array is not None:
         info.update(shape=list(p.array.shape), dtype=p.array.spec, order=p.array.order)
     return info
-
-
