@@ -15,7 +15,7 @@ from shmkit._shm import dict_gens
 from shmkit.errors import Full, MessageTooLarge
 from shmkit.mapping import SharedDict
 
-from .helpers import finish, read_line, run_all, spawn
+from .helpers import finish, read_line, run_all, spawn, wait_stopped
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -272,5 +272,55 @@ def test_grower_killed_at_each_point_loses_nothing(name: str, point: str, after:
                 d[f"k{i}"] = b"v%d" % i
             assert d.verify() == [] and other[f"k{last + 299}"] == b"v%d" % (last + 299)
             other.close()
+        finally:
+            d.unlink()
+
+
+def test_growing_out_of_the_root_gives_its_table_memory_back(name: str) -> None:
+    with SharedDict.create(name, capacity=20_000, size=4 << 20) as d:
+        try:
+            path = "/dev/shm/" + d._segment().sysname.lstrip("/")
+            before = os.stat(path).st_blocks * 512
+            reader = SharedDict.open(name, readonly=True)
+            assert reader.get("k0") is None  # maps generation 0 and reads it
+            for i in range(20_001):
+                d[f"k{i}"] = b"x" * 40
+            after = os.stat(path).st_blocks * 512
+            assert before > 4 << 20 and after < 64 * 1024  # index and heap pages removed
+            assert reader["k0"] == b"x" * 40 and len(reader) == 20_001
+            assert d.verify() == [] and reader.verify() == []
+            reader.close()
+        finally:
+            d.unlink()
+
+
+def test_a_reader_stopped_mid_copy_during_growth_retries_in_the_new_generation(
+    name: str,
+) -> None:
+    with SharedDict.create(name, capacity=2000, size=1 << 20) as d:
+        try:
+            d["k"] = b"A" * 1000
+            child = spawn(
+                """
+                import sys
+                from shmkit.mapping import SharedDict
+                d = SharedDict.open(sys.argv[1], readonly=True)
+                v = d["k"]  # stops itself after copying, before re-checking
+                print(v[:1].decode(), len(v), d.statistics().generation, flush=True)
+                """,
+                name,
+                env={"SHMKIT_STOP_AT": "dict.get.copied"},
+            )
+            try:
+                wait_stopped(child)
+                d["k"] = b"B" * 1000
+                for i in range(2000):
+                    d[f"fill{i}"] = b""  # grows: the root's table is retired and freed
+                gen = d.statistics().generation
+                assert gen >= 1
+                child.send_signal(signal.SIGCONT)
+                assert read_line(child) == f"B 1000 {gen}"
+            finally:
+                finish(child)
         finally:
             d.unlink()

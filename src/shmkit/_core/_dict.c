@@ -1571,6 +1571,11 @@ Dict_grow(DictObject *self, PyObject *args)
      * names it; pairs with the acquire load in dk_moved() */
     shm_store64(RT(self, D_GEN), g.gen);
     shm_crash("dict.grow.published");
+    /* release: a reader still copying from the old table fails its epoch
+     * re-check from here on, so the caller may free that memory (the root's
+     * first table) under it; pairs with the acquire fence in dk_read_once() */
+    char *ep = AT(self, D_EPOCH);
+    shm_store64(ep, shm_relaxed64(ep) + 2);
     dk_end(self);
     dk_unlock(self, wait, 1);
     shm_view_leave(&self->r);

@@ -23,6 +23,8 @@ a writable ``verify()``, or ``unlink()``) removes what is left over.
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
 import re
 import struct
@@ -257,6 +259,24 @@ def describe(seg: Segment) -> dict[str, object]:
     }
 
 
+def release_first_table(root: Segment, p: fmt.DictParams) -> None:
+    """Give the root's own table (generation 0) back to the system once the dict
+    has grown out of it: its index and heap pages are removed from the tmpfs
+    file (MADV_REMOVE; the file keeps its size, so nobody gets SIGBUS, and the
+    pages read as zeros). Safe under readers still copying from it: ``_c_grow``
+    bumped its epoch first, so they retry and follow the generation word."""
+    madv = getattr(mmap, "MADV_REMOVE", None)
+    assert root.header is not None
+    if madv is None or root.readonly:
+        return  # pragma: no cover - not Linux: the memory stays until unlink()
+    page = mmap.PAGESIZE
+    start = -(-(root.header.body_off + p.index_off[0]) // page) * page
+    end = (root.header.body_off + p.body_size) // page * page
+    if end > start:
+        with contextlib.suppress(OSError):
+            root.mmap.madvise(madv, start, end - start)
+
+
 def grow(d: SharedDict[Any], need: int, timeout: float | None) -> None:
     """Build the next generation (a table twice the size), copy, publish, follow.
 
@@ -288,6 +308,8 @@ def grow(d: SharedDict[Any], need: int, timeout: float | None) -> None:
         old, d._gen_seg, d._p = d._gen_seg, seg, p
         if old is not None:
             old.close()
+        else:
+            release_first_table(root, d._root_p)
         if _crash.ARMED:
             _crash.point("dict.grow.followed")
         sweep(root.sysname, p.generation, upto=p.generation)
