@@ -5,6 +5,7 @@
     shmkit info NAME [--json]          one object's decoded header, attachments, stats
     shmkit rm NAME... [--json]         remove objects and all their parts
     shmkit gc [--yes] [--force]        remove what is provably abandoned (dry run by default)
+    shmkit verify NAME... [--readonly] check objects' structure; exit 1 on problems
     shmkit demo                        writer and reader processes hand data over
     shmkit bench sync|queue|frames|dict  benchmarks against the peers, in one run
 
@@ -25,7 +26,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from . import __version__, _demo, registry
+from . import __version__, _demo, _verify, registry
 from ._process import Liveness
 from .errors import ShmkitError
 from .segment import Segment
@@ -323,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("which", choices=sorted(_BENCHES))
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options for that benchmark")
     p.set_defaults(func=cmd_bench)
+
+    # `shmkit verify NAME...`: parser and handler live in _verify.py.
+    _verify.add_parser(sub)
     return parser
 
 
