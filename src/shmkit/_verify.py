@@ -19,6 +19,7 @@ from rich.console import Console
 
 from . import registry
 from .errors import ShmkitError
+from .mapping import SharedDict
 
 #: Exit statuses.
 SOUND: Final = 0
@@ -51,8 +52,6 @@ def verify_one(name: str, *, readonly: bool = False, timeout: float = 10.0) -> d
             out["status"] = "unsupported"
             out["problems"] = [f"a {entry.kind} has no structural checker (verify())"]
             return out
-        from .mapping import SharedDict  # the CLI imports objects only when asked
-
         with SharedDict.open(entry.name, codec="bytes", readonly=readonly) as d:
             problems = d.verify(timeout=timeout)
     except (ShmkitError, OSError, ValueError) as exc:
