@@ -33,11 +33,11 @@ Lifetime is explicit as for every shmkit object: ``unlink()`` removes it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
-from dataclasses import dataclass
 from typing import Any, Final, TypeVar, overload
 
 from . import _codec, _mutex, _names, _wait
@@ -48,6 +48,7 @@ from ._handle import Handle
 from ._layout import Kind
 from ._shm import dict_gens
 from ._shm import dict_table as fmt
+from ._shm.dict_table import DictStats
 from .errors import (
     LayoutError,
     LockTimeout,
@@ -69,25 +70,6 @@ _MISSING: Final = object()
 _PLAIN = {"bytes", "pickle", "msgpack"}
 #: Open handles (by id: a mapping compares by value and is unhashable, as dict is).
 _live: weakref.WeakValueDictionary[int, SharedDict[Any]] = weakref.WeakValueDictionary()
-
-
-@dataclass(frozen=True)
-class DictStats:
-    """A snapshot of a SharedDict (``statistics()``)."""
-
-    entries: int
-    capacity: int
-    bytes_used: int  # heap bytes in live entries (64-byte units, headers included)
-    heap_size: int
-    tombstones: int
-    generation: int  # table generation: 0 at creation, +1 each time the dict grew
-    writes: int  # changes committed since creation
-    writer_deaths: int  # writers that died mid-write (each repaired by the next)
-    compactions: int
-    dropped: int  # corrupt entries a repair removed (0 unless memory was damaged)
-    waiters: int  # processes asleep in wait_changed
-    retries: int  # this handle: reads retried because a writer changed the entry
-    index_epoch: int = 0  # index copy in use: bumped by compaction and clear()
 
 
 class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
@@ -508,7 +490,12 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
         return default if raw is None else self._decode(raw)  # type: ignore[return-value]
 
     def update(self, other: Any = (), /, **kwds: V) -> None:
-        """Set every pair of ``other`` (a mapping or pairs) and ``kwds``; each set is atomic."""
+        """Set every pair of ``other`` (a mapping or pairs) and ``kwds``: one C call
+        under one acquisition of the writer lock for the whole batch (split only
+        where the dict grows). Every key and value is checked first (nothing is
+        stored if one is bad); readers may see part of the batch, as with
+        separate sets, and no other writer's change lands in between.
+        """
         pairs: Iterable[tuple[Key, V]]
         if isinstance(other, Mapping):
             pairs = other.items()
@@ -516,10 +503,17 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
             pairs = ((k, other[k]) for k in other.keys())  # noqa: SIM118 - any object with keys()
         else:
             pairs = other
-        for key, value in pairs:
-            self[key] = value
-        for key, value in kwds.items():
-            self[key] = value
+        keys: list[Key] = []
+        data: list[Any] = []
+        for key, value in itertools.chain(pairs, kwds.items()):
+            keys.append(key)
+            data.append(self._data(value))
+        while keys:
+            done, need = self._write(_dict.OP_UPDATE, keys, data)
+            if not need:
+                return
+            del keys[:done], data[:done]
+            self._grow(need, None)
 
     def clear(self) -> None:
         """Remove every entry at once: readers see the old map or the empty one."""

@@ -109,6 +109,20 @@ class DictModel(RuleBasedStateMachine):
         assert self.handle(which).update_with(key, grow) == grow(self.model.get(key))
         self.model[key] = grow(self.model.get(key))
 
+    @rule(which=st.booleans(), pairs=st.lists(st.tuples(keys, values), max_size=8))
+    def update(self, which: bool, pairs: list[tuple[Any, bytes]]) -> None:
+        after = {**self.model, **dict(pairs)}
+        if not self.grow and len(after) > self.capacity:
+            with pytest.raises(Full):  # stores the prefix that fits, as dict.update would
+                self.handle(which).update(pairs)
+            for key, value in pairs:
+                if key not in self.model and len(self.model) >= self.capacity:
+                    break
+                self.model[key] = value
+            return
+        self.handle(which).update(pairs)
+        self.model = after
+
     @rule(which=st.booleans())
     def popitem(self, which: bool) -> None:
         if not self.model:

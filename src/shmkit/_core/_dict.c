@@ -84,6 +84,7 @@ static PyObject *NeedGrowth;
 #define OP_POPITEM 5
 #define OP_REPAIR 6
 #define OP_COMPACT 7
+#define OP_UPDATE 8 /* key: a list of keys, data: a list of values */
 
 /* Reads retried in C before handing back to Python. */
 #define D_TRIES 256
@@ -1189,6 +1190,130 @@ dk_write(DictObject *self, int op, PyObject *key, PyObject *data, uint64_t expec
     return res;
 }
 
+/* ------------------------------------------------------------------ batches */
+
+static void
+dk_release_all(Py_buffer *bufs, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyBuffer_Release(&bufs[i]);
+    }
+}
+
+/* update(): store keys[i] = values[i] for every i under one acquisition of
+ * the writer mutex. Every key and value is checked before the lock is taken
+ * (a bad one raises and nothing is stored). Each store is one crash-safe
+ * write as in dk_store (a writer killed mid-batch leaves a prefix of it).
+ * Returns (stored, need): need = 0 when all were stored, else the bytes the
+ * next entry needs from a new generation (the caller grows and goes on from
+ * `stored`); BUSY / MOVED as dk_write; Full and the like raised with the
+ * first `stored` pairs in place, as dict.update() leaves them. */
+static PyObject *
+dk_update(DictObject *self, PyObject *keys, PyObject *values, double wait)
+{
+    if (dk_ready(self)) {
+        return NULL;
+    }
+    if (self->readonly) {
+        PyErr_SetString(PyExc_PermissionError, "dict is open readonly");
+        return NULL;
+    }
+    if (!PyList_CheckExact(keys) || !PyList_CheckExact(values) ||
+        PyList_GET_SIZE(keys) != PyList_GET_SIZE(values)) {
+        PyErr_SetString(PyExc_TypeError, "_c_write(OP_UPDATE, keys, values): two lists");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(keys), ready = 0, done = 0;
+    dkey *ks = PyMem_Malloc(sizeof(dkey) * (size_t)(n ? n : 1));
+    Py_buffer *bufs = PyMem_Calloc((size_t)(n ? n : 1), sizeof(Py_buffer));
+    PyObject *res = NULL;
+    if (ks == NULL || bufs == NULL) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    /* The lists may not change while we use their items: hold our own refs. */
+    Py_INCREF(keys);
+    Py_INCREF(values);
+    for (; ready < n; ready++) {
+        if (dk_key(self, PyList_GET_ITEM(keys, ready), &ks[ready])) {
+            goto unref;
+        }
+        PyObject *v = PyList_GET_ITEM(values, ready);
+        if (PyObject_GetBuffer(v, &bufs[ready], PyBUF_C_CONTIGUOUS) < 0) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError,
+                         "dict values (codec 'bytes') are bytes-like objects, not %.50s",
+                         Py_TYPE(v)->tp_name);
+            goto unref;
+        }
+        if ((uint64_t)bufs[ready].len > 0xffffffffu) {
+            PyBuffer_Release(&bufs[ready]);
+            PyErr_Format(MessageTooLarge, "dict %R: a value of %zd bytes", self->name,
+                         bufs[ready].len);
+            goto unref;
+        }
+    }
+    if (dk_ready(self)) { /* a buffer export may run Python code */
+        goto unref;
+    }
+    int got = dk_lock(self, wait);
+    if (got < 0) {
+        goto unref;
+    }
+    if (got == SHM_BUSY || dk_moved(self)) {
+        if (got != SHM_BUSY) {
+            dk_unlock(self, wait, 0);
+        }
+        res = Py_NewRef(got == SHM_BUSY ? BusySentinel : MovedSentinel);
+        goto unref;
+    }
+    /* No Python code from here to dk_unlock (bytes and ints only). */
+    self->r.inflight++;
+    uint64_t need = 0;
+    int failed = dk_begin(self, got);
+    for (; !failed && done < n; done++) {
+        uint64_t *idx = dk_index(self, shm_relaxed64(AT(self, D_EPOCH)));
+        int64_t ins = -1;
+        uint64_t off = 0;
+        int64_t pos = dk_find(self, idx, &ks[done], &ins, &off);
+        uint64_t ver = dk_store(self, &ks[done], bufs[done].buf, (uint64_t)bufs[done].len, pos,
+                                off, ins);
+        if (ver == 0 || ver == (uint64_t)-1) {
+            failed = 1;
+            break;
+        }
+    }
+    if (failed && PyErr_ExceptionMatches(NeedGrowth)) {
+        PyObject *t, *v, *tb;
+        PyErr_Fetch(&t, &v, &tb);
+        PyErr_NormalizeException(&t, &v, &tb);
+        PyObject *arg = v != NULL ? PyTuple_GetItem(((PyBaseExceptionObject *)v)->args, 0) : NULL;
+        need = arg != NULL ? PyLong_AsUnsignedLongLong(arg) : 0;
+        Py_XDECREF(t);
+        Py_XDECREF(v);
+        Py_XDECREF(tb);
+        if (need == 0 || PyErr_Occurred()) {
+            PyErr_Clear();
+            need = UNIT;
+        }
+        failed = 0;
+    }
+    dk_end(self); /* every error above leaves the table consistent */
+    dk_unlock(self, wait, done > 0);
+    shm_view_leave(&self->r);
+    if (!failed) {
+        res = Py_BuildValue("(nK)", done, (unsigned long long)need);
+    }
+unref:
+    dk_release_all(bufs, ready);
+    Py_DECREF(keys);
+    Py_DECREF(values);
+out:
+    PyMem_Free(ks);
+    PyMem_Free(bufs);
+    return res;
+}
+
 /* ------------------------------------------------------------------ verify */
 
 typedef struct {
@@ -1819,6 +1944,9 @@ Dict_write(DictObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (PyErr_Occurred()) {
         return NULL;
     }
+    if (op == OP_UPDATE) {
+        return dk_update(self, args[1], args[2], wait);
+    }
     return dk_write(self, op, args[1], args[2], (uint64_t)expect, wait);
 }
 
@@ -2239,7 +2367,8 @@ PyInit__dict(void)
         PyModule_AddIntConstant(m, "OP_CLEAR", OP_CLEAR) < 0 ||
         PyModule_AddIntConstant(m, "OP_POPITEM", OP_POPITEM) < 0 ||
         PyModule_AddIntConstant(m, "OP_REPAIR", OP_REPAIR) < 0 ||
-        PyModule_AddIntConstant(m, "OP_COMPACT", OP_COMPACT) < 0) {
+        PyModule_AddIntConstant(m, "OP_COMPACT", OP_COMPACT) < 0 ||
+        PyModule_AddIntConstant(m, "OP_UPDATE", OP_UPDATE) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -18,6 +18,7 @@ OP_CLEAR: Final[int]
 OP_POPITEM: Final[int]
 OP_REPAIR: Final[int]
 OP_COMPACT: Final[int]
+OP_UPDATE: Final[int]
 
 def hash_key(key: str | bytes, seed: int) -> int: ...
 def reload_test_points() -> None: ...

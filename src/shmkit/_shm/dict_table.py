@@ -153,6 +153,25 @@ class DictParams:
         return self.heap_off + self.heap_size
 
 
+@dataclass(frozen=True)
+class DictStats:
+    """A snapshot of a SharedDict (``statistics()``)."""
+
+    entries: int
+    capacity: int
+    bytes_used: int  # heap bytes in live entries (64-byte units, headers included)
+    heap_size: int
+    tombstones: int
+    generation: int  # table generation: 0 at creation, +1 each time the dict grew
+    writes: int  # changes committed since creation
+    writer_deaths: int  # writers that died mid-write (each repaired by the next)
+    compactions: int
+    dropped: int  # corrupt entries a repair removed (0 unless memory was damaged)
+    waiters: int  # processes asleep in wait_changed
+    retries: int  # this handle: reads retried because a writer changed the entry
+    index_epoch: int = 0  # index copy in use: bumped by compaction and clear()
+
+
 def slots_for(capacity: int) -> int:
     """Index slots for ``capacity`` entries: a power of two keeping the load <= 3/4."""
     need = max(8, -(-capacity * 4 // 3))
