@@ -111,6 +111,7 @@ def test_ls_info_rm_and_gc_know_the_generation_segments(name: str, capsys: Any) 
         assert gen == d.statistics().generation > 0
         assert entry.stats["entries"] == 20 and entry.stats["bytes_used"] == 20 * 64
         assert dict_gens.sysname_of(entry.sysname, gen) in entry.parts
+        assert entry.size == entry.stats["shm_bytes"]  # root and generation together
         assert cli.main(["info", name, "--json"]) == 0
         assert f'"generation": {gen}' in capsys.readouterr().out
         assert cli.main(["ls", "--stats", "--json"]) == 0

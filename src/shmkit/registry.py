@@ -97,6 +97,12 @@ def _inspect(sysname: str, sem_files: set[str], *, with_stats: bool) -> Entry:
         entry.created = st.st_mtime
     except OSError:
         pass
+    for part in entry.parts[1:]:
+        if dict_gens.split(part) is not None:  # a grown dict: its size is all its segments
+            with contextlib.suppress(OSError):
+                entry.size += os.stat(
+                    os.path.join(_platform.SHM_DIR or "", part.lstrip("/"))
+                ).st_size
     try:
         seg = Segment._open_object(
             sysname,
