@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import struct
+import time
 import zlib
 from typing import Any
 
@@ -325,3 +327,42 @@ def test_a_reader_stopped_mid_copy_during_growth_retries_in_the_new_generation(
                 finish(child)
         finally:
             d.unlink()
+
+
+def _random_kills_while_growing(name: str, rounds: int) -> None:
+    rng = random.Random(rounds)
+    with SharedDict.create(name, capacity=2, size=4096) as d:
+        try:
+            done = 0  # keys k0 .. k{done-1} are stored
+            for _ in range(rounds):
+                child = spawn(GROWER, name, str(done), "100000000")
+                assert read_line(child) == "ready"
+                time.sleep(rng.uniform(0.01, 0.3))
+                child.send_signal(signal.SIGKILL)
+                out, _err = child.communicate(timeout=10)
+                started = [int(x.split()[1]) for x in out.splitlines() if x.startswith("s ")]
+                last = started[-1] if started else done
+                assert d.verify() == []
+                got = len(d)
+                assert got in (last, last + 1), (got, last)
+                for i in (*range(done, got), 0, got - 1):
+                    if got:
+                        assert d[f"k{i}"] == b"v%d" % i
+                assert f"k{got}" not in d
+                done = got
+                gen = d.statistics().generation
+                assert _gens(d) == (
+                    [dict_gens.sysname_of(d._segment().sysname, gen)] if gen else []
+                )
+        finally:
+            d.unlink()
+
+
+def test_random_kills_while_growing_reduced(name: str) -> None:
+    _random_kills_while_growing(name, 6)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_random_kills_while_growing_soak(name: str) -> None:
+    _random_kills_while_growing(name, 100)
