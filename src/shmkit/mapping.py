@@ -421,7 +421,11 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
             if old is not None:
                 old.close()
             return
-        raise LayoutError(f"dict {self._name!r}: generation segments keep vanishing")
+        raise LayoutError(
+            f"dict {self._name!r}: the segment of its current generation "
+            f"{self._c_gen()} is missing (removed by hand, or by a shmkit that "
+            "predates generations?)"
+        )
 
     def _grow(self, need: int, timeout: float | None) -> None:
         """Build the next generation, copy, publish, follow (``dict_gens.grow``)."""

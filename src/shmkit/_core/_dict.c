@@ -1231,7 +1231,8 @@ dk_update(DictObject *self, PyObject *keys, PyObject *values, double wait)
         PyErr_NoMemory();
         goto out;
     }
-    /* The lists may not change while we use their items: hold our own refs. */
+    /* Our own references: the keys stay alive while ks[] points into them (the
+     * lists are update()'s own, never shared with another thread). */
     Py_INCREF(keys);
     Py_INCREF(values);
     for (; ready < n; ready++) {

@@ -75,7 +75,10 @@ the counters; ``dirty = 0``; ``writes += 1`` (release); unlock; wake waiters.
 A writer killed anywhere leaves each key's slot holding its old or its new
 block; the next writer sees ``dirty`` (or EOWNERDEAD) and rebuilds the
 allocator and counters from the active index (repair), so leaked blocks
-return. Reader, no lock: ``e = epoch`` (acquire), probe, ``w = slot``
+return. Every write first checks, under the mutex, that the root's ``gen``
+still names its table (else it follows; ``dict_gens``). Reader, no lock:
+the root's ``gen`` (acquire) names the table it maps (else follow), then
+``e = epoch`` (acquire), probe, ``w = slot``
 (acquire), ``s = seq`` (acquire, even), copy key and value, acquire fence,
 then ``seq``, ``slot`` and ``epoch`` unchanged -> the copy is that entry;
 otherwise retry. Every block modification starts with an odd ``seq`` and a
