@@ -483,7 +483,8 @@ def _touch_rate(n: int) -> float:
     unpack = struct.Struct("<Q").unpack_from
 
     def touch(at: int) -> int:
-        return mm[unpack(mm, at)[0]]
+        entry: int = unpack(mm, at)[0]
+        return mm[entry]
 
     try:
         return _rates(_loop(touch, offsets, 1000, 0.5))[0]  # type: ignore[arg-type]
