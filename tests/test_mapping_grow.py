@@ -6,6 +6,7 @@ import os
 import random
 import signal
 import struct
+import threading
 import time
 import zlib
 from typing import Any
@@ -369,3 +370,43 @@ def test_random_kills_while_growing_reduced(name: str) -> None:
 @pytest.mark.timeout(900)
 def test_random_kills_while_growing_soak(name: str) -> None:
     _random_kills_while_growing(name, 100)
+
+
+def test_growth_with_the_flock_backend(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHMKIT_MUTEX", "flock")
+    with SharedDict.create(name, capacity=2, size=4096) as d:
+        try:
+            assert d._flock
+            other = SharedDict.open(name)
+            d.update((f"k{i}", b"x" * 30) for i in range(300))
+            for i in range(300, 400):
+                other[f"k{i}"] = b"y"
+            assert len(d) == 400 and d["k399"] == b"y" and other["k0"] == b"x" * 30
+            assert d.statistics().generation >= 7 and d.verify() == [] and other.verify() == []
+            other.close()
+        finally:
+            d.unlink()
+
+
+def test_threads_sharing_a_handle_while_it_grows(name: str) -> None:
+    with SharedDict.create(name, capacity=2, size=4096) as d:
+        try:
+            errors: list[BaseException] = []
+
+            def work(me: int) -> None:
+                try:
+                    for i in range(2000):
+                        d[f"t{me}-{i}"] = b"%d" % i
+                        assert d[f"t{me}-{i // 2}"] == b"%d" % (i // 2)
+                except BaseException as exc:  # reported below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=work, args=(t,)) for t in range(3)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert not errors and len(d) == 6000 and d.verify() == []
+            assert all(d[f"t{t}-1999"] == b"1999" for t in range(3))
+        finally:
+            d.unlink()
