@@ -157,14 +157,18 @@ def _check_same(p: fmt.DictParams, root: fmt.DictParams, gen: int, what: str) ->
 def open_generation(
     root: Segment, root_p: fmt.DictParams, gen: int, *, readonly: bool
 ) -> tuple[Segment, fmt.DictParams]:
-    """Open generation ``gen`` (>= 1) of a dict; NotFound if a newer one replaced it."""
+    """Open generation ``gen`` (>= 1) of a dict; NotFound if a newer one replaced it.
+
+    A writable handle takes an attach slot in it, as in any segment it maps:
+    ``shmkit info`` then shows who uses a generation, and even a shmkit that
+    does not know generations never judges one in use abandoned.
+    """
     what = f"dict {root.name!r}"
     seg = Segment._open_object(
         root.sysname,
         Kind.DICT,
         readonly=readonly,
         sysname=sysname_of(root.sysname, gen),
-        attach=False,
     )
     try:
         assert seg.header is not None
