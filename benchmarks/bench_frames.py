@@ -1,10 +1,11 @@
-"""6 MiB frames and 64-byte messages: Broadcast against its peers, in one run.
+"""Frames (6 MiB fan-out, 1 and 6 MiB lossless) and 64-byte messages: Broadcast vs its peers.
 
 The same as ``shmkit bench frames``; see ``shmkit._bench.frames`` for what is
 measured. ``--quick`` gives a short smoke run::
 
     python benchmarks/bench_frames.py            # full run (about a minute here)
     python benchmarks/bench_frames.py --quick
+    python benchmarks/bench_frames.py --only lossless   # issue 8's lossless frames alone
 """
 
 from __future__ import annotations

@@ -72,6 +72,7 @@ QNATIVE = ("tests/test_queue_native.py",)
 MID_COPY_B = ("tests/test_overwritten_mid_copy.py", "-k", "broadcast")
 MID_COPY_L = ("tests/test_overwritten_mid_copy.py", "-k", "latest")
 MODES = ("tests/test_modes.py",)
+USERS = ("tests/test_users.py",)
 TIMEOUTS = ("tests/test_timeouts.py", "-k", "not lock_")  # Lock: see issue 14's report
 C_TIMEOUTS = (*TIMEOUTS, "tests/test_core.py::test_fence_and_timeout_contract")
 T02 = ("tests/test_lock_crash_windows.py",)
@@ -338,6 +339,23 @@ CATALOGUE: tuple[Mutation, ...] = (
         "            os.fchmod(fd, mode)  # exact mode: umask can only narrow, never widen\n",
         "            pass\n",
         MODES,
+    ),
+    # ------------------------------------------------------------ other users (#10 item 6)
+    Mutation(
+        "owner-any-mode",
+        "Another user's object is accepted whatever its mode (no opt-in needed)",
+        "src/shmkit/_opening.py",
+        "    if _admits(st, readonly):\n        return\n    raise ForeignOwner(",
+        "    if True:\n        return\n    raise ForeignOwner(",
+        USERS,
+    ),
+    Mutation(
+        "owner-trust-list-widened",
+        "trust_uids no longer limits whose widely shared objects are accepted",
+        "src/shmkit/_opening.py",
+        "        if uid in trusted:\n",
+        "        if uid in trusted or _admits(st, readonly):\n",
+        USERS,
     ),
     # ------------------------------------------------------------ timeout validation
     Mutation(

@@ -21,8 +21,8 @@ from .helpers import ROOT, finish, kill, read_line, spawn
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
     status = cli.main(list(argv))
-    out = capsys.readouterr().out
-    return status, json.loads(out) if "--json" in argv else out
+    got = capsys.readouterr()
+    return status, json.loads(got.out) if "--json" in argv else got.out + got.err
 
 
 def test_ls_groups_parts_and_shows_creator(name: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -60,7 +60,7 @@ def test_watch_prints_every_refresh_when_piped() -> None:
     proc = _run(["watch", "--count", "3", "--interval", "0.05"], stdout=subprocess.PIPE)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()
-    assert out.decode().count("name") == 3  # one table header per refresh
+    assert out.decode().count("objects in /dev/shm (") == 3  # one table title per refresh
 
 
 def test_every_flag_has_help() -> None:
@@ -73,3 +73,13 @@ def test_every_flag_has_help() -> None:
                     if a.option_strings and a.help in (None, "") and "-h" not in a.option_strings:
                         missing.append(f"{sub_name} {a.option_strings}")
     assert not missing, missing
+
+
+def test_help_texts_have_no_literal_markup(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = cli.build_parser()
+    texts = [parser.format_help()]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            texts += [sub.format_help() for sub in action.choices.values()]
+    for text in texts:
+        assert "``" not in text, text

@@ -6,10 +6,13 @@ import mmap
 import os
 import pickle
 import shutil
+import signal
 import stat
 import struct
 import subprocess
 import sys
+import threading
+import time
 from contextlib import closing
 from multiprocessing import shared_memory
 
@@ -20,7 +23,7 @@ import shmkit
 from shmkit import _layout, _names
 from shmkit.segment import Segment
 
-from .helpers import finish, read_line, spawn
+from .helpers import finish, kill, read_line, spawn, wait_stopped
 
 
 def test_create_in_one_process_read_in_another(name: str) -> None:
@@ -483,3 +486,45 @@ def test_concurrent_create_same_name_one_winner(name: str) -> None:
 def test_header_layout_constants() -> None:
     assert _layout.HEADER.size == 128
     assert _layout.offsets(0, 0, 0)[0] % 64 == 0
+
+
+def test_opener_waits_for_a_creator_still_initialising(name: str) -> None:
+    """#9 item 5: a live creator slow to initialise is waited for; a dead one is not."""
+    creator = spawn(
+        """
+        import sys, shmkit
+        q = shmkit.Queue.create(sys.argv[1], 1 << 16)
+        print("ready", flush=True)
+        sys.stdin.readline()
+        q.unlink()
+        """,
+        name,
+        env={"SHMKIT_STOP_AT": "segment.create.before_ready"},
+    )
+    try:
+        wait_stopped(creator)  # stopped between reserving memory and READY
+        t0 = time.monotonic()
+        with pytest.raises(shmkit.NotReady, match="alive and still initialising"):
+            Segment.open(name, init_timeout=0.3)
+        assert time.monotonic() - t0 < 2.0
+        opened: list[object] = []
+        opener = threading.Thread(target=lambda: opened.append(shmkit.Queue.open(name)))
+        opener.start()
+        opener.join(1.5)  # past the 1 s grace for a creator with no sign of life
+        assert opener.is_alive() and not opened  # still waiting, not NotReady
+        os.kill(creator.pid, signal.SIGCONT)
+        opener.join(10)
+        assert not opener.is_alive()
+        (q,) = opened
+        assert isinstance(q, shmkit.Queue)
+        assert read_line(creator) == "ready"
+        q.close()
+        assert creator.stdin is not None
+        creator.stdin.write("\n")
+        creator.stdin.flush()
+        finish(creator)
+    finally:
+        if creator.poll() is None:
+            os.kill(creator.pid, signal.SIGCONT)
+        kill(creator)
+        Segment.remove(name)

@@ -208,6 +208,31 @@ def test_forked_child_does_not_keep_a_dead_parents_lock(name: str, backend: str)
         lock.unlink()
 
 
+def test_flock_child_forked_after_unlink_still_excludes_its_parent(name: str) -> None:
+    """#9 item 2: the child reopens the parent's lock file, not a new one at the same path."""
+    out = finish(
+        spawn(
+            """
+            import os, sys
+            import shmkit
+            lock = shmkit.Lock.create(sys.argv[1])
+            lock.unlink()  # removes the path of the flock file; the handles go on
+            assert lock.acquire(timeout=5)
+            pid = os.fork()
+            if pid == 0:
+                got = lock.acquire(timeout=0.3)  # the parent holds it: must time out
+                os._exit(10 if got else 20)
+            _, status = os.waitpid(pid, 0)
+            lock.release()
+            print(lock.backend, os.waitstatus_to_exitcode(status), flush=True)
+            """,
+            name,
+            env={"SHMKIT_MUTEX": "flock"},
+        )
+    )
+    assert out.split() == ["flock", "20"]
+
+
 def test_lock_misuse(name: str) -> None:
     with closing(Lock.create(name)) as lock:
         with pytest.raises(RuntimeError):

@@ -23,7 +23,7 @@ import weakref
 from typing import Final
 
 from . import _core, _platform
-from .errors import Closed, LayoutError
+from .errors import Closed, ForeignOwner, LayoutError
 
 OK: Final = _core.OK
 #: The backend is recorded in the last bytes of the 64-byte mutex area, which no
@@ -50,6 +50,26 @@ def _lock_dir() -> str:
     path = os.path.join("/tmp", f"shmkit-locks-{os.geteuid()}")
     os.makedirs(path, mode=0o700, exist_ok=True)
     return path
+
+
+def check_same_user(sysname: str) -> None:
+    """Refuse another user's object whose mutexes are flock files.
+
+    Lock files live in a directory private to each uid, so two users would
+    lock different files and exclude nobody: such an object cannot be
+    shared across users (robust pthread mutexes, Linux's default, can).
+    """
+    path = None if _platform.SHM_DIR is None else os.path.join(_platform.SHM_DIR, sysname[1:])
+    try:
+        owner = os.stat(path).st_uid if path else os.geteuid()
+    except OSError:
+        return
+    if owner != os.geteuid():
+        raise ForeignOwner(
+            f"{sysname}: its locks are flock files, private to each user (SHMKIT_MUTEX=flock, "
+            f"or no robust mutexes), so uid {os.geteuid()} cannot share it with its owner, "
+            f"uid {owner}"
+        )
 
 
 def flock_path(sysname: str, index: int) -> str:
@@ -90,6 +110,7 @@ class Mutex:
         if self.kind == "pthread":
             self._core = _core.Mutex(self._region, offset)
         else:
+            check_same_user(sysname)
             self._flock_path = flock_path(sysname, index)
             self._fd = os.open(self._flock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             self._core = _core.Mutex(self._region, offset, self._fd)
@@ -146,16 +167,27 @@ class Mutex:
             region.close()
 
     def after_fork_in_child(self) -> None:
-        """A flock held by the parent must not outlive it through our copy of the fd."""
+        """A flock held by the parent must not outlive it through our copy of the fd.
+
+        The child needs its own open file description of the *same* lock file.
+        Where ``/proc`` exists we reopen the inherited descriptor through it,
+        which finds the file even after ``unlink()`` removed its path (reopening
+        by path would create a new file that excludes nobody).
+        """
         if self._flock_path and self._region is not None:
-            old, self._fd = (
-                self._fd,
-                os.open(self._flock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600),
-            )
+            old, self._fd = self._fd, reopen(self._fd, self._flock_path)
             self._core.set_fd(self._fd)
             self._core.forget()
             if old >= 0:
                 os.close(old)
+
+
+def reopen(fd: int, path: str) -> int:
+    """A new open file description of the file behind ``fd`` (falls back to ``path``)."""
+    try:
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
 _flock_mutexes: weakref.WeakSet[Mutex] = weakref.WeakSet()
@@ -171,7 +203,14 @@ if hasattr(os, "register_at_fork"):
 
 
 def remove_lock_files(sysname: str, count: int) -> None:
-    """Remove a segment's flock files (flock backend)."""
+    """Remove a segment's flock files (flock backend).
+
+    Without ``/proc`` (macOS) the files stay: a handle forked after the unlink
+    could not reopen a removed file, and an empty file in the lock directory
+    is cheaper than a lock that excludes nobody.
+    """
+    if not os.path.isdir("/proc/self/fd"):
+        return
     for index in range(count):
         try:
             os.unlink(flock_path(sysname, index))

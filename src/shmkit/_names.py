@@ -12,7 +12,6 @@ uses it as given, so it can attach to objects made by plain posix_ipc code.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Final
 
@@ -65,6 +64,8 @@ def system_name(name: str) -> str:
     plain = "/" + PREFIX + name
     if len(plain) + len(_SEM_SUFFIX) <= _platform.SYSTEM_NAME_MAX:
         return plain
+    import hashlib  # noqa: PLC0415 - only long names need it; it costs ms at import
+
     digest = hashlib.blake2b(name.encode(), digest_size=6).hexdigest()
     return "/" + PREFIX + name[:6] + "~" + digest
 

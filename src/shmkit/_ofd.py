@@ -65,3 +65,14 @@ def is_locked(fd: int, offset: int, length: int = 1) -> bool:
     probe = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, offset, length, 0)
     l_type = _FLOCK.unpack(fcntl.fcntl(fd, _GETLK, probe))[0]
     return bool(l_type != fcntl.F_UNLCK)
+
+
+def held_by_anyone(sysname: str, offset: int) -> bool:
+    """True if some open file description holds a lock on byte ``offset`` of the segment."""
+    fd = open_for_locks(sysname, probe_only=True)
+    if fd is None:
+        return False
+    try:
+        return is_locked(fd, offset)
+    finally:
+        os.close(fd)

@@ -21,11 +21,24 @@ def reserve(fd: int, total: int, what: str) -> None:
         try:
             os.posix_fallocate(fd, 0, total)
         except OSError as exc:
-            raise ShmFull(
-                exc.errno, f"{what}: cannot reserve {total} bytes ({exc.strerror})"
-            ) from exc
+            raise ShmFull(exc.errno, f"{what}: cannot reserve {total} bytes{_room()}") from None
     else:
         os.ftruncate(fd, total)
+
+
+def _room() -> str:
+    """What /dev/shm has left, and what to do about it (for ShmFull messages)."""
+    if _platform.SHM_DIR is None:
+        return ": shared memory is full"
+    try:
+        st = os.statvfs(_platform.SHM_DIR)
+    except OSError:
+        return f": {_platform.SHM_DIR} is full"
+    free, size = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+    return (
+        f": {_platform.SHM_DIR} has {free >> 20} MiB free of {size >> 20} MiB; remove what is "
+        "abandoned (`shmkit gc`) or enlarge it (Docker: --shm-size; see docs/operations.md)"
+    )
 
 
 def create_semaphore(sysname: str, mode: int, value: int) -> posix_ipc.Semaphore:

@@ -62,7 +62,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _mutex, _wait
@@ -205,12 +205,15 @@ class Broadcast(Handle):
             raise
 
     @classmethod
-    def open(cls, name: str) -> Broadcast:
+    def open(
+        cls, name: str, *, wait: float | None = 0.0, trust_uids: Iterable[int] | None = None
+    ) -> Broadcast:
         """Open an existing broadcast by name (validates header, params and control block).
 
-        Raises NotFound, LayoutError (not a broadcast, or corrupt), NotReady.
+        ``wait``, ``trust_uids``: see :meth:`Segment.open`. Raises NotFound,
+        LayoutError (not a broadcast, or corrupt), NotReady.
         """
-        seg, params = open_segment(name)
+        seg, params = open_segment(name, wait, trust_uids)
         try:
             return cls(Control(seg, params))
         except BaseException:
@@ -383,6 +386,7 @@ def publisher(
     mode: int = 0o600,
     checksum: bool | None = None,
     timeout: float | None = 0.0,
+    wait: float | None = 0.0,
 ) -> Publisher:
     """Become the publisher of broadcast ``name``, creating it if ``slot_size`` is given.
 
@@ -392,10 +396,11 @@ def publisher(
     one that closed or died. ``backpressure=True`` makes the ring lossless
     (the default is lossy). Raises PublisherBusy if another live process
     still publishes after ``timeout`` seconds, NotFound without
-    ``slot_size`` if the ring does not exist, LayoutError on a mismatch.
+    ``slot_size`` if the ring does not exist (after ``wait`` seconds), LayoutError
+    on a mismatch.
     """
     if slot_size is None:
-        bc = Broadcast.open(name)
+        bc = Broadcast.open(name, wait=wait)
     else:
         bc = Broadcast.open_or_create(
             name,
@@ -416,9 +421,15 @@ def subscribe(
     *,
     on_overrun: OnOverrun = "oldest",
     tethered: bool = True,
+    wait: float | None = 0.0,
+    trust_uids: Iterable[int] | None = None,
 ) -> Subscriber:
-    """Subscribe to the broadcast called ``name`` (see :meth:`Broadcast.subscribe`)."""
-    return Subscriber(Broadcast.open(name), start, on_overrun, tethered)
+    """Subscribe to the broadcast called ``name`` (see :meth:`Broadcast.subscribe`).
+
+    ``wait`` seconds (None: forever) lets a subscriber start before its publisher.
+    """
+    bc = Broadcast.open(name, wait=wait, trust_uids=trust_uids)
+    return Subscriber(bc, start, on_overrun, tethered)
 
 
 def _after_fork_in_child() -> None:

@@ -33,13 +33,17 @@ Every error pickles with its arguments, so it crosses process boundaries.
 
 from __future__ import annotations
 
+import _queue  # its Empty *is* queue.Empty; the queue module itself would pull in threading
 import errno
-import queue as _queue
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import posix_ipc
+
+# Not typing.TYPE_CHECKING: the C core imports this module at ``import shmkit``,
+# and typing alone would cost more than the rest of that import.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import Any
 
 __all__ = [
     "ShmkitError",
@@ -66,8 +70,7 @@ __all__ = [
     "Empty",
     "Full",
     "Overrun",
-    "translate",
-]
+]  # and translate(), the one place that maps posix_ipc/OS errors (internal)
 
 
 class ShmkitError(Exception):
@@ -182,8 +185,27 @@ class Empty(ShmkitError, _queue.Empty):
     """Nothing to receive before the deadline."""
 
 
-class Full(ShmkitError, _queue.Full):
-    """No room to send before the deadline."""
+if TYPE_CHECKING:
+    import queue
+
+    class Full(ShmkitError, queue.Full):
+        """No room to send before the deadline."""
+
+else:
+
+    def __getattr__(name: str) -> type[ShmkitError]:
+        # queue.Full lives in the pure-Python queue module, whose import (threading,
+        # heapq...) would be most of ``import shmkit``: Full is made on first use.
+        if name != "Full":
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        import queue  # noqa: PLC0415
+
+        class Full(ShmkitError, queue.Full):
+            """No room to send before the deadline."""
+
+        Full.__module__, Full.__qualname__ = __name__, "Full"
+        globals()["Full"] = Full
+        return Full
 
 
 class Overrun(ShmkitError):
@@ -194,40 +216,45 @@ class Overrun(ShmkitError):
         self.missed = missed
 
 
-@contextmanager
-def translate(what: str) -> Iterator[None]:
+class translate:
     """Turn posix_ipc and OS errors raised inside the block into shmkit errors.
 
     ``what`` names the object (for example ``"segment 'frames'"``) in the message.
+    The cause is not chained: posix_ipc's exception adds nothing the message lacks.
     posix_ipc's ExistentialError means "exists" or "missing" depending on the call,
-    so its errno-less message is read here and nowhere else.
+    so its errno-less message is read here and nowhere else. (A class rather than
+    a ``contextlib`` generator: contextlib's import would slow ``import shmkit``.)
     """
-    try:
-        yield
-    except posix_ipc.ExistentialError as exc:
-        text = str(exc)
-        if "already exists" in text:
-            raise AlreadyExists(f"{what} already exists") from exc
-        raise NotFound(f"{what} does not exist") from exc
-    except posix_ipc.PermissionsError as exc:
-        raise PermissionDenied(f"{what}: permission denied") from exc
-    except FileExistsError as exc:
-        if isinstance(exc, ShmkitError):
-            raise
-        raise AlreadyExists(f"{what} already exists") from exc
-    except FileNotFoundError as exc:
-        if isinstance(exc, ShmkitError):
-            raise
-        raise NotFound(f"{what} does not exist") from exc
-    except PermissionError as exc:
-        if isinstance(exc, ShmkitError):
-            raise
-        raise PermissionDenied(f"{what}: permission denied") from exc
-    except OSError as exc:
-        if isinstance(exc, ShmkitError):
-            raise
-        if exc.errno in (errno.ENOSPC, errno.ENOMEM):
-            raise ShmFull(exc.errno, f"{what}: shared memory is full ({exc.strerror})") from exc
-        if exc.errno == errno.ENAMETOOLONG:
-            raise InvalidName(f"{what}: name too long for this platform") from exc
-        raise
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, t: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        what = self.what
+        if exc is None or isinstance(exc, ShmkitError):
+            return
+        if isinstance(exc, posix_ipc.ExistentialError):
+            if "already exists" in str(exc):
+                raise AlreadyExists(f"{what} already exists") from None
+            raise NotFound(f"{what} does not exist") from None
+        if isinstance(exc, posix_ipc.PermissionsError):
+            raise PermissionDenied(f"{what}: permission denied") from None
+        if isinstance(exc, FileExistsError):
+            raise AlreadyExists(f"{what} already exists") from None
+        if isinstance(exc, FileNotFoundError):
+            raise NotFound(f"{what} does not exist") from None
+        if isinstance(exc, PermissionError):
+            raise PermissionDenied(f"{what}: permission denied") from None
+        if isinstance(exc, OSError):
+            if exc.errno in (errno.ENOSPC, errno.ENOMEM):
+                full = f"{what}: shared memory is full ({exc.strerror})"
+                raise ShmFull(exc.errno, full) from None
+            if exc.errno == errno.ENAMETOOLONG:
+                raise InvalidName(f"{what}: name too long for this platform") from None

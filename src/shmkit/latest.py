@@ -38,6 +38,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, overload
 
 from . import _dtype, _mutex, _ofd, _wait
@@ -58,6 +59,7 @@ from ._shm.latest_slot import (
     WTABLE,
     LatestParams,
     body_size,
+    checked_params,
     new_params,
     parse_params,
 )
@@ -232,10 +234,7 @@ class Latest(LatestBase, Handle, Generic[T]):
         params = new_params(
             size=size, shape=shape, dtype=dtype, order=order, slots=slots, checksum=checksum
         )
-        parsed = parse_params(params, body_size(params), f"latest {name!r}")
-        dt = None
-        if parsed.array is not None:
-            dt = _dtype.to_dtype(parsed.array.spec, parsed.array.itemsize, f"latest {name!r}")
+        parsed, dt = checked_params(params, body_size(params), 0, f"latest {name!r}")
         seg = Segment._create_object(
             name,
             Kind.LATEST,
@@ -253,24 +252,26 @@ class Latest(LatestBase, Handle, Generic[T]):
             raise
 
     @classmethod
-    def open(cls, name: str, *, readonly: bool = False) -> Latest[Any]:
+    def open(
+        cls,
+        name: str,
+        *,
+        readonly: bool = False,
+        wait: float | None = 0.0,
+        trust_uids: Iterable[int] | None = None,
+    ) -> Latest[Any]:
         """Attach to an existing Latest by name.
 
-        ``readonly=True`` maps it read-only: ``get`` and ``wait_newer`` work,
-        ``set`` raises PermissionDenied. Raises NotFound, or LayoutError for
-        another kind of object or an invalid header.
+        ``readonly=True``: ``get`` and ``wait_newer`` work, ``set`` raises
+        PermissionDenied. ``wait``, ``trust_uids``: see :meth:`Segment.open`.
         """
-        seg = Segment._open_object(name, Kind.LATEST, readonly=readonly)
+        seg = Segment._open_object(
+            name, Kind.LATEST, readonly=readonly, wait=wait, trust_uids=trust_uids
+        )
         try:
             assert seg.header is not None
-            what = f"latest {name!r}"
-            parsed = parse_params(seg.header.params, seg.header.body_size, what)
-            if seg.header.nsems != 0:
-                raise LayoutError(f"{what}: {seg.header.nsems} semaphores, expected none")
-            dt = None
-            if parsed.array is not None:
-                dt = _dtype.to_dtype(parsed.array.spec, parsed.array.itemsize, what)
-            return cls(seg, parsed, dt)
+            h = seg.header
+            return cls(seg, *checked_params(h.params, h.body_size, h.nsems, f"latest {name!r}"))
         except BaseException:
             seg.close()
             raise

@@ -17,13 +17,10 @@ key or value (each entry is validated like a seqlock and retried); writes
 serialise on a robust mutex taken and released inside one C call
 (``shmkit._core._dict``; format and ordering rule: ``shmkit._shm.dict_table``).
 
-Sizing: ``capacity`` entries and ``size`` heap bytes at creation (each entry
-takes ``align64(32 + len(key) + len(value))``). When either runs out the dict
-grows (by default): the writer that found it full builds the next generation,
-a segment twice the size, copies the entries and publishes it; every process
-follows on its next operation (``shmkit._shm.dict_gens``). ``grow=False``, or
-``max_bytes=`` reached, raises ``Full`` instead. ``statistics()`` shows how
-full the table is and its generation.
+Sizing: ``capacity`` entries and ``size`` heap bytes at creation. When either
+runs out the dict grows (default) into a new segment twice the size that every
+process follows (``shmkit._shm.dict_gens``); ``grow=False``, or ``max_bytes=``
+reached, raises ``Full`` instead.
 
 Crash safety: a writer killed at any instant leaves every key with its old or
 its new value; the next writer repairs the free space (see ``verify()``).
@@ -86,12 +83,19 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
 
     _WHAT = "dict"
 
-    def __init__(self, seg: Segment, params: fmt.DictParams, codec: Codec[Any]) -> None:
+    def __init__(
+        self,
+        seg: Segment,
+        params: fmt.DictParams,
+        codec: Codec[Any],
+        trust_uids: Iterable[int] | None = None,
+    ) -> None:
         assert seg.header is not None
         self._name = seg.name
         self._seg: Segment | None = seg  # the root: writer mutex, generation word
         self._gen_seg: Segment | None = None  # the current generation's table, once grown
         self._root_p = params
+        self._trust = None if trust_uids is None else tuple(trust_uids)  # for generations
         self._p = params  # the current table's params
         self.readonly = seg.readonly
         self._codec = codec
@@ -176,7 +180,13 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
 
     @classmethod
     def open(
-        cls, name: str, *, codec: str | Codec[Any] | None = None, readonly: bool = False
+        cls,
+        name: str,
+        *,
+        codec: str | Codec[Any] | None = None,
+        readonly: bool = False,
+        wait: float | None = 0.0,
+        trust_uids: Iterable[int] | None = None,
     ) -> SharedDict[Any]:
         """Attach to an existing dict by name.
 
@@ -185,8 +195,11 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
         opened with that codec named explicitly, so nothing is unpickled
         unless this process asked for it (``codec="bytes"`` reads raw bytes).
         ``readonly=True`` maps it read-only (writes raise PermissionDenied).
+        ``wait``, ``trust_uids``: see :meth:`Segment.open`.
         """
-        seg = Segment._open_object(name, Kind.DICT, readonly=readonly)
+        seg = Segment._open_object(
+            name, Kind.DICT, readonly=readonly, wait=wait, trust_uids=trust_uids
+        )
         try:
             assert seg.header is not None
             what = f"dict {name!r}"
@@ -202,7 +215,7 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
                         "open it (pickle runs code chosen by whoever wrote the value)"
                     )
                 codec = parsed.codec
-            return cls(seg, parsed, _codec.resolve(codec))
+            return cls(seg, parsed, _codec.resolve(codec), trust_uids)
         except BaseException:
             seg.close()
             raise
@@ -255,11 +268,7 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
         seg.close()
 
     def unlink(self) -> None:
-        """Remove the dict's name and every generation segment it grew, for everyone.
-
-        Handles already open keep working until they close (growing a dict
-        whose name is gone is not supported).
-        """
+        """Remove the dict's name and every generation segment it grew, for everyone."""
         sysname = self._seg.sysname if self._seg is not None else _names.system_name(self._name)
         Segment.remove(self._name)
         dict_gens.sweep(sysname, None, upto=self._p.generation)
@@ -366,10 +375,7 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
 
     @contextlib.contextmanager
     def _held(self, timeout: float | None) -> Iterator[int]:
-        """Hold the writer mutex from Python (flock backend, growth, verify).
-
-        Yields OK or OWNER_DIED; pass ``_held_wait(got)`` to the C call.
-        """
+        """Hold the writer mutex from Python (flock, growth, verify): OK or OWNER_DIED."""
         mutex = self._mutex
         if mutex is None:
             raise PermissionDenied(f"dict {self._name!r} is open readonly")
@@ -408,7 +414,9 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
             if gen == 0 or gen < self._p.generation:
                 raise LayoutError(f"dict {self._name!r}: generation went back to {gen}")
             try:
-                seg, p = dict_gens.open_generation(root, self._root_p, gen, readonly=self.readonly)
+                seg, p = dict_gens.open_generation(
+                    root, self._root_p, gen, readonly=self.readonly, trust_uids=self._trust
+                )
             except NotFound:
                 time.sleep(min(1e-3, 1e-5 * attempt))  # replaced meanwhile: read gen again
                 continue
@@ -428,8 +436,7 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
         )
 
     def _grow(self, need: int, timeout: float | None) -> None:
-        """Build the next generation, copy, publish, follow (``dict_gens.grow``)."""
-        dict_gens.grow(self, need, timeout)
+        dict_gens.grow(self, need, timeout)  # the next generation: build, copy, publish
 
     def _data(self, value: Any) -> Any:
         return value if isinstance(self._codec, _codec.RawCodec) else self._encode(value)
@@ -609,14 +616,12 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
     def verify(self, *, timeout: float | None = 10.0) -> list[str]:
         """Check the whole structure; return the problems found (empty: sound).
 
-        Checks every index slot (its block in bounds and whole, the stored
-        hash matching the key, the key reachable from its home slot, no
-        duplicate), the counters, and that live and free blocks tile the used
-        heap exactly (nothing leaked, nothing overlapping), in the current
-        generation. A writable handle takes the writer lock, first repairing
-        what a dead writer left (as the next writer would) and removing
-        generation segments a dead grower left; a read-only handle checks
-        without it (results are exact only while nobody writes).
+        Every index slot (block in bounds and whole, hash matching the key,
+        reachable from its home slot, no duplicate), the counters, and that
+        live and free blocks tile the used heap exactly, in the current
+        generation. A writable handle takes the writer lock and first repairs
+        what a dead writer or grower left (as the next writer would); a
+        read-only one checks without it (exact only while nobody writes).
         """
         self._check_open()
         timeout = _wait.check_timeout(timeout)

@@ -40,7 +40,7 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
 
@@ -226,15 +226,25 @@ class SharedArray(Handle):
             raise
 
     @classmethod
-    def open(cls, name: str, *, readonly: bool = False) -> SharedArray:
+    def open(
+        cls,
+        name: str,
+        *,
+        readonly: bool = False,
+        wait: float | None = 0.0,
+        trust_uids: Iterable[int] | None = None,
+    ) -> SharedArray:
         """Attach to an existing array by name.
 
         ``readonly=True`` maps the memory read-only: ``.array`` cannot be
         written (numpy refuses, and the page protection backs it up) and
-        :meth:`lock` is unavailable. Raises NotFound, or LayoutError when
+        :meth:`lock` is unavailable. ``wait`` and ``trust_uids``: see
+        :meth:`Segment.open`. Raises NotFound, or LayoutError when
         ``name`` is another kind of object or its header is invalid.
         """
-        seg = Segment._open_object(name, Kind.ARRAY, readonly=readonly)
+        seg = Segment._open_object(
+            name, Kind.ARRAY, readonly=readonly, wait=wait, trust_uids=trust_uids
+        )
         try:
             assert seg.header is not None
             what = f"array {name!r}"

@@ -321,19 +321,45 @@ class Queue(GeneralPaths, Handle, Generic[T]):
     @overload
     @classmethod
     def open(
-        cls, name: str, *, codec: Literal["bytes"] = ..., spin: float = ...
+        cls,
+        name: str,
+        *,
+        codec: Literal["bytes"] = ...,
+        spin: float = ...,
+        wait: float | None = ...,
+        trust_uids: Iterable[int] | None = ...,
     ) -> Queue[bytes]: ...
     @overload
     @classmethod
     def open(
-        cls, name: str, *, codec: Literal["pickle", "msgpack"], spin: float = ...
+        cls,
+        name: str,
+        *,
+        codec: Literal["pickle", "msgpack"],
+        spin: float = ...,
+        wait: float | None = ...,
+        trust_uids: Iterable[int] | None = ...,
     ) -> Queue[Any]: ...
     @overload
     @classmethod
-    def open(cls, name: str, *, codec: Codec[T], spin: float = ...) -> Queue[T]: ...
+    def open(
+        cls,
+        name: str,
+        *,
+        codec: Codec[T],
+        spin: float = ...,
+        wait: float | None = ...,
+        trust_uids: Iterable[int] | None = ...,
+    ) -> Queue[T]: ...
     @classmethod
     def open(
-        cls, name: str, *, codec: str | Codec[Any] = "bytes", spin: float = DEFAULT_SPIN
+        cls,
+        name: str,
+        *,
+        codec: str | Codec[Any] = "bytes",
+        spin: float = DEFAULT_SPIN,
+        wait: float | None = 0.0,
+        trust_uids: Iterable[int] | None = None,
     ) -> Queue[Any]:
         """Attach to an existing queue by name.
 
@@ -341,13 +367,16 @@ class Queue(GeneralPaths, Handle, Generic[T]):
         never applied implicitly, so a pickle queue opened with the default
         codec yields raw bytes and never unpickles.
 
+        ``wait`` seconds (None: forever) lets the name appear first;
+        ``trust_uids``: see :meth:`Segment.open`.
+
         Raises:
-            NotFound: no such queue.
+            NotFound: no such queue (after ``wait``).
             LayoutError: the name holds another kind of object, or a corrupt queue.
         """
         cod = _codec.resolve(codec)
         spin = _check_spin(spin)
-        seg = Segment._open_object(name, Kind.QUEUE)
+        seg = Segment._open_object(name, Kind.QUEUE, wait=wait, trust_uids=trust_uids)
         try:
             return cls(seg, cod, spin)
         except BaseException:

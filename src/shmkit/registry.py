@@ -23,7 +23,7 @@ from . import _layout, _mutex, _names, _platform, _process
 from ._layout import Kind
 from ._shm import dict_gens
 from ._sysobj import unlink_all, unlink_shm
-from .errors import LayoutError, NotFound, NotReady, ShmkitError
+from .errors import LayoutError, NotFound, NotReady, PermissionDenied, ShmkitError
 from .segment import Segment
 
 __all__ = ["Entry", "describe", "discover", "find", "gc", "remove"]
@@ -47,7 +47,7 @@ class Entry:
     name: str
     sysname: str
     kind: str
-    state: str  # ready | init | corrupt | orphan-semaphore
+    state: str  # ready | init | corrupt | foreign | orphan-semaphore
     size: int = 0
     mode: int = 0
     uid: int = -1
@@ -112,7 +112,15 @@ def _inspect(sysname: str, sem_files: set[str], *, with_stats: bool) -> Entry:
             allow_insecure=True,
             sysname=sysname,
             attach=False,
+            # Inspection only (read-only, no attach, every field validated):
+            # another user's object is listed when the kernel lets us read it.
+            trust_uids=() if entry.uid < 0 else (entry.uid,),
         )
+    except PermissionDenied as exc:
+        # Another user's object we may not read is theirs, not corrupt.
+        entry.state = "foreign" if entry.uid != os.geteuid() else "corrupt"
+        entry.error = str(exc)
+        return entry
     except NotReady as exc:
         entry.state, entry.error = "init", str(exc)
         entry.creator_pid, entry.creator = _raw_creator(path)

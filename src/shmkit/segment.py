@@ -20,21 +20,24 @@ code and ``multiprocessing.shared_memory``.
 from __future__ import annotations
 
 import contextlib
+import math
 import mmap as _mm
 import os
 import stat
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import posix_ipc
 
-from . import _crash, _layout, _names, _ofd, _process
+from . import _crash, _layout, _names, _ofd, _opening, _process
 from ._layout import Kind
+from ._opening import create_exclusive as _create_exclusive
+from ._opening import open_or_create
 from ._sysobj import (
     create_semaphore,
     reserve,
@@ -44,24 +47,24 @@ from ._sysobj import (
     unlink_shm,
 )
 from .errors import (
-    AlreadyExists,
     Closed,
-    ForeignOwner,
     InsecurePermissions,
     InvalidName,
     LayoutError,
     NotFound,
     NotReady,
+    PermissionDenied,
     translate,
 )
 
 __all__ = ["Attachment", "Segment", "open_or_create"]
 
-T = TypeVar("T")
-
 DEFAULT_ATTACH_SLOTS: Final = 64
 #: How long open() waits for a creator to finish initialising a segment.
 DEFAULT_INIT_TIMEOUT: Final = 1.0
+#: A byte far past any data: the creator holds an OFD lock on it until READY,
+#: so an opener can tell a creator still reserving memory from a dead one.
+_INIT_LOCK: Final = 1 << 62
 
 _live: weakref.WeakSet[Segment] = weakref.WeakSet()
 
@@ -74,38 +77,6 @@ class Attachment:
     pid: int
     start: int
     liveness: _process.Liveness
-
-
-def open_or_create(
-    create: Callable[[], T],
-    open_: Callable[[], T],
-    what: str,
-    check: Callable[[T], None] | None = None,
-) -> T:
-    """Create, or open if it exists; safe when many processes race for the same name.
-
-    A creator that fails half-way unlinks what it made, so an opener can see
-    NotFound after AlreadyExists: then the whole dance is tried again.
-    ``check`` vets an object that was opened rather than created (e.g. that
-    it has the asked-for size): if it raises, the handle is closed first.
-    """
-    for _ in range(20):
-        try:
-            return create()
-        except AlreadyExists:
-            pass
-        try:
-            obj = open_()
-        except NotFound:
-            continue
-        if check is not None:
-            try:
-                check(obj)
-            except BaseException:
-                obj.close()  # type: ignore[attr-defined]
-                raise
-        return obj
-    raise NotFound(f"{what} kept appearing and vanishing")
 
 
 def _check_mode(mode: object) -> int:
@@ -204,23 +175,36 @@ class Segment:
         name: str,
         *,
         readonly: bool = False,
-        init_timeout: float = DEFAULT_INIT_TIMEOUT,
+        init_timeout: float | None = None,
         allow_insecure: bool = False,
+        wait: float | None = 0.0,
+        trust_uids: Iterable[int] | None = None,
     ) -> Segment:
         """Attach to an existing segment by name; validate its header first.
 
-        Raises NotFound, LayoutError (not a valid shmkit segment of kind
-        SEGMENT), NotReady (creator still initialising after ``init_timeout``),
-        ForeignOwner or InsecurePermissions.
+        ``wait`` seconds (None: forever) lets the name appear first, so a
+        reader may start before its writer; every object's ``open`` takes it.
+        A segment whose creator is still initialising it is waited for as long
+        as the creator is alive and working when ``init_timeout`` is None, else
+        at most ``init_timeout`` seconds (or ``wait`` if longer).
+        ``trust_uids`` names the other users whose objects this process
+        accepts (see the README's threat model); by default another user's
+        object opens only if its mode shares it with this user.
+
+        Raises NotFound (after ``wait``), LayoutError (not a valid shmkit
+        segment of kind SEGMENT), NotReady (creator died before finishing, or
+        still initialising at the timeout), ForeignOwner or InsecurePermissions.
         """
         if _names.is_verbatim(_names.validate(name)):
-            return cls._open_raw(name, readonly=readonly)
+            return cls._open_raw(name, readonly=readonly, wait=wait, trust_uids=trust_uids)
         return cls._open_object(
             name,
             Kind.SEGMENT,
             readonly=readonly,
             init_timeout=init_timeout,
             allow_insecure=allow_insecure,
+            wait=wait,
+            trust_uids=trust_uids,
         )
 
     @classmethod
@@ -230,9 +214,13 @@ class Segment:
         seg = open_or_create(
             lambda: cls.create(name, size, mode=mode), lambda: cls.open(name), f"segment {name!r}"
         )
-        if seg.size < size:
+        have = seg.size  # read before close(), which makes it 0
+        if have < size:
             seg.close()
-            raise LayoutError(f"segment {name!r} exists with {seg.size} bytes < {size} asked")
+            raise LayoutError(
+                f"segment {name!r} exists with {have} bytes, fewer than the {size} asked for; "
+                f"open it with Segment.open, or remove it first (shmkit rm {name})"
+            )
         return seg
 
     @staticmethod
@@ -243,8 +231,8 @@ class Segment:
         try:
             with Segment._open_object(name, None, init_timeout=0.0, allow_insecure=True) as seg:
                 nsems = seg.header.nsems if seg.header else 0
-        except (LayoutError, NotReady, InvalidName):
-            pass
+        except (LayoutError, NotReady, InvalidName, PermissionDenied):
+            pass  # another user's or a broken object: the kernel decides who may unlink
         except NotFound:
             return unlink_sems(sysname, nsems) > 0
         return unlink_all(sysname, nsems)
@@ -418,12 +406,8 @@ class Segment:
         unlink_on_exit: bool = False,
         sysname: str | None = None,
     ) -> Segment:
-        """Create a shmkit object: header, body, semaphores; READY is stored last.
-
-        ``sysname`` names the system object directly (a SharedDict's
-        generation segments, ``<root>~gN``); ``name`` is then only recorded.
-        """
-        if sysname is None:
+        """Create a shmkit object (READY stored last); ``sysname``: a dict generation's."""
+        if sysname is None:  # (a SharedDict generation names its segment itself)
             name = _names.validate(name)
             if _names.is_verbatim(name):
                 raise InvalidName(f"{kind.name.lower()} objects need a shmkit name, not {name!r}")
@@ -447,11 +431,13 @@ class Segment:
         )
         _, body_off = _layout.offsets(len(name.encode()), len(params), attach_slots)
         total = body_off + body_size
-        with translate(what):
-            shm = posix_ipc.SharedMemory(sysname, posix_ipc.O_CREX, mode=0o600)
+        shm = _create_exclusive(sysname, what, name)
         fd = shm.fd
         sems: list[posix_ipc.Semaphore] = []
+        lock_fd = _ofd.open_for_locks(sysname)
         try:
+            if lock_fd is not None:
+                _ofd.try_lock(lock_fd, _INIT_LOCK)  # "creator at work", until READY
             os.fchmod(fd, mode)  # exact mode: umask can only narrow, never widen
             reserve(fd, total, what)
             mm = _mm.mmap(fd, total)
@@ -476,8 +462,12 @@ class Segment:
                 sem.close()
             shm.close_fd()
             unlink_shm(sysname)
+            if lock_fd is not None:
+                os.close(lock_fd)
             raise
         shm.close_fd()
+        if lock_fd is not None:
+            _ofd.unlock(lock_fd, _INIT_LOCK)
         header = _layout.parse(_head(mm), total, what)
         seg = cls(
             name=name,
@@ -485,7 +475,7 @@ class Segment:
             mm=mm,
             header=header,
             sems=sems,
-            lock_fd=_ofd.open_for_locks(sysname),
+            lock_fd=lock_fd,
             unlink_on_exit=unlink_on_exit,
         )
         seg._attach()
@@ -498,35 +488,54 @@ class Segment:
         kind: Kind | None,
         *,
         readonly: bool = False,
-        init_timeout: float = DEFAULT_INIT_TIMEOUT,
+        init_timeout: float | None = None,
         allow_insecure: bool = False,
         sysname: str | None = None,
         attach: bool = True,
+        wait: float | None = 0.0,
+        trust_uids: Iterable[int] | None = None,
     ) -> Segment:
         """Open and validate a shmkit object of ``kind`` (any kind if None).
 
         With ``sysname`` (inspection by the CLI) ``name`` is ignored and taken
         from the header; with ``attach=False`` the handle takes no attach slot.
+        ``wait`` and ``trust_uids`` are ``Segment.open``'s.
         """
+        label = kind.name.lower() if kind is not None else "object"
         if sysname is None:
             name = _names.validate(name)
+            if _names.is_verbatim(name):
+                cls_name = _opening.class_name(kind)
+                raise LayoutError(
+                    f"{label} {name!r} is a raw segment, not {_opening.article(label)}: a name "
+                    f"starting with '/' is a plain POSIX segment; use Segment.open({name!r}), "
+                    f"or a {cls_name} name without the '/'"
+                )
             sysname = _names.system_name(name)
         else:
             name = sysname
-        label = kind.name.lower() if kind is not None else "object"
         what = f"{label} {name!r}"
-        deadline = time.monotonic() + max(0.0, init_timeout)
-        with translate(what):
-            shm = posix_ipc.SharedMemory(sysname, 0, read_only=readonly)
+        wait = _opening.check_wait(wait)
+        started = time.monotonic()
+        shm = _opening.appear(
+            lambda: posix_ipc.SharedMemory(sysname, 0, read_only=readonly),
+            wait=wait,
+            what=what,
+            hint="create it first, or pass wait=SECONDS to open() to wait for its creator",
+            mode_of=_ofd.lock_path(sysname) or "",
+        )
+        # The creator stores READY last. ``grace``: how long a creator that shows
+        # no sign of life may take; ``limit``: the caller's bound on the whole wait.
+        asked = math.inf if wait is None else wait
+        grace = max(DEFAULT_INIT_TIMEOUT if init_timeout is None else init_timeout, asked, 0.0)
+        limit = math.inf if init_timeout is None else started + grace
+        deadline = started + grace
         try:
             while True:
                 st = os.fstat(shm.fd)
                 if not stat.S_ISREG(st.st_mode):
                     raise LayoutError(f"{what}: not a regular shared-memory object")
-                if st.st_uid != os.geteuid():
-                    raise ForeignOwner(
-                        f"{what} belongs to uid {st.st_uid}; shmkit will not adopt it"
-                    )
+                _opening.check_owner(st, what, readonly=readonly, trust_uids=trust_uids)
                 mm = None
                 if st.st_size >= _layout.HEADER_SIZE:
                     prot = _mm.PROT_READ if readonly else _mm.PROT_READ | _mm.PROT_WRITE
@@ -543,16 +552,31 @@ class Segment:
                     mm.close()
                     if magic == _layout.MAGIC and state != _layout.STATE_INIT:
                         raise LayoutError(f"{what}: invalid state word {state:#x}")
-                if time.monotonic() >= deadline:
-                    raise NotReady(
-                        f"{what} was not initialised within {init_timeout} s "
-                        "(its creator may have died; `shmkit gc` removes it)"
-                    )
+                now = time.monotonic()
+                if now >= deadline:
+                    working = _ofd.held_by_anyone(sysname, _INIT_LOCK)
+                    if working and now < limit:
+                        deadline = now + grace  # alive: wait on, and again after it stops
+                    elif working:
+                        raise NotReady(
+                            f"{what}: its creator is alive and still initialising it after "
+                            f"{now - started:.1f} s (pass a longer init_timeout, or None to "
+                            "wait while it works)"
+                        )
+                    else:
+                        raise NotReady(
+                            f"{what} was not initialised within {now - started:.1f} s and its "
+                            "creator is gone (`shmkit gc` removes it)"
+                        )
                 time.sleep(0.005)
             try:
                 header = _layout.parse(_head(mm), st.st_size, what)
                 if kind is not None and header.kind != kind:
-                    raise LayoutError(f"{what} is a {header.kind.name.lower()}, not a {label}")
+                    have = _opening.article(header.kind.name.lower())
+                    raise LayoutError(
+                        f"{what} is {have}, not {_opening.article(label)}; open it with "
+                        f"{_opening.class_name(header.kind)}.open, or use another name"
+                    )
                 if name == sysname:
                     name = header.name
                 elif header.name != name:
@@ -616,8 +640,7 @@ class Segment:
     def _create_raw(cls, name: str, size: int, *, mode: int, unlink_on_exit: bool) -> Segment:
         mode = _check_mode(mode)
         what = f"raw segment {name!r}"
-        with translate(what):
-            shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600)
+        shm = _create_exclusive(name, what, name)
         try:
             os.fchmod(shm.fd, mode)
             reserve(shm.fd, size, what)
@@ -638,16 +661,21 @@ class Segment:
         )
 
     @classmethod
-    def _open_raw(cls, name: str, *, readonly: bool) -> Segment:
+    def _open_raw(
+        cls,
+        name: str,
+        *,
+        readonly: bool,
+        wait: float | None = 0.0,
+        trust_uids: Iterable[int] | None = None,
+    ) -> Segment:
         what = f"raw segment {name!r}"
-        with translate(what):
-            shm = posix_ipc.SharedMemory(name, 0, read_only=readonly)
+        shm = _opening.appear_sized(name, readonly=readonly, wait=wait, what=what)
         try:
             st = os.fstat(shm.fd)
-            if st.st_uid != os.geteuid():
-                raise ForeignOwner(f"{what} belongs to uid {st.st_uid}")
+            _opening.check_owner(st, what, readonly=readonly, trust_uids=trust_uids)
             if st.st_size == 0:
-                raise LayoutError(f"{what} is empty")
+                raise LayoutError(f"{what} is empty (0 bytes): its creator has not sized it")
             prot = _mm.PROT_READ if readonly else _mm.PROT_READ | _mm.PROT_WRITE
             mm = _mm.mmap(shm.fd, st.st_size, prot=prot)
         finally:

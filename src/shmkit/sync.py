@@ -29,14 +29,14 @@ import os
 import struct
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import ClassVar, Final
 
 import posix_ipc
 
-from . import _core, _mutex, _names, _platform, _process, _wait
+from . import _core, _mutex, _names, _opening, _platform, _process, _wait
 from ._handle import Handle
 from ._layout import Kind
 from ._sysobj import create_semaphore
@@ -104,12 +104,24 @@ class Semaphore(_Named):
         return cls(name, seg, seg.semaphore(0))
 
     @classmethod
-    def open(cls, name: str) -> Semaphore:
-        """Open an existing semaphore by name."""
+    def open(
+        cls, name: str, *, wait: float | None = 0.0, trust_uids: Iterable[int] | None = None
+    ) -> Semaphore:
+        """Open an existing semaphore by name.
+
+        ``wait`` seconds (None: forever) lets the name appear first;
+        ``trust_uids`` as for :meth:`Segment.open`.
+        """
         if _names.is_verbatim(_names.validate(name)):
-            with translate(f"semaphore {name!r}"):
-                return cls(name, None, posix_ipc.Semaphore(name))
-        seg = Segment._open_object(name, Kind.SEMAPHORE)
+            # A plain POSIX semaphore has no owner check: the kernel's mode is all there is.
+            sem = _opening.appear(
+                lambda: posix_ipc.Semaphore(name),
+                wait=_opening.check_wait(wait),
+                what=f"semaphore {name!r}",
+                hint="create it first, or pass wait=SECONDS to open() to wait for its creator",
+            )
+            return cls(name, None, sem)
+        seg = Segment._open_object(name, Kind.SEMAPHORE, wait=wait, trust_uids=trust_uids)
         if seg.header is None or seg.header.nsems != 1:
             seg.close()
             raise LayoutError(f"semaphore {name!r} has no semaphore")
@@ -274,6 +286,7 @@ class Lock(_core.LockCore, _Named):
         self._region: _core.Region | None = _core.Region(seg.mmap)
         self._flock_fd = -1
         if kind == "flock":
+            _mutex.check_same_user(seg.sysname)
             self._flock_path = _mutex.flock_path(seg.sysname, 0)
             self._flock_fd = os.open(self._flock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             _flock_locks.add(self)
@@ -292,9 +305,11 @@ class Lock(_core.LockCore, _Named):
         return cls(name, seg)
 
     @classmethod
-    def open(cls, name: str) -> Lock:
-        """Open an existing lock by name."""
-        return cls(name, Segment._open_object(name, Kind.LOCK))
+    def open(
+        cls, name: str, *, wait: float | None = 0.0, trust_uids: Iterable[int] | None = None
+    ) -> Lock:
+        """Open an existing lock by name (``wait``, ``trust_uids``: see :meth:`Segment.open`)."""
+        return cls(name, Segment._open_object(name, Kind.LOCK, wait=wait, trust_uids=trust_uids))
 
     @classmethod
     def open_or_create(cls, name: str, *, mode: int = 0o600) -> Lock:
@@ -377,7 +392,7 @@ class Lock(_core.LockCore, _Named):
     def _after_fork_in_child(self) -> None:
         if self._flock_fd >= 0:
             old = self._flock_fd
-            self._flock_fd = os.open(self._flock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._flock_fd = _mutex.reopen(old, self._flock_path)
             os.close(old)
         self._core_after_fork(self._flock_fd)
 
@@ -422,9 +437,11 @@ class Event(_Named):
         )
 
     @classmethod
-    def open(cls, name: str) -> Event:
-        """Open an existing event by name."""
-        seg = Segment._open_object(name, Kind.EVENT)
+    def open(
+        cls, name: str, *, wait: float | None = 0.0, trust_uids: Iterable[int] | None = None
+    ) -> Event:
+        """Open an existing event by name (``wait``, ``trust_uids``: see :meth:`Segment.open`)."""
+        seg = Segment._open_object(name, Kind.EVENT, wait=wait, trust_uids=trust_uids)
         if seg.header is None or seg.header.nsems != 1 or seg.size < 64:
             seg.close()
             raise LayoutError(f"event {name!r} has an invalid layout")

@@ -11,8 +11,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, NoReturn, Protocol
 
 from rich.console import Console
 from rich.table import Table
@@ -55,6 +56,62 @@ class Result:
     note: str = ""
 
 
+class _Parser(Protocol):
+    def error(self, message: str) -> NoReturn: ...
+
+
+#: Every table ``print_table`` printed in this process, in order: what
+#: ``shmkit bench --json`` emits and ``--plot`` draws (the same numbers).
+RECORDED: list[dict[str, Any]] = []
+_step_hook: list[Callable[[str], None]] = []
+
+
+def on_step(hook: Callable[[str], None] | None) -> None:
+    """Install (or with None remove) the callback ``step`` reports to (the progress bar)."""
+    _step_hook.clear()
+    if hook is not None:
+        _step_hook.append(hook)
+
+
+def step(label: str) -> None:
+    """Say that the benchmark starts measuring ``label`` (one row)."""
+    for hook in _step_hook:
+        hook(label)
+
+
+def workloads(parser: _Parser, text: str, valid: Iterable[str]) -> list[str]:
+    """The comma-separated ``--only`` list; an unknown name is an error listing the valid ones."""
+    known = list(valid)
+    chosen = [w.strip() for w in text.split(",") if w.strip()]
+    unknown = [w for w in chosen if w not in known]
+    if unknown or not chosen:
+        parser.error(
+            f"unknown workload(s) for --only: {', '.join(unknown) or repr(text)}; "
+            f"valid: {', '.join(known)}"
+        )
+    return chosen
+
+
+def versus(ours: Result, theirs: Result) -> str:
+    """``"2.3x faster than X"`` or ``"1.7x slower than X"``, comparing medians (time per op)."""
+    if ours.median_us <= 0 or theirs.median_us <= 0:
+        return f"not comparable with {theirs.name}"
+    ratio = theirs.median_us / ours.median_us
+    if ratio >= 1:
+        return f"{ratio:.1f}x faster than {theirs.name}"
+    return f"{1 / ratio:.1f}x slower than {theirs.name}"
+
+
+def versus_rate(ours: Result, theirs: Result) -> str:
+    """As :func:`versus`, comparing rates (frames/s of the slowest reader)."""
+    if ours.rate <= 0 or theirs.rate <= 0:
+        return f"not comparable with {theirs.name}"
+    ratio = ours.rate / theirs.rate
+    if ratio >= 1:
+        return f"{ratio:.2f}x faster than {theirs.name}"
+    return f"{1 / ratio:.2f}x slower than {theirs.name}"
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0..100) of ``values`` by nearest rank."""
     ordered = sorted(values)
@@ -87,22 +144,34 @@ def memcpy_bandwidth(nbytes: int = 6 * 1024 * 1024, repeat: int = 200) -> float:
 
 
 def print_table(
-    title: str, rows: Sequence[Result], *, baseline: str, console: Console | None = None
+    title: str,
+    rows: Sequence[Result],
+    *,
+    baseline: str,
+    console: Console | None = None,
+    by_rate: bool = False,
 ) -> None:
     """Print rows with their speed relative to ``baseline`` (a row name) using rich.
 
     The last column is ``baseline median / row median``: 3.00x means three
-    times faster than the baseline, 0.50x twice as slow.
+    times faster than the baseline, 0.50x twice as slow. With ``by_rate`` it
+    is ``row rate / baseline rate`` instead (frames/s of the slowest reader,
+    where a median interval would hide stalls).
     """
     console = console or _console()
+    RECORDED.append({"title": title, "baseline": baseline, "rows": [asdict(r) for r in rows]})
     base = next((r for r in rows if r.name == baseline), None)
     table = Table(title=title, title_justify="left")
     for col in ("what", "median µs", "p99 µs", "rate /s", "GB/s", f"speed vs {baseline}"):
         table.add_column(col, justify="left" if col == "what" else "right")
     for r in rows:
         ratio = ""
-        if base is not None and r.median_us > 0:
-            ratio = f"{base.median_us / r.median_us:.2f}x" if r is not base else "1.00x"
+        if r is base:
+            ratio = "1.00x"
+        elif base is not None and by_rate and base.rate > 0:
+            ratio = f"{r.rate / base.rate:.2f}x"
+        elif base is not None and not by_rate and r.median_us > 0:
+            ratio = f"{base.median_us / r.median_us:.2f}x"
         table.add_row(
             r.name + (f" ({r.note})" if r.note else ""),
             f"{r.median_us:.2f}",

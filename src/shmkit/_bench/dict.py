@@ -36,12 +36,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from typing import Any
 
 from rich.table import Table
 
 from ..mapping import SharedDict
-from .common import _console, header, percentile
+from .common import RECORDED, Result, _console, header, percentile, step
 
 VALUE = b"v" * 64
 
@@ -374,6 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     header(console)
     peers = _available()
     if args.only:
+        labels = [p.label for p, _ in peers]
+        unknown = [o for o in args.only if not any(o.lower() in x.lower() for x in labels)]
+        if unknown:
+            parser.error(f"no peer matches --only {', '.join(unknown)}; valid: {', '.join(labels)}")
         peers = [(p, w) for p, w in peers if any(o.lower() in p.label.lower() for o in args.only)]
     for peer, why in peers:
         if why:
@@ -391,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                     highlight=False,
                 )
                 continue
+            step(f"{peer.label}, {n:,} keys")
             try:
                 results[peer.label] = measure(peer, n, seconds)
             except Exception as exc:  # a peer failing must not stop the others
@@ -404,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
 def _table(console: Any, n: int, results: dict[str, dict[str, tuple[float, float]]]) -> None:
     base = results.get(ShmkitPeer.label, {})
     table = Table(title=f"SharedDict: {n:,} keys, 64-byte values", title_justify="left")
+    recorded: list[Result] = []
     for col in ("what", "map", "ops/s", "p99 µs/op", "shmkit is"):
         table.add_column(col, justify="left" if col in ("what", "map") else "right")
     for what in ("get", "set", "get, writer in another process", "mixed 90/10, 2 processes"):
@@ -415,6 +422,10 @@ def _table(console: Any, n: int, results: dict[str, dict[str, tuple[float, float
             if label != ShmkitPeer.label and what in base and rate > 0:
                 ratio = f"{base[what][0] / rate:,.1f}x faster"
             table.add_row(what, label, f"{rate:,.0f}", f"{p99:.2f}", ratio)
+            recorded.append(Result(f"{what}, {label}", 1e6 / rate if rate else 0.0, p99, rate))
+    RECORDED.append(
+        {"title": table.title, "baseline": ShmkitPeer.label, "rows": [asdict(r) for r in recorded]}
+    )
     console.print(table)
 
 

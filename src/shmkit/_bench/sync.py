@@ -24,7 +24,7 @@ import posix_ipc
 
 from .. import Lock, Semaphore
 from ..testing import unique_name
-from .common import Result, header, print_table, summarize
+from .common import Result, header, print_table, step, summarize, workloads
 
 
 def _time_each(op: Callable[[], Any], n: int, batch: int = 100) -> list[float]:
@@ -186,12 +186,22 @@ def ping_pong(n: int) -> list[Result]:
     return rows
 
 
+#: What ``--only`` accepts.
+WORKLOADS = ("uncontended", "pingpong")
+
+
 def main(argv: list[str]) -> int:
     """Run the sync benchmark and print its tables."""
     parser = argparse.ArgumentParser(prog="shmkit bench sync")
     parser.add_argument("--quick", action="store_true", help="short run (smoke test)")
     parser.add_argument("--echo", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--only",
+        default=",".join(WORKLOADS),
+        help="comma-separated workloads: " + ", ".join(WORKLOADS),
+    )
     args = parser.parse_args(argv)
+    work = workloads(parser, args.only, WORKLOADS)
     if args.echo:
         kind, ping, pong, n, spin = args.echo
         if kind == "shmkit":
@@ -203,16 +213,20 @@ def main(argv: list[str]) -> int:
     n_trips = 2_000 if args.quick else 40_000
     header()
     print(f"pid {os.getpid()}; uncontended pairs: {n_pairs:,}; round trips: {n_trips:,}")
-    print_table(
-        "uncontended lock acquire + release (one process)",
-        uncontended(n_pairs),
-        baseline="multiprocessing.Lock",
-    )
-    print_table(
-        "two-process semaphore ping-pong (round trip)",
-        ping_pong(n_trips),
-        baseline="multiprocessing.Semaphore (spawned)",
-    )
+    if "uncontended" in work:
+        step("uncontended lock acquire + release")
+        print_table(
+            "uncontended lock acquire + release (one process)",
+            uncontended(n_pairs),
+            baseline="multiprocessing.Lock",
+        )
+    if "pingpong" in work:
+        step("two-process semaphore ping-pong")
+        print_table(
+            "two-process semaphore ping-pong (round trip)",
+            ping_pong(n_trips),
+            baseline="multiprocessing.Semaphore (spawned)",
+        )
     return 0
 
 

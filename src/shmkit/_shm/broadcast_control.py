@@ -22,6 +22,7 @@ import os
 import sys
 import time
 import weakref
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Final, Protocol
 
@@ -85,9 +86,11 @@ class _Retirable(Protocol):
 live: weakref.WeakSet[_Retirable] = weakref.WeakSet()
 
 
-def open_segment(name: str) -> tuple[Segment, Params]:
+def open_segment(
+    name: str, wait: float | None = 0.0, trust_uids: Iterable[int] | None = None
+) -> tuple[Segment, Params]:
     """Open and validate a broadcast segment: header, params and control block."""
-    seg = Segment._open_object(name, Kind.BROADCAST)
+    seg = Segment._open_object(name, Kind.BROADCAST, wait=wait, trust_uids=trust_uids)
     try:
         assert seg.header is not None
         what = f"broadcast {name!r}"

@@ -223,7 +223,10 @@ def parse_image(image: bytes, what: str = "broadcast image") -> Params:
     """
     header = _layout.parse(image, len(image), what)
     if header.kind != Kind.BROADCAST:
-        raise LayoutError(f"{what} is a {header.kind.name.lower()}, not a broadcast")
+        kind = header.kind.name.lower()
+        raise LayoutError(
+            f"{what} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not a broadcast"
+        )
     params = parse_params(header.params, header.body_size, what)
     body = memoryview(image)[header.body_off : header.body_off + params.slots_offset]
     check_control(body.cast("Q"), params, what)

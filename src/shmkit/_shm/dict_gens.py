@@ -155,7 +155,12 @@ def _check_same(p: fmt.DictParams, root: fmt.DictParams, gen: int, what: str) ->
 
 
 def open_generation(
-    root: Segment, root_p: fmt.DictParams, gen: int, *, readonly: bool
+    root: Segment,
+    root_p: fmt.DictParams,
+    gen: int,
+    *,
+    readonly: bool,
+    trust_uids: tuple[int, ...] | None = None,
 ) -> tuple[Segment, fmt.DictParams]:
     """Open generation ``gen`` (>= 1) of a dict; NotFound if a newer one replaced it.
 
@@ -169,6 +174,7 @@ def open_generation(
         Kind.DICT,
         readonly=readonly,
         sysname=sysname_of(root.sysname, gen),
+        trust_uids=trust_uids,
     )
     try:
         assert seg.header is not None

@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .. import _dtype
 from .._dtype import ArrayMeta
@@ -65,6 +65,7 @@ from .._layout import MAX_BODY, align
 from ..errors import LayoutError
 
 if TYPE_CHECKING:
+    import numpy as np
     from numpy.typing import DTypeLike
 
 PARAMS: Final = struct.Struct("<IIIIQ")
@@ -108,6 +109,18 @@ class LatestParams:
     @property
     def body_size(self) -> int:
         return self.slots_off + self.nslots * self.stride
+
+
+def checked_params(
+    params: bytes, body_size: int, nsems: int, what: str
+) -> tuple[LatestParams, np.dtype[Any] | None]:
+    """Validated params and value dtype (None for bytes values) of a Latest."""
+    parsed = parse_params(params, body_size, what)
+    if nsems != 0:
+        raise LayoutError(f"{what}: {nsems} semaphores, expected none")
+    if parsed.array is None:
+        return parsed, None
+    return parsed, _dtype.to_dtype(parsed.array.spec, parsed.array.itemsize, what)
 
 
 def parse_params(params: bytes, body_size: int, what: str = "latest") -> LatestParams:

@@ -17,9 +17,8 @@ from typing import Any, Final
 
 from rich.console import Console
 
-from . import registry
-from .errors import ShmkitError
-from .mapping import SharedDict
+from .. import registry
+from ..errors import ShmkitError
 
 #: Exit statuses.
 SOUND: Final = 0
@@ -27,8 +26,8 @@ PROBLEMS: Final = 1
 UNSUPPORTED: Final = 2
 
 
-def add_parser(sub: Any) -> None:
-    """Add the ``verify`` subcommand to the CLI's subparsers."""
+def add_parsers(sub: Any) -> None:
+    """Register ``verify``."""
     p = sub.add_parser("verify", help="check objects' structure; exit 1 if problems are found")
     p.add_argument("names", nargs="+", help="the objects' names")
     p.add_argument(
@@ -52,6 +51,8 @@ def verify_one(name: str, *, readonly: bool = False, timeout: float = 10.0) -> d
             out["status"] = "unsupported"
             out["problems"] = [f"a {entry.kind} has no structural checker (verify())"]
             return out
+        from ..mapping import SharedDict  # noqa: PLC0415 - keep `shmkit --help` light
+
         with SharedDict.open(entry.name, codec="bytes", readonly=readonly) as d:
             problems = d.verify(timeout=timeout)
     except (ShmkitError, OSError, ValueError) as exc:
