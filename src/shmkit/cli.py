@@ -9,6 +9,7 @@
     shmkit verify NAME... [--readonly]    check objects' structure; exit 1 on problems
     shmkit demo                           writer and reader processes hand data over
     shmkit bench [NAME] [--json] [--plot FILE.png]   benchmarks against the peers, in one run
+                                          (NAME: sync, queue, frames, dict, aio)
 
 Holds no logic of its own: each subcommand lives in a private module of
 ``shmkit._cli`` (imported only when that subcommand runs) and calls
@@ -35,6 +36,7 @@ _BENCHES = {
     "queue": "shmkit._bench.queue",
     "frames": "shmkit._bench.frames",
     "dict": "shmkit._bench.dict",
+    "aio": "shmkit._bench.aio",
 }
 
 
