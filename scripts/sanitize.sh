@@ -38,7 +38,8 @@ run python -m pytest -q -p no:cacheprovider -o addopts="" -m "not slow" \
     tests/test_broadcast_crash.py tests/test_queue_native.py tests/test_seqlock.py \
     tests/test_overwritten_mid_copy.py tests/test_queue_corruption.py \
     tests/test_mapping.py tests/test_mapping_crash.py tests/property/test_dict_model.py \
-    tests/test_queue_tasks.py tests/test_queue_codec.py
+    tests/test_queue_tasks.py tests/test_queue_codec.py \
+    tests/test_mapping_grow.py tests/test_mapping_verify_cli.py
 run python scripts/queue_stress.py --preset small
 run python scripts/queue_stress.py --preset small --kill 3
 run python scripts/torn_hunt_latest.py --seconds 5

@@ -127,7 +127,7 @@ def test_msgpack_codec_is_recorded_and_used_on_open(name: str) -> None:
 
 
 def test_bad_keys_and_values_raise_and_lose_nothing(name: str) -> None:
-    with SharedDict.create(name, capacity=4, size=4096, max_key=16) as d:
+    with SharedDict.create(name, capacity=4, size=4096, max_key=16, grow=False) as d:
         try:
             d["keep"] = b"v"
             for bad in (1, None, 1.5, ("t",), bytearray(b"k")):
@@ -155,7 +155,7 @@ def test_bad_keys_and_values_raise_and_lose_nothing(name: str) -> None:
 
 
 def test_full_heap_coalesces_fragmented_free_space(name: str) -> None:
-    with SharedDict.create(name, capacity=64, size=64 * 64) as d:
+    with SharedDict.create(name, capacity=64, size=64 * 64, grow=False) as d:
         try:
             for i in range(64):
                 d[f"{i:02}"] = b""  # 64 one-unit blocks fill the heap
@@ -485,3 +485,35 @@ def test_a_raising_signal_handler_never_leaves_the_lock_held(d: SharedDict[bytes
     d.set("after", b"ok", timeout=2.0)  # LockTimeout if anything was left held
     assert d["after"] == b"ok" and d.verify() == []
     assert d.statistics().writer_deaths == 0
+
+
+def test_update_is_one_critical_section_checked_first(d: SharedDict[bytes]) -> None:
+    d["before"] = b"0"
+    writes = d.statistics().writes
+    d.update({f"k{i}": b"%d" % i for i in range(100)}, extra=b"kw")
+    assert d.statistics().writes == writes + 1  # one locked call for the whole batch
+    assert len(d) == 102 and d["k99"] == b"99" and d["extra"] == b"kw"
+    with pytest.raises(TypeError):
+        d.update([("ok", b"1"), (5, b"2")])  # a bad key: nothing is stored
+    with pytest.raises(TypeError):
+        d.update([("ok", b"1"), ("bad", "not bytes")])
+    assert "ok" not in d and d.statistics().writes == writes + 1
+    d.update([])
+    d.update((k, b"again") for k in ["k1", "k2"])
+    assert d["k1"] == d["k2"] == b"again" and d.verify() == []
+
+
+def test_update_grows_mid_batch_or_stops_at_full(name: str) -> None:
+    with SharedDict.create(name, capacity=4, size=4096) as g:
+        try:
+            g.update((f"k{i}", b"x" * 50) for i in range(1000))
+            assert len(g) == 1000 and g.statistics().generation >= 8 and g.verify() == []
+        finally:
+            g.unlink()
+    with SharedDict.create(name, capacity=4, grow=False) as f:
+        try:
+            with pytest.raises(Full):
+                f.update((f"k{i}", b"") for i in range(10))
+            assert sorted(f.keys()) == ["k0", "k1", "k2", "k3"]  # the prefix, as dict.update
+        finally:
+            f.unlink()

@@ -142,7 +142,7 @@ POINTS = [
 
 def _fresh(name: str) -> SharedDict[bytes]:
     # A small heap and a tight table: splits, coalescing, Full and compactions all happen.
-    return SharedDict.create(name, capacity=KEYS + 4, size=KEYS * 64 * 3)
+    return SharedDict.create(name, capacity=KEYS + 4, size=KEYS * 64 * 3, grow=False)
 
 
 #: (crash point, how many passes to let by): early and later in the run.
@@ -234,11 +234,39 @@ def test_random_kills_soak(name: str) -> None:
 
 
 def test_full_is_an_error_not_a_death(name: str) -> None:
-    with SharedDict.create(name, capacity=2) as d:
+    with SharedDict.create(name, capacity=2, grow=False) as d:
         try:
             d["a"] = d["b"] = b"1"
             with pytest.raises(Full):
                 d["c"] = b"1"
             assert d.statistics().writer_deaths == 0 and d.verify() == []
+        finally:
+            d.unlink()
+
+
+def test_writer_killed_mid_update_batch_leaves_a_prefix(name: str) -> None:
+    with SharedDict.create(name, capacity=8, size=4096) as d:
+        try:
+            child = spawn(
+                """
+                import sys
+                from shmkit.mapping import SharedDict
+                d = SharedDict.open(sys.argv[1])
+                print("ready", flush=True)
+                d.update((f"k{i:03}", b"v%d" % i) for i in range(200))
+                print("end", flush=True)
+                """,
+                name,
+                env={"SHMKIT_CRASH_AT": "dict.set.published", "SHMKIT_CRASH_AFTER": "30"},
+            )
+            assert read_line(child) == "ready"
+            child.communicate(timeout=60)
+            assert child.returncode == -signal.SIGKILL
+            assert d.verify() == []
+            keys = sorted(d.keys())
+            assert keys == [f"k{i:03}" for i in range(len(keys))] and len(keys) == 31
+            assert all(d[k] == b"v%d" % int(k[1:]) for k in keys)
+            d.update({"after": b"ok"})
+            assert d["after"] == b"ok" and d.statistics().writer_deaths == 1
         finally:
             d.unlink()

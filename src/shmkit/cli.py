@@ -6,6 +6,7 @@
     shmkit put NAME / get NAME            pipe stdin lines (or --framed records) through a queue
     shmkit rm NAME... [--json]            remove objects and all their parts
     shmkit gc [--yes] [--force]           remove what is provably abandoned (dry run by default)
+    shmkit verify NAME... [--readonly]    check objects' structure; exit 1 on problems
     shmkit demo                           writer and reader processes hand data over
     shmkit bench [NAME] [--json] [--plot FILE.png]   benchmarks against the peers, in one run
                                           (NAME: sync, queue, frames, dict, aio)
@@ -26,7 +27,7 @@ import sys
 from typing import Any, NoReturn
 
 from . import __version__
-from ._cli import bench, info, ls, manage, pipe
+from ._cli import bench, info, ls, manage, pipe, verify
 from .errors import ShmkitError
 
 #: ``shmkit bench NAME`` -> the module whose ``main(argv) -> int`` runs it.
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_parsers(sub)  # put, get
     manage.add_parsers(sub)  # rm, gc, demo
     bench.add_parser(sub, _BENCHES)  # bench
+    verify.add_parsers(sub)  # verify
     from .bridge import cli as bridge_cli  # noqa: PLC0415 - zmq only when bridging
 
     bridge_cli.add_parser(sub)  # bridge

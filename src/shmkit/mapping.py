@@ -17,11 +17,10 @@ key or value (each entry is validated like a seqlock and retried); writes
 serialise on a robust mutex taken and released inside one C call
 (``shmkit._core._dict``; format and ordering rule: ``shmkit._shm.dict_table``).
 
-Sizing: the table is fixed at creation. ``capacity`` entries fit (one more
-new key raises ``Full``); the heap holds ``size`` bytes, each entry taking
-``align64(32 + len(key) + len(value))``. There is no growth: size for the
-peak, e.g. ``size = 1.25 * capacity * bytes_per_entry`` (the default is 256
-bytes per entry of capacity). ``statistics()`` shows how full both are.
+Sizing: ``capacity`` entries and ``size`` heap bytes at creation. When either
+runs out the dict grows (default) into a new segment twice the size that every
+process follows (``shmkit._shm.dict_gens``); ``grow=False``, or ``max_bytes=``
+reached, raises ``Full`` instead.
 
 Crash safety: a writer killed at any instant leaves every key with its old or
 its new value; the next writer repairs the free space (see ``verify()``).
@@ -30,23 +29,31 @@ Lifetime is explicit as for every shmkit object: ``unlink()`` removes it.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
-import secrets
-import struct
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
-from dataclasses import dataclass
 from typing import Any, Final, TypeVar, overload
 
-from . import _codec, _mutex, _wait
+from . import _codec, _mutex, _names, _wait
 from ._codec import Codec
 from ._core import _dict
 from ._core._dict import DictBase
 from ._handle import Handle
 from ._layout import Kind
+from ._shm import dict_gens
 from ._shm import dict_table as fmt
-from .errors import LayoutError, LockTimeout, PermissionDenied, ReadStarved, Timeout
+from ._shm.dict_table import DictStats
+from .errors import (
+    LayoutError,
+    LockTimeout,
+    NotFound,
+    PermissionDenied,
+    ReadStarved,
+    Timeout,
+)
 from .segment import Segment, open_or_create
 
 __all__ = ["DictStats", "SharedDict", "describe"]
@@ -60,24 +67,6 @@ _MISSING: Final = object()
 _PLAIN = {"bytes", "pickle", "msgpack"}
 #: Open handles (by id: a mapping compares by value and is unhashable, as dict is).
 _live: weakref.WeakValueDictionary[int, SharedDict[Any]] = weakref.WeakValueDictionary()
-
-
-@dataclass(frozen=True)
-class DictStats:
-    """A snapshot of a SharedDict (``statistics()``)."""
-
-    entries: int
-    capacity: int
-    bytes_used: int  # heap bytes in live entries (64-byte units, headers included)
-    heap_size: int
-    tombstones: int
-    generation: int  # index generation: bumped by compaction and clear()
-    writes: int  # changes committed since creation
-    writer_deaths: int  # writers that died mid-write (each repaired by the next)
-    compactions: int
-    dropped: int  # corrupt entries a repair removed (0 unless memory was damaged)
-    waiters: int  # processes asleep in wait_changed
-    retries: int  # this handle: reads retried because a writer changed the entry
 
 
 class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
@@ -94,35 +83,44 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
 
     _WHAT = "dict"
 
-    def __init__(self, seg: Segment, params: fmt.DictParams, codec: Codec[Any]) -> None:
+    def __init__(
+        self,
+        seg: Segment,
+        params: fmt.DictParams,
+        codec: Codec[Any],
+        trust_uids: Iterable[int] | None = None,
+    ) -> None:
         assert seg.header is not None
         self._name = seg.name
-        self._seg: Segment | None = seg
-        self._p = params
+        self._seg: Segment | None = seg  # the root: writer mutex, generation word
+        self._gen_seg: Segment | None = None  # the current generation's table, once grown
+        self._root_p = params
+        self._trust = None if trust_uids is None else tuple(trust_uids)  # for generations
+        self._p = params  # the current table's params
         self.readonly = seg.readonly
         self._codec = codec
         raw = isinstance(codec, _codec.RawCodec)
         base = seg.header.body_off
         self._mutex = None if self.readonly else _mutex.Mutex(seg.mmap, base, seg.sysname, 0)
         self._flock = self._mutex is not None and self._mutex.kind != "pthread"
-        idx0, idx1 = params.index_off
         self._c_attach(
             seg.mmap,
             self._name,
             base,
-            params.capacity,
-            params.nslots,
-            params.heap_size,
             params.max_key,
             params.seed,
-            idx0,
-            idx1,
-            params.heap_off,
             self._flock,
+            params.grow,
             None if raw else self._encode,
             None if raw else codec.decode,
         )
+        self._c_retarget(seg.mmap, *dict_gens.geometry(seg, params))
         _live[id(self)] = self
+        try:
+            self._remap()
+        except BaseException:
+            self.close()
+            raise
 
     def _encode(self, value: Any) -> Any:
         return _codec.as_bytes(self._codec.encode(value))
@@ -139,11 +137,13 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
         max_key: int = fmt.DEFAULT_MAX_KEY,
         codec: str | Codec[Any] = "bytes",
         mode: int = 0o600,
+        grow: bool = True,
+        max_bytes: int | None = None,
     ) -> SharedDict[Any]:
         """Create an empty dict; AlreadyExists if the name is taken.
 
         Args:
-            capacity: the most entries it holds (Full beyond).
+            capacity: entries the first table holds.
             size: heap bytes for keys and values (default 256 per entry of
                 capacity, at least 64 KiB); rounded up to 64.
             max_key: longest key in bytes (str keys count their UTF-8 bytes).
@@ -151,10 +151,17 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
                 ``"msgpack"``, ``"pickle"`` (every writer fully trusted) or a
                 Codec; its name is recorded in the header.
             mode: permission bits (0o600: this user only).
+            grow: when the table is full, grow into a table twice the size
+                that every process follows (default); False: raise Full.
+            max_bytes: the largest table (index and heap, bytes) growth may
+                build; beyond it a full table raises Full. None: no limit
+                but /dev/shm itself (ShmFull when it has no room).
         """
         cod = _codec.resolve(codec)
-        params = _make_params(capacity, size, max_key, cod.name)
-        parsed = fmt.parse_params(params, _body_size(params), f"dict {name!r}")
+        params, body = fmt.user_params(
+            capacity, size, max_key, cod.name, grow=grow, max_bytes=max_bytes
+        )
+        parsed = fmt.parse_params(params, body, f"dict {name!r}")
         seg = Segment._create_object(
             name,
             Kind.DICT,
@@ -197,6 +204,8 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
             assert seg.header is not None
             what = f"dict {name!r}"
             parsed = fmt.parse_params(seg.header.params, seg.header.body_size, what)
+            if parsed.generation != 0:
+                raise LayoutError(f"{what}: generation {parsed.generation} is not a dict's root")
             if seg.header.nsems != 0:
                 raise LayoutError(f"{what}: {seg.header.nsems} semaphores, expected none")
             if codec is None:
@@ -206,7 +215,7 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
                         "open it (pickle runs code chosen by whoever wrote the value)"
                     )
                 codec = parsed.codec
-            return cls(seg, parsed, _codec.resolve(codec))
+            return cls(seg, parsed, _codec.resolve(codec), trust_uids)
         except BaseException:
             seg.close()
             raise
@@ -221,14 +230,23 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
         max_key: int = fmt.DEFAULT_MAX_KEY,
         codec: str | Codec[Any] = "bytes",
         mode: int = 0o600,
+        grow: bool = True,
+        max_bytes: int | None = None,
     ) -> SharedDict[Any]:
         """Open ``name`` or create it; safe when many processes race.
 
-        An existing dict keeps its creator's capacity and size.
+        An existing dict keeps its creator's sizes and growth policy.
         """
         return open_or_create(
             lambda: cls.create(
-                name, capacity=capacity, size=size, max_key=max_key, codec=codec, mode=mode
+                name,
+                capacity=capacity,
+                size=size,
+                max_key=max_key,
+                codec=codec,
+                mode=mode,
+                grow=grow,
+                max_bytes=max_bytes,
             ),
             lambda: cls.open(name, codec=codec),
             f"dict {name!r}",
@@ -244,7 +262,16 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
         mutex, self._mutex = self._mutex, None
         if mutex is not None:
             mutex.close()
+        gen_seg, self._gen_seg = self._gen_seg, None
+        if gen_seg is not None:
+            gen_seg.close()
         seg.close()
+
+    def unlink(self) -> None:
+        """Remove the dict's name and every generation segment it grew, for everyone."""
+        sysname = self._seg.sysname if self._seg is not None else _names.system_name(self._name)
+        Segment.remove(self._name)
+        dict_gens.sweep(sysname, None, upto=self._p.generation)
 
     def __reduce__(self) -> tuple[Any, ...]:
         codec: object = self._codec.name if self._codec.name in _PLAIN else self._codec
@@ -306,12 +333,26 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
         return raw if isinstance(self._codec, _codec.RawCodec) else self._codec.decode(raw)
 
     def _write_slow(self, op: int, key: Any, data: Any, expect: int, timeout: float | None) -> Any:
-        """One write op, waiting up to ``timeout`` for the writer mutex (LockTimeout)."""
+        """One write op, waiting up to ``timeout`` for the writer mutex (LockTimeout),
+        following the dict into newer generations and growing it when full."""
         self._check_open()
-        mutex = self._mutex
-        if mutex is None:
+        if self._mutex is None:
             raise PermissionDenied(f"dict {self._name!r} is open readonly")
         timeout = _wait.check_timeout(timeout)
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if end is None else max(0.0, end - time.monotonic())
+            try:
+                got = self._write_once(op, key, data, expect, left)
+            except _dict.NeedGrowth as exc:
+                left = None if end is None else max(0.0, end - time.monotonic())
+                self._grow(int(exc.args[0]), left)
+                continue
+            if got is not _dict.MOVED:
+                return got
+            self._remap()
+
+    def _write_once(self, op: int, key: Any, data: Any, expect: int, timeout: float | None) -> Any:
         if not self._flock:
 
             def attempt() -> Any:
@@ -329,6 +370,15 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
                 )
             return result[0]
         # flock backend: the mutex is held by Python around one C call.
+        with self._held(timeout) as got:
+            return self._c_write(op, key, data, expect, _held_wait(got))
+
+    @contextlib.contextmanager
+    def _held(self, timeout: float | None) -> Iterator[int]:
+        """Hold the writer mutex from Python (flock, growth, verify): OK or OWNER_DIED."""
+        mutex = self._mutex
+        if mutex is None:
+            raise PermissionDenied(f"dict {self._name!r} is open readonly")
         got = _wait.wait(
             lambda: _none_if_busy(mutex.try_acquire()),
             lambda s: _none_if_busy(mutex.acquire_slice(s)),
@@ -338,17 +388,55 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
         if got is None:
             raise LockTimeout(f"dict {self._name!r}: another writer held the lock for {timeout} s")
         try:
-            return self._c_write(op, key, data, expect, -2.0 if got == _mutex.OWNER_DIED else -1.0)
+            yield got
         finally:
             mutex.core.release_if_held()
 
     def _write(self, op: int, key: Any, data: Any = None, expect: int = 0) -> Any:
-        if self._flock or self._mutex is None:
-            return self._write_slow(op, key, data, expect, None)
-        got = self._c_write(op, key, data, expect, 0.0)
-        if got is _dict.BUSY:
-            return self._write_slow(op, key, data, expect, None)
-        return got
+        if not self._flock and self._mutex is not None:
+            try:
+                got = self._c_write(op, key, data, expect, 0.0)
+            except _dict.NeedGrowth:
+                got = _dict.BUSY
+            if got is not _dict.BUSY and got is not _dict.MOVED:
+                return got
+        return self._write_slow(op, key, data, expect, None)
+
+    # ------------------------------------------------------------ generations
+
+    def _remap(self) -> None:
+        """Follow the root's generation word to the current table (takes no lock)."""
+        root = self._segment()
+        for attempt in range(10_000):
+            gen = self._c_gen()
+            if gen == self._p.generation:
+                return
+            if gen == 0 or gen < self._p.generation:
+                raise LayoutError(f"dict {self._name!r}: generation went back to {gen}")
+            try:
+                seg, p = dict_gens.open_generation(
+                    root, self._root_p, gen, readonly=self.readonly, trust_uids=self._trust
+                )
+            except NotFound:
+                time.sleep(min(1e-3, 1e-5 * attempt))  # replaced meanwhile: read gen again
+                continue
+            try:
+                self._c_retarget(seg.mmap, *dict_gens.geometry(seg, p))
+            except BaseException:
+                seg.close()
+                raise
+            old, self._gen_seg, self._p = self._gen_seg, seg, p
+            if old is not None:
+                old.close()
+            return
+        raise LayoutError(
+            f"dict {self._name!r}: the segment of its current generation "
+            f"{self._c_gen()} is missing (removed by hand, or by a shmkit that "
+            "predates generations?)"
+        )
+
+    def _grow(self, need: int, timeout: float | None) -> None:
+        dict_gens.grow(self, need, timeout)  # the next generation: build, copy, publish
 
     def _data(self, value: Any) -> Any:
         return value if isinstance(self._codec, _codec.RawCodec) else self._encode(value)
@@ -413,7 +501,12 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
         return default if raw is None else self._decode(raw)  # type: ignore[return-value]
 
     def update(self, other: Any = (), /, **kwds: V) -> None:
-        """Set every pair of ``other`` (a mapping or pairs) and ``kwds``; each set is atomic."""
+        """Set every pair of ``other`` (a mapping or pairs) and ``kwds``: one C call
+        under one acquisition of the writer lock for the whole batch (split only
+        where the dict grows). Every key and value is checked first (nothing is
+        stored if one is bad); readers may see part of the batch, as with
+        separate sets, and no other writer's change lands in between.
+        """
         pairs: Iterable[tuple[Key, V]]
         if isinstance(other, Mapping):
             pairs = other.items()
@@ -421,10 +514,17 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
             pairs = ((k, other[k]) for k in other.keys())  # noqa: SIM118 - any object with keys()
         else:
             pairs = other
-        for key, value in pairs:
-            self[key] = value
-        for key, value in kwds.items():
-            self[key] = value
+        keys: list[Key] = []
+        data: list[Any] = []
+        for key, value in itertools.chain(pairs, kwds.items()):
+            keys.append(key)
+            data.append(self._data(value))
+        while keys:
+            done, need = self._write(_dict.OP_UPDATE, keys, data)
+            if not need:
+                return
+            del keys[:done], data[:done]
+            self._grow(need, None)
 
     def clear(self) -> None:
         """Remove every entry at once: readers see the old map or the empty one."""
@@ -516,29 +616,34 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
     def verify(self, *, timeout: float | None = 10.0) -> list[str]:
         """Check the whole structure; return the problems found (empty: sound).
 
-        Checks every index slot (its block in bounds and whole, the stored
-        hash matching the key, the key reachable from its home slot, no
-        duplicate), the counters, and that live and free blocks tile the used
-        heap exactly (nothing leaked, nothing overlapping). A writable handle
-        takes the writer lock, first repairing what a dead writer left, as
-        the next writer would; a read-only handle checks without it (results
-        are exact only while nobody writes).
+        Every index slot (block in bounds and whole, hash matching the key,
+        reachable from its home slot, no duplicate), the counters, and that
+        live and free blocks tile the used heap exactly, in the current
+        generation. A writable handle takes the writer lock and first repairs
+        what a dead writer or grower left (as the next writer would); a
+        read-only one checks without it (exact only while nobody writes).
         """
         self._check_open()
         timeout = _wait.check_timeout(timeout)
-        got = _wait.wait(
-            lambda: _none_if(self._c_verify(0.0)),
-            lambda s: _none_if(self._c_verify(s)),
-            timeout,
-            on_slice=self._check_open,
-        )
-        if got is None:
-            raise LockTimeout(f"dict {self._name!r}: verify() could not take the writer lock")
-        return list(got)
+        if self._mutex is None:
+            for _ in range(1000):
+                got = self._c_verify(0.0)
+                if isinstance(got, list):
+                    return [str(x) for x in got]
+                self._remap()  # MOVED
+            raise ReadStarved(f"dict {self._name!r}: it kept growing during verify()")
+        root = self._segment()
+        with self._held(timeout) as held:
+            self._remap()
+            dict_gens.sweep(root.sysname, self._p.generation or None, upto=self._p.generation)
+            got = self._c_verify(_held_wait(held))
+        assert isinstance(got, list)  # neither BUSY nor MOVED while we hold the mutex
+        return [str(x) for x in got]
 
     def statistics(self) -> DictStats:
         """A snapshot of sizes and counters (see :class:`DictStats`)."""
         self._check_open()
+        self._remap()
         (writes, epoch, count, tombs, used, _bump, _dirty, deaths, waiters, comp, dropped) = (
             self._c_counters()
         )
@@ -548,13 +653,14 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
             used,
             self._p.heap_size,
             tombs,
-            epoch,
+            self._p.generation,
             writes,
             deaths,
             comp,
             dropped,
             waiters,
             self._c_retries,
+            epoch,
         )
 
     def _after_fork_in_child(self) -> None:
@@ -566,34 +672,13 @@ def _none_if_busy(got: int) -> int | None:
     return None if got == _mutex.BUSY else got
 
 
+def _held_wait(got: int) -> float:
+    """The ``wait`` argument of a C call made while Python holds the mutex."""
+    return -2.0 if got == _mutex.OWNER_DIED else -1.0
+
+
 def _none_if(got: Any) -> Any:
     return None if got is _dict.BUSY else got
-
-
-def _make_params(capacity: object, size: object, max_key: object, codec: str) -> bytes:
-    for label, value in (("capacity", capacity), ("max_key", max_key)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{label} must be an int, not {type(value).__name__}")
-    assert isinstance(capacity, int) and isinstance(max_key, int)
-    if not 1 <= capacity <= fmt.MAX_CAPACITY:
-        raise ValueError(f"capacity must be between 1 and {fmt.MAX_CAPACITY}, not {capacity}")
-    if not 1 <= max_key <= fmt.MAX_KEY:
-        raise ValueError(f"max_key must be between 1 and {fmt.MAX_KEY}, not {max_key}")
-    if size is None:
-        size = max(64 * 1024, 256 * capacity)
-    if isinstance(size, bool) or not isinstance(size, int):
-        raise TypeError(f"size must be an int, not {type(size).__name__}")
-    heap = max(fmt.MIN_HEAP, -(-size // fmt.UNIT) * fmt.UNIT)
-    if heap > fmt.MAX_HEAP:
-        raise ValueError(f"size {size} is beyond shmkit's limit of {fmt.MAX_HEAP} bytes")
-    if not codec.isascii() or len(codec) > 16:
-        raise ValueError(f"codec name {codec!r} must be at most 16 ASCII characters")
-    return fmt.make_params(capacity, heap, max_key, secrets.randbits(64), codec)
-
-
-def _body_size(params: bytes) -> int:
-    fields = fmt.PARAMS.unpack(params)
-    return fmt.body_size(fields[2], fields[4])
 
 
 def _reopen(name: str, codec: object, readonly: bool) -> SharedDict[Any]:
@@ -601,29 +686,9 @@ def _reopen(name: str, codec: object, readonly: bool) -> SharedDict[Any]:
 
 
 def describe(seg: Segment) -> dict[str, object]:
-    """JSON-serialisable facts about an opened DICT segment (for ``shmkit ls``/``info``)."""
-    header = seg.header
-    if header is None or header.kind != Kind.DICT:
-        raise LayoutError(f"{seg.name!r} is not a dict")
-    p = fmt.parse_params(header.params, header.body_size, f"dict {seg.name!r}")
-    mm = seg.mmap
-    writes, epoch, count, tombs, used, _bump, dirty, deaths = struct.unpack_from(
-        "<8Q", mm, header.body_off + fmt.WRITES_AT
-    )
-    return {
-        "kind": "dict",
-        "entries": count,
-        "capacity": p.capacity,
-        "bytes_used": used,
-        "heap_size": p.heap_size,
-        "generation": epoch,
-        "tombstones": tombs,
-        "writes": writes,
-        "writer_deaths": deaths,
-        "needs_repair": bool(dirty),
-        "codec": p.codec,
-        "max_key": p.max_key,
-    }
+    """JSON-serialisable facts about an opened dict (``shmkit ls``/``info``): the
+    current generation's entries, capacity and bytes used, and the generation."""
+    return dict_gens.describe(seg)
 
 
 def _after_fork_in_child() -> None:

@@ -21,7 +21,8 @@ from typing import Any, Final
 
 from . import _layout, _mutex, _names, _platform, _process
 from ._layout import Kind
-from ._sysobj import unlink_all
+from ._shm import dict_gens
+from ._sysobj import unlink_all, unlink_shm
 from .errors import LayoutError, NotFound, NotReady, PermissionDenied, ShmkitError
 from .segment import Segment
 
@@ -81,6 +82,8 @@ def _parts_of(sysname: str, sem_files: set[str]) -> list[str]:
     base = sysname.lstrip("/")
     parts = [sysname]
     parts += sorted("/" + f[len("sem.") :] for f in sem_files if f.startswith(f"sem.{base}.s"))
+    # A SharedDict's generation segments (<sysname>~gN) are parts of its root.
+    parts += dict_gens.existing(sysname) if dict_gens.split(sysname) is None else []
     return parts
 
 
@@ -94,6 +97,12 @@ def _inspect(sysname: str, sem_files: set[str], *, with_stats: bool) -> Entry:
         entry.created = st.st_mtime
     except OSError:
         pass
+    for part in entry.parts[1:]:
+        if dict_gens.split(part) is not None:  # a grown dict: its size is all its segments
+            with contextlib.suppress(OSError):
+                entry.size += os.stat(
+                    os.path.join(_platform.SHM_DIR or "", part.lstrip("/"))
+                ).st_size
     try:
         seg = Segment._open_object(
             sysname,
@@ -180,7 +189,7 @@ def discover(*, with_stats: bool = False) -> list[Entry]:
     entries = [
         _inspect("/" + f, sem_files, with_stats=with_stats)
         for f in sorted(files)
-        if f.startswith(tag)
+        if f.startswith(tag) and not _is_generation_of_a_root(f, files)
     ]
     owned = {p for e in entries for p in e.parts}
     for f in sorted(sem_files):
@@ -206,14 +215,22 @@ def find(name: str, *, with_stats: bool = True) -> Entry:
     return _inspect(sysname, {f for f in files if f.startswith("sem.")}, with_stats=with_stats)
 
 
+def _is_generation_of_a_root(f: str, files: set[str]) -> bool:
+    """A dict's generation segment whose root exists (listed as one of its parts)."""
+    parsed = dict_gens.split("/" + f)
+    return parsed is not None and parsed[0].lstrip("/") in files
+
+
 def _remove_parts(entry: Entry) -> list[str]:
     removed = []
     segment = entry.parts[0] if entry.state != "orphan-semaphore" else ""
     if segment:
-        nsems = len(entry.parts) - 1
-        if unlink_all(segment, max(nsems, _names.MAX_SEMS)):
+        gens = [p for p in entry.parts[1:] if dict_gens.split(p) is not None]
+        sems = [p for p in entry.parts[1:] if p not in gens]
+        if unlink_all(segment, max(len(sems), _names.MAX_SEMS)):
             removed.append(segment)
-        removed += entry.parts[1:]
+        removed += sems
+        removed += [g for g in gens if unlink_shm(g)]
     else:
         for sem in entry.parts:
             with contextlib.suppress(OSError):

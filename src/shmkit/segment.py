@@ -404,13 +404,15 @@ class Segment:
         init: Callable[[_mm.mmap, int], None] | None = None,
         attach_slots: int = DEFAULT_ATTACH_SLOTS,
         unlink_on_exit: bool = False,
+        sysname: str | None = None,
     ) -> Segment:
-        """Create a shmkit object: header, body, semaphores; READY is stored last."""
-        name = _names.validate(name)
-        if _names.is_verbatim(name):
-            raise InvalidName(f"{kind.name.lower()} objects need a shmkit name, not {name!r}")
+        """Create a shmkit object (READY stored last); ``sysname``: a dict generation's."""
+        if sysname is None:  # (a SharedDict generation names its segment itself)
+            name = _names.validate(name)
+            if _names.is_verbatim(name):
+                raise InvalidName(f"{kind.name.lower()} objects need a shmkit name, not {name!r}")
+            sysname = _names.system_name(name)
         mode = _check_mode(mode)
-        sysname = _names.system_name(name)
         what = f"{kind.name.lower()} {name!r}"
         me = _process.current()
         image = _layout.build(

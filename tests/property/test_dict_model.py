@@ -1,7 +1,9 @@
 """SharedDict against ``dict`` (Hypothesis state machine), plus fuzzed params.
 
 Two handles on one table, driven like a dict through every method; the model
-predicts each KeyError and each Full (a new key beyond ``capacity``). Keys
+predicts each KeyError and each Full (a new key beyond ``capacity`` of a
+fixed-size dict; a growing one moves to a new generation instead, which the
+other handle must follow). Keys
 come from a small alphabet so sets, overwrites and deletions hit the same
 keys often (deletion-heavy runs pile up tombstones and force compactions),
 str and bytes keys of the same spelling are distinct, and ``verify()`` must
@@ -25,6 +27,7 @@ from hypothesis.stateful import (
 )
 
 from shmkit._core import _dict
+from shmkit._shm import dict_gens
 from shmkit._shm import dict_table as fmt
 from shmkit.errors import Full, LayoutError
 from shmkit.mapping import SharedDict
@@ -45,12 +48,20 @@ class DictModel(RuleBasedStateMachine):
         self.d: SharedDict[bytes] | None = None
         self.other: SharedDict[bytes] | None = None
 
-    @initialize(capacity=st.integers(1, 24))
-    def create(self, capacity: int) -> None:
-        # A heap large enough that only ``capacity`` limits (heap Full is tested elsewhere).
-        self.d = SharedDict.create(self.name, capacity=capacity, size=capacity * 1024)
+    @initialize(capacity=st.integers(1, 24), grow=st.booleans())
+    def create(self, capacity: int, grow: bool) -> None:
+        # Fixed: a heap large enough that only ``capacity`` limits (heap Full is
+        # tested elsewhere). Growing: the smallest heap, so entries and heap
+        # bytes both run out and the dict grows through many generations.
+        size = 4096 if grow else capacity * 1024
+        self.d = SharedDict.create(self.name, capacity=capacity, size=size, grow=grow)
         self.other = SharedDict.open(self.name)
         self.capacity = capacity
+        self.grow = grow
+
+    def full(self, key: Any) -> bool:
+        """Would storing ``key`` raise Full (a new key in a full, fixed-size dict)?"""
+        return not self.grow and key not in self.model and len(self.model) >= self.capacity
 
     def handle(self, which: bool) -> SharedDict[bytes]:
         h = self.d if which else self.other
@@ -59,7 +70,7 @@ class DictModel(RuleBasedStateMachine):
 
     @rule(which=st.booleans(), key=keys, value=values)
     def set(self, which: bool, key: Any, value: bytes) -> None:
-        if key not in self.model and len(self.model) >= self.capacity:
+        if self.full(key):
             with pytest.raises(Full):
                 self.handle(which)[key] = value
             return
@@ -81,7 +92,7 @@ class DictModel(RuleBasedStateMachine):
 
     @rule(which=st.booleans(), key=keys, value=values)
     def setdefault(self, which: bool, key: Any, value: bytes) -> None:
-        if key not in self.model and len(self.model) >= self.capacity:
+        if self.full(key):
             with pytest.raises(Full):
                 self.handle(which).setdefault(key, value)
             return
@@ -89,7 +100,7 @@ class DictModel(RuleBasedStateMachine):
 
     @rule(which=st.booleans(), key=keys)
     def update_with(self, which: bool, key: Any) -> None:
-        if key not in self.model and len(self.model) >= self.capacity:
+        if self.full(key):
             return
 
         def grow(v: bytes | None) -> bytes:
@@ -97,6 +108,20 @@ class DictModel(RuleBasedStateMachine):
 
         assert self.handle(which).update_with(key, grow) == grow(self.model.get(key))
         self.model[key] = grow(self.model.get(key))
+
+    @rule(which=st.booleans(), pairs=st.lists(st.tuples(keys, values), max_size=8))
+    def update(self, which: bool, pairs: list[tuple[Any, bytes]]) -> None:
+        after = {**self.model, **dict(pairs)}
+        if not self.grow and len(after) > self.capacity:
+            with pytest.raises(Full):  # stores the prefix that fits, as dict.update would
+                self.handle(which).update(pairs)
+            for key, value in pairs:
+                if key not in self.model and len(self.model) >= self.capacity:
+                    break
+                self.model[key] = value
+            return
+        self.handle(which).update(pairs)
+        self.model = after
 
     @rule(which=st.booleans())
     def popitem(self, which: bool) -> None:
@@ -135,6 +160,13 @@ class DictModel(RuleBasedStateMachine):
         assert len(self.d) == len(self.model)
         assert dict(self.d.items()) == self.model
         assert self.d.verify() == []
+        # Only the current generation's segment exists besides the root.
+        assert self.other is not None
+        gen = self.d.statistics().generation
+        assert self.grow or gen == 0
+        assert len(self.other) == len(self.model) and self.other.statistics().generation == gen
+        root = self.d._segment().sysname
+        assert dict_gens.existing(root) == ([dict_gens.sysname_of(root, gen)] if gen else [])
 
     def teardown(self) -> None:
         for h in (self.other, self.d):

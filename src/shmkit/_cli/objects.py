@@ -258,7 +258,10 @@ def summary(entry: registry.Entry, facts: dict[str, Any]) -> str:
     if kind == "latest" and "version" in facts:
         return f"version {facts['version']}, {len(facts.get('writers', []))} writer(s)"
     if kind == "dict" and "entries" in facts:
-        return f"{facts['entries']} entries, {facts['bytes_used']} B used"
+        return (
+            f"{facts['entries']} entries, {facts['bytes_used']} B used, "
+            f"generation {facts.get('generation', 0)}"
+        )
     if kind == "array" and "shape" in facts:
         return f"{facts['dtype']} {tuple(facts['shape'])}"
     return ""

@@ -42,6 +42,8 @@ dk_as_int(PyObject *o)
 static PyObject *Full;
 static PyObject *MessageTooLarge;
 static PyObject *BusySentinel;
+static PyObject *MovedSentinel;
+static PyObject *NeedGrowth;
 
 /* Control words (offsets from the body). */
 #define D_WRITES 64
@@ -56,7 +58,8 @@ static PyObject *BusySentinel;
 #define D_STAMP 136
 #define D_COMPACTIONS 144
 #define D_DROPPED 152
-#define D_FREE 192
+#define D_GEN 192 /* root only: the current generation (its own cache line) */
+#define D_FREE 256
 #define D_CLASSES 96
 
 /* Blocks. */
@@ -81,6 +84,7 @@ static PyObject *BusySentinel;
 #define OP_POPITEM 5
 #define OP_REPAIR 6
 #define OP_COMPACT 7
+#define OP_UPDATE 8 /* key: a list of keys, data: a list of values */
 
 /* Reads retried in C before handing back to Python. */
 #define D_TRIES 256
@@ -93,6 +97,10 @@ typedef struct {
     int attached;
     int readonly;
     int flock;
+    int grow; /* a full table raises NeedGrowth (the caller grows), not Full */
+    shm_view r; /* the root segment: writer mutex, writes, waiters, generation word */
+    Py_ssize_t rbody;
+    uint64_t gen; /* generation of the table `v` maps */
     Py_ssize_t body;
     uint64_t capacity, nslots, mask, heap_size, heap_units, max_key, seed;
     uint64_t idx_off[2], heap_off;
@@ -103,6 +111,7 @@ typedef struct {
 } DictObject;
 
 #define AT(self, off) ((self)->v.base + (self)->body + (off))
+#define RT(self, off) ((self)->r.base + (self)->rbody + (off))
 #define HEAP(self, off) (AT(self, (self)->heap_off) + (off))
 
 /* ------------------------------------------------------------------ hash */
@@ -257,13 +266,25 @@ ld32(const char *p)
 #define RD_HIT 0
 #define RD_MISS 1
 #define RD_RETRY 2
+#define RD_MOVED 3 /* the table was replaced by a newer generation: remap */
 #define RD_ERROR (-1)
+
+/* Is `v` still the current generation? acquire: pairs with the release store
+ * of the generation word in Dict_grow() (the new table is whole before it). */
+static inline int
+dk_moved(DictObject *self)
+{
+    return shm_load64(RT(self, D_GEN)) != self->gen;
+}
 
 /* One lock-free lookup. On RD_HIT *val is a new bytes object (when want_val)
  * and *ver the entry's version (its block seq). */
 static int
 dk_read_once(DictObject *self, const dkey *k, int want_val, PyObject **val, uint64_t *ver)
 {
+    if (dk_moved(self)) {
+        return RD_MOVED;
+    }
     /* acquire: pairs with the release store of epoch in dk_flip() */
     uint64_t e1 = shm_load64(AT(self, D_EPOCH));
     uint64_t *idx = dk_index(self, e1);
@@ -327,7 +348,8 @@ dk_read_once(DictObject *self, const dkey *k, int want_val, PyObject **val, uint
 static int
 dk_ready(DictObject *self)
 {
-    if (!self->attached || self->v.closed || self->v.base == NULL) {
+    if (!self->attached || self->v.closed || self->v.base == NULL || self->r.closed ||
+        self->r.base == NULL) {
         PyErr_SetString(E.closed, "dict handle is closed");
         return -1;
     }
@@ -349,6 +371,38 @@ dk_read(DictObject *self, const dkey *k, int want_val, int tries, PyObject **val
         }
     }
     return RD_RETRY;
+}
+
+/* Map the current generation (Python: SharedDict._remap). 0, or -1 with an
+ * exception set (the handle may have been closed meanwhile). */
+static int
+dk_follow(DictObject *self)
+{
+    PyObject *r = PyObject_CallMethod((PyObject *)self, "_remap", NULL);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return dk_ready(self);
+}
+
+/* dk_read, following the table into newer generations. */
+static int
+dk_read_follow(DictObject *self, const dkey *k, int want_val, int tries, PyObject **val,
+               uint64_t *ver)
+{
+    for (int hops = 0;; hops++) {
+        int rc = dk_read(self, k, want_val, tries, val, ver);
+        if (rc != RD_MOVED) {
+            return rc;
+        }
+        if (hops > 64) {
+            return RD_RETRY; /* the slow path keeps trying, bounded by time */
+        }
+        if (dk_follow(self)) {
+            return RD_ERROR;
+        }
+    }
 }
 
 static PyObject *
@@ -725,17 +779,17 @@ dk_lock(DictObject *self, double wait)
     if (wait < 0) {
         return wait < -1.5 ? SHM_OWNER_DIED : SHM_OK;
     }
-    pthread_mutex_t *m = (pthread_mutex_t *)AT(self, 0);
+    pthread_mutex_t *m = (pthread_mutex_t *)RT(self, 0);
     int got = shm_mutex_trylock(m);
     if (got == SHM_BUSY) {
         got = shm_mutex_spin(m, 64);
     }
     if (got == SHM_BUSY && wait > 0) {
-        self->v.inflight++;
+        self->r.inflight++;
         Py_BEGIN_ALLOW_THREADS
         got = shm_mutex_timedlock(m, wait);
         Py_END_ALLOW_THREADS
-        shm_view_leave(&self->v);
+        shm_view_leave(&self->r);
         if (got >= 0 && got != SHM_BUSY && dk_ready(self)) {
             pthread_mutex_unlock(m); /* closed by another thread meanwhile */
             return -1;
@@ -753,18 +807,18 @@ dk_unlock(DictObject *self, double wait, int changed)
 {
     if (changed) {
         /* release: pairs with the acquire load in wait_changed */
-        char *w = AT(self, D_WRITES);
+        char *w = RT(self, D_WRITES);
         shm_store64(w, shm_relaxed64(w) + 1);
     }
     if (wait >= 0) {
-        pthread_mutex_unlock((pthread_mutex_t *)AT(self, 0));
+        pthread_mutex_unlock((pthread_mutex_t *)RT(self, 0));
     }
     if (changed) {
         /* seq_cst fence: the writes store is visible before we read waiters;
          * pairs with the fetch-add and re-check in Dict_wait(). */
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        if (__atomic_load_n((uint32_t *)AT(self, D_WAITERS), __ATOMIC_RELAXED) != 0) {
-            shm_futex_wake((uint32_t *)AT(self, D_WRITES), INT_MAX);
+        if (__atomic_load_n((uint32_t *)RT(self, D_WAITERS), __ATOMIC_RELAXED) != 0) {
+            shm_futex_wake((uint32_t *)RT(self, D_WRITES), INT_MAX);
         }
     }
 }
@@ -796,6 +850,22 @@ dk_end(DictObject *self)
 
 /* ------------------------------------------------------------------ write ops */
 
+/* Out of entries or heap with Full (or MessageTooLarge) set: a dict that
+ * grows replaces it with NeedGrowth(bytes the entry needs), and the caller
+ * builds the next generation and retries. Returns 0 (dk_store's error). */
+static uint64_t
+dk_out_of_room(DictObject *self, uint64_t units)
+{
+    if (self->grow) {
+        PyObject *n = PyLong_FromUnsignedLongLong(units * UNIT);
+        if (n != NULL) {
+            PyErr_SetObject(NeedGrowth, n);
+            Py_DECREF(n);
+        }
+    }
+    return 0;
+}
+
 /* Store (k, val) in a new block; old block (at *pos) freed. Returns the new
  * version, 0 with Full / MessageTooLarge set, or (uint64)-1 on other errors. */
 static uint64_t
@@ -808,7 +878,7 @@ dk_store(DictObject *self, const dkey *k, const char *val, uint64_t vlen, int64_
         PyErr_Format(MessageTooLarge,
                      "dict %R: an entry of %llu bytes can never fit its %llu-byte heap", self->name,
                      (unsigned long long)bytes, (unsigned long long)self->heap_size);
-        return 0;
+        return dk_out_of_room(self, units);
     }
     uint64_t *idx = dk_index(self, shm_relaxed64(AT(self, D_EPOCH)));
     if (pos < 0) {
@@ -816,7 +886,7 @@ dk_store(DictObject *self, const dkey *k, const char *val, uint64_t vlen, int64_
         if (count >= self->capacity) {
             PyErr_Format(Full, "dict %R is full: %llu entries (its capacity)", self->name,
                          (unsigned long long)count);
-            return 0;
+            return dk_out_of_room(self, units);
         }
         uint64_t tombs = shm_relaxed64(AT(self, D_TOMBS));
         int empty = ins >= 0 && shm_relaxed64(&idx[ins]) == S_EMPTY;
@@ -838,7 +908,7 @@ dk_store(DictObject *self, const dkey *k, const char *val, uint64_t vlen, int64_
             PyErr_Format(Full, "dict %R is full: %llu of %llu heap bytes used, %llu more needed",
                          self->name, (unsigned long long)used,
                          (unsigned long long)self->heap_size, (unsigned long long)(units * UNIT));
-            return 0;
+            return dk_out_of_room(self, units);
         }
         /* Coalesce free space (or repair a corrupt free list), then retry once. */
         if (dk_rebuild(self)) {
@@ -851,7 +921,7 @@ dk_store(DictObject *self, const dkey *k, const char *val, uint64_t vlen, int64_
             PyErr_Format(Full,
                          "dict %R is full: no contiguous %llu bytes in its heap (fragmented)",
                          self->name, (unsigned long long)(units * UNIT));
-            return 0;
+            return dk_out_of_room(self, units);
         }
     }
     shm_crash("dict.set.allocated");
@@ -1083,10 +1153,21 @@ dk_write(DictObject *self, int op, PyObject *key, PyObject *data, uint64_t expec
         Py_INCREF(BusySentinel);
         return BusySentinel;
     }
+    if (dk_moved(self)) {
+        /* A grower replaced this table: the caller remaps and retries. A holder
+         * that died mid-write left its table's dirty word set (dk_begin sets it
+         * before any change), so the next writer there repairs it even though
+         * EOWNERDEAD was consumed here. */
+        dk_unlock(self, wait, 0);
+        if (have_val) {
+            PyBuffer_Release(&src);
+        }
+        return Py_NewRef(MovedSentinel);
+    }
     /* No Python code from here to dk_unlock: one critical section. */
     int changed = 0, cas = -1;
     PyObject *res = NULL, *popped = NULL;
-    self->v.inflight++;
+    self->r.inflight++;
     if (dk_begin(self, got) == 0) {
         /* Only bytes, str and int are made in here: none is tracked by the
          * GC, so no collection (and no finalizer) can run under the lock. */
@@ -1095,7 +1176,7 @@ dk_write(DictObject *self, int op, PyObject *key, PyObject *data, uint64_t expec
         dk_end(self); /* every error above leaves the table consistent */
     }
     dk_unlock(self, wait, changed);
-    shm_view_leave(&self->v);
+    shm_view_leave(&self->r);
     if (have_val) {
         PyBuffer_Release(&src);
     }
@@ -1106,6 +1187,131 @@ dk_write(DictObject *self, int op, PyObject *key, PyObject *data, uint64_t expec
     if (res != NULL && cas >= 0) {
         Py_SETREF(res, Py_BuildValue("(OO)", cas ? Py_True : Py_False, res));
     }
+    return res;
+}
+
+/* ------------------------------------------------------------------ batches */
+
+static void
+dk_release_all(Py_buffer *bufs, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyBuffer_Release(&bufs[i]);
+    }
+}
+
+/* update(): store keys[i] = values[i] for every i under one acquisition of
+ * the writer mutex. Every key and value is checked before the lock is taken
+ * (a bad one raises and nothing is stored). Each store is one crash-safe
+ * write as in dk_store (a writer killed mid-batch leaves a prefix of it).
+ * Returns (stored, need): need = 0 when all were stored, else the bytes the
+ * next entry needs from a new generation (the caller grows and goes on from
+ * `stored`); BUSY / MOVED as dk_write; Full and the like raised with the
+ * first `stored` pairs in place, as dict.update() leaves them. */
+static PyObject *
+dk_update(DictObject *self, PyObject *keys, PyObject *values, double wait)
+{
+    if (dk_ready(self)) {
+        return NULL;
+    }
+    if (self->readonly) {
+        PyErr_SetString(PyExc_PermissionError, "dict is open readonly");
+        return NULL;
+    }
+    if (!PyList_CheckExact(keys) || !PyList_CheckExact(values) ||
+        PyList_GET_SIZE(keys) != PyList_GET_SIZE(values)) {
+        PyErr_SetString(PyExc_TypeError, "_c_write(OP_UPDATE, keys, values): two lists");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(keys), ready = 0, done = 0;
+    dkey *ks = PyMem_Malloc(sizeof(dkey) * (size_t)(n ? n : 1));
+    Py_buffer *bufs = PyMem_Calloc((size_t)(n ? n : 1), sizeof(Py_buffer));
+    PyObject *res = NULL;
+    if (ks == NULL || bufs == NULL) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    /* Our own references: the keys stay alive while ks[] points into them (the
+     * lists are update()'s own, never shared with another thread). */
+    Py_INCREF(keys);
+    Py_INCREF(values);
+    for (; ready < n; ready++) {
+        if (dk_key(self, PyList_GET_ITEM(keys, ready), &ks[ready])) {
+            goto unref;
+        }
+        PyObject *v = PyList_GET_ITEM(values, ready);
+        if (PyObject_GetBuffer(v, &bufs[ready], PyBUF_C_CONTIGUOUS) < 0) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError,
+                         "dict values (codec 'bytes') are bytes-like objects, not %.50s",
+                         Py_TYPE(v)->tp_name);
+            goto unref;
+        }
+        if ((uint64_t)bufs[ready].len > 0xffffffffu) {
+            PyBuffer_Release(&bufs[ready]);
+            PyErr_Format(MessageTooLarge, "dict %R: a value of %zd bytes", self->name,
+                         bufs[ready].len);
+            goto unref;
+        }
+    }
+    if (dk_ready(self)) { /* a buffer export may run Python code */
+        goto unref;
+    }
+    int got = dk_lock(self, wait);
+    if (got < 0) {
+        goto unref;
+    }
+    if (got == SHM_BUSY || dk_moved(self)) {
+        if (got != SHM_BUSY) {
+            dk_unlock(self, wait, 0);
+        }
+        res = Py_NewRef(got == SHM_BUSY ? BusySentinel : MovedSentinel);
+        goto unref;
+    }
+    /* No Python code from here to dk_unlock (bytes and ints only). */
+    self->r.inflight++;
+    uint64_t need = 0;
+    int failed = dk_begin(self, got);
+    for (; !failed && done < n; done++) {
+        uint64_t *idx = dk_index(self, shm_relaxed64(AT(self, D_EPOCH)));
+        int64_t ins = -1;
+        uint64_t off = 0;
+        int64_t pos = dk_find(self, idx, &ks[done], &ins, &off);
+        uint64_t ver = dk_store(self, &ks[done], bufs[done].buf, (uint64_t)bufs[done].len, pos,
+                                off, ins);
+        if (ver == 0 || ver == (uint64_t)-1) {
+            failed = 1;
+            break;
+        }
+    }
+    if (failed && PyErr_ExceptionMatches(NeedGrowth)) {
+        PyObject *t, *v, *tb;
+        PyErr_Fetch(&t, &v, &tb);
+        PyErr_NormalizeException(&t, &v, &tb);
+        PyObject *arg = v != NULL ? PyTuple_GetItem(((PyBaseExceptionObject *)v)->args, 0) : NULL;
+        need = arg != NULL ? PyLong_AsUnsignedLongLong(arg) : 0;
+        Py_XDECREF(t);
+        Py_XDECREF(v);
+        Py_XDECREF(tb);
+        if (need == 0 || PyErr_Occurred()) {
+            PyErr_Clear();
+            need = UNIT;
+        }
+        failed = 0;
+    }
+    dk_end(self); /* every error above leaves the table consistent */
+    dk_unlock(self, wait, done > 0);
+    shm_view_leave(&self->r);
+    if (!failed) {
+        res = Py_BuildValue("(nK)", done, (unsigned long long)need);
+    }
+unref:
+    dk_release_all(bufs, ready);
+    Py_DECREF(keys);
+    Py_DECREF(values);
+out:
+    PyMem_Free(ks);
+    PyMem_Free(bufs);
     return res;
 }
 
@@ -1266,70 +1472,259 @@ dk_verify_locked(DictObject *self, problems *p)
 
 /* ------------------------------------------------------------------ methods */
 
-/* _c_attach(buffer, name, body_off, capacity, nslots, heap_size, max_key, seed,
- *           idx0, idx1, heap_off, flock, encode, decode) */
+/* Pin a mapping: writable, or read-only when `readonly` (then PyBUF_SIMPLE). */
+static int
+dk_pin(shm_view *v, PyObject *buf, int readonly)
+{
+    memset(v, 0, sizeof(*v));
+    if (PyObject_GetBuffer(buf, &v->buf, readonly ? PyBUF_SIMPLE : PyBUF_WRITABLE) < 0) {
+        return -1;
+    }
+    v->have_buf = 1;
+    v->base = (char *)v->buf.buf;
+    v->len = v->buf.len;
+    return 0;
+}
+
+typedef struct {
+    long long body, cap, nslots, heap, idx0, idx1, heap_off;
+    unsigned long long gen;
+} geometry;
+
+/* Check a table's geometry and that it fits the pinned view. */
+static int
+dk_geometry_ok(const shm_view *v, const geometry *g)
+{
+    if (g->cap < 1 || g->nslots < 8 || (g->nslots & (g->nslots - 1)) || g->cap > g->nslots ||
+        g->heap < UNIT || g->heap % UNIT || (g->heap / UNIT) > 0xffffffffLL || g->body % 64 ||
+        g->idx0 < D_FREE + 8 * D_CLASSES || g->idx0 % 64 || g->idx1 != g->idx0 + 8 * g->nslots ||
+        g->heap_off < g->idx1 + 8 * g->nslots || g->heap_off % 64) {
+        PyErr_SetString(E.layout_error, "dict: inconsistent table geometry");
+        return -1;
+    }
+    return shm_check(&E, v, g->body, g->heap_off + g->heap, 64);
+}
+
+/* Make the pinned view `nv` (geometry g) this handle's table; the old one is
+ * released (no call ever uses the table without the GIL: waits use the root). */
+static void
+dk_set_table(DictObject *self, shm_view *nv, const geometry *g)
+{
+    if (self->v.have_buf) {
+        shm_view_close(&self->v);
+    }
+    self->v = *nv;
+    self->body = (Py_ssize_t)g->body;
+    self->capacity = (uint64_t)g->cap;
+    self->nslots = (uint64_t)g->nslots;
+    self->mask = (uint64_t)g->nslots - 1;
+    self->heap_size = (uint64_t)g->heap;
+    self->heap_units = (uint64_t)g->heap / UNIT;
+    self->idx_off[0] = (uint64_t)g->idx0;
+    self->idx_off[1] = (uint64_t)g->idx1;
+    self->heap_off = (uint64_t)g->heap_off;
+    self->gen = g->gen;
+}
+
+#define GEOMETRY_FMT "OLLLLLLLK"
+#define GEOMETRY_ARGS(b, g) &(b), &(g).body, &(g).cap, &(g).nslots, &(g).heap, &(g).idx0, \
+    &(g).idx1, &(g).heap_off, &(g).gen
+
+/* _c_attach(root, name, root_body_off, max_key, seed, flock, grow, encode, decode):
+ * pin the root segment (writer mutex, writes, generation word). The table
+ * comes next, from _c_retarget. */
 static PyObject *
 Dict_attach(DictObject *self, PyObject *args)
 {
     PyObject *buf, *name, *enc, *dec;
-    long long body, cap, nslots, heap, max_key, idx0, idx1, heap_off;
+    long long rbody, max_key;
     unsigned long long seed;
-    int flock;
-    if (!PyArg_ParseTuple(args, "OULLLLLKLLLpOO:_c_attach", &buf, &name, &body, &cap, &nslots,
-                          &heap, &max_key, &seed, &idx0, &idx1, &heap_off, &flock, &enc, &dec)) {
+    int flock, grow;
+    if (!PyArg_ParseTuple(args, "OULLKppOO:_c_attach", &buf, &name, &rbody, &max_key, &seed,
+                          &flock, &grow, &enc, &dec)) {
         return NULL;
     }
     if (self->attached) {
         PyErr_SetString(PyExc_RuntimeError, "already attached");
         return NULL;
     }
-    if (cap < 1 || nslots < 8 || (nslots & (nslots - 1)) || cap > nslots || heap < UNIT ||
-        heap % UNIT || (heap / UNIT) > 0xffffffffLL || max_key < 1 || body % 64 || idx0 < 192 + 8 * D_CLASSES ||
-        idx0 % 64 || idx1 != idx0 + 8 * nslots || heap_off < idx1 + 8 * nslots || heap_off % 64) {
-        PyErr_SetString(E.layout_error, "dict: inconsistent table geometry");
+    if (max_key < 1 || rbody % 64) {
+        PyErr_SetString(E.layout_error, "dict: inconsistent root geometry");
         return NULL;
     }
-    memset(&self->v, 0, sizeof(self->v));
-    if (PyObject_GetBuffer(buf, &self->v.buf, PyBUF_WRITABLE) < 0) {
+    if (dk_pin(&self->r, buf, 0) < 0) {
         PyErr_Clear();
-        if (PyObject_GetBuffer(buf, &self->v.buf, PyBUF_SIMPLE) < 0) {
+        if (dk_pin(&self->r, buf, 1) < 0) {
             return NULL;
         }
         self->readonly = 1;
     }
-    self->v.have_buf = 1;
-    self->v.base = (char *)self->v.buf.buf;
-    self->v.len = self->v.buf.len;
-    if (shm_check(&E, &self->v, body, heap_off + heap, 64)) {
-        shm_view_close(&self->v);
+    if (shm_check(&E, &self->r, rbody, D_FREE, 64)) {
+        shm_view_close(&self->r);
         return NULL;
     }
-    self->body = (Py_ssize_t)body;
-    self->capacity = (uint64_t)cap;
-    self->nslots = (uint64_t)nslots;
-    self->mask = (uint64_t)nslots - 1;
-    self->heap_size = (uint64_t)heap;
-    self->heap_units = (uint64_t)heap / UNIT;
+    self->rbody = (Py_ssize_t)rbody;
     self->max_key = (uint64_t)max_key;
     self->seed = seed;
-    self->idx_off[0] = (uint64_t)idx0;
-    self->idx_off[1] = (uint64_t)idx1;
-    self->heap_off = (uint64_t)heap_off;
     self->flock = flock;
+    self->grow = grow;
     Py_INCREF(name);
     Py_XSETREF(self->name, name);
     Py_XSETREF(self->encode, enc == Py_None ? NULL : Py_NewRef(enc));
     Py_XSETREF(self->decode, dec == Py_None ? NULL : Py_NewRef(dec));
+    return Py_NewRef(Py_None);
+}
+
+/* _c_retarget(table, body_off, capacity, nslots, heap_size, idx0, idx1, heap_off, gen):
+ * use this mapping as the table (generation `gen`) from now on. */
+static PyObject *
+Dict_retarget(DictObject *self, PyObject *args)
+{
+    PyObject *buf;
+    geometry g;
+    shm_view nv;
+    if (!PyArg_ParseTuple(args, GEOMETRY_FMT ":_c_retarget", GEOMETRY_ARGS(buf, g))) {
+        return NULL;
+    }
+    if (self->r.base == NULL || self->r.closed) {
+        PyErr_SetString(E.closed, "dict handle is closed");
+        return NULL;
+    }
+    if (dk_pin(&nv, buf, self->readonly) < 0) {
+        return NULL;
+    }
+    if (dk_geometry_ok(&nv, &g)) {
+        shm_view_close(&nv);
+        return NULL;
+    }
+    dk_set_table(self, &nv, &g);
     self->attached = 1;
     Py_RETURN_NONE;
+}
+
+/* _c_grow(table, body_off, capacity, nslots, heap_size, idx0, idx1, heap_off, gen, wait)
+ * -> entries copied | BUSY | MOVED. Under the writer lock (wait as for
+ * _c_write): repair the current table if a writer died in it, copy every live
+ * block (seq included, so versions carry over) into the new, empty, larger
+ * table, then publish it with one release store of the root's generation
+ * word, and use it. Killed before that store, the old table stays the
+ * current one, untouched (the copy only reads it). */
+static PyObject *
+Dict_grow(DictObject *self, PyObject *args)
+{
+    PyObject *buf;
+    geometry g;
+    double wait;
+    shm_view nv;
+    if (!PyArg_ParseTuple(args, GEOMETRY_FMT "d:_c_grow", GEOMETRY_ARGS(buf, g), &wait)) {
+        return NULL;
+    }
+    if (dk_ready(self)) {
+        return NULL;
+    }
+    if (self->readonly) {
+        PyErr_SetString(PyExc_PermissionError, "dict is open readonly");
+        return NULL;
+    }
+    if (dk_pin(&nv, buf, 0) < 0) {
+        return NULL;
+    }
+    if (dk_geometry_ok(&nv, &g)) {
+        shm_view_close(&nv);
+        return NULL;
+    }
+    int got = dk_lock(self, wait);
+    if (got < 0 || got == SHM_BUSY) {
+        shm_view_close(&nv);
+        return got < 0 ? NULL : Py_NewRef(BusySentinel);
+    }
+    if (dk_moved(self) || g.gen != self->gen + 1) {
+        dk_unlock(self, wait, 0);
+        shm_view_close(&nv);
+        return Py_NewRef(MovedSentinel);
+    }
+    self->r.inflight++;
+    if (dk_begin(self, got)) {
+        dk_unlock(self, wait, 0);
+        shm_view_leave(&self->r);
+        shm_view_close(&nv);
+        return NULL;
+    }
+    char *nb = nv.base + g.body;
+    uint64_t *from = dk_index(self, shm_relaxed64(AT(self, D_EPOCH)));
+    uint64_t *to = (uint64_t *)(nb + g.idx0);
+    char *nheap = nb + g.heap_off;
+    uint64_t nmask = (uint64_t)g.nslots - 1, top = 0, n = 0, dropped = 0;
+    uint64_t half = shm_relaxed64(AT(self, D_COUNT)) / 2;
+    for (uint64_t i = 0; i < self->nslots; i++) {
+        uint64_t w = shm_relaxed64(&from[i]), off, units;
+        if (w == S_EMPTY || w == S_TOMB) {
+            continue;
+        }
+        if (dk_check_live(self, w, &off, &units)) {
+            dropped++; /* corrupt: the next repair would drop it too */
+            continue;
+        }
+        if (n >= (uint64_t)g.cap || units * UNIT > (uint64_t)g.heap - top) {
+            dk_end(self);
+            dk_unlock(self, wait, 0);
+            shm_view_leave(&self->r);
+            shm_view_close(&nv);
+            PyErr_SetString(E.layout_error, "dict: the new generation is too small");
+            return NULL;
+        }
+        memcpy(nheap + top, HEAP(self, off), (size_t)(units * UNIT));
+        uint64_t j = shm_relaxed64(HEAP(self, off) + B_HASH) & nmask;
+        while (to[j] != S_EMPTY) {
+            j = (j + 1) & nmask;
+        }
+        to[j] = dk_word(shm_relaxed64(HEAP(self, off) + B_HASH), top);
+        top += units * UNIT;
+        if (++n == half) {
+            shm_crash("dict.grow.copying");
+        }
+    }
+    /* The new table's counters; stamps continue, so versions keep growing. */
+    shm_set_relaxed64(nb + D_COUNT, n);
+    shm_set_relaxed64(nb + D_USED, top);
+    shm_set_relaxed64(nb + D_BUMP, top);
+    shm_set_relaxed64(nb + D_STAMP, shm_relaxed64(AT(self, D_STAMP)));
+    shm_set_relaxed64(nb + D_DEATHS, shm_relaxed64(AT(self, D_DEATHS)));
+    shm_set_relaxed64(nb + D_COMPACTIONS, shm_relaxed64(AT(self, D_COMPACTIONS)));
+    shm_set_relaxed64(nb + D_DROPPED, shm_relaxed64(AT(self, D_DROPPED)) + dropped);
+    shm_crash("dict.grow.copied");
+    /* release: the whole new table is stored before the generation word
+     * names it; pairs with the acquire load in dk_moved() */
+    shm_store64(RT(self, D_GEN), g.gen);
+    shm_crash("dict.grow.published");
+    /* release: a reader still copying from the old table fails its epoch
+     * re-check from here on, so the caller may free that memory (the root's
+     * first table) under it; pairs with the acquire fence in dk_read_once() */
+    char *ep = AT(self, D_EPOCH);
+    shm_store64(ep, shm_relaxed64(ep) + 2);
+    dk_end(self);
+    dk_unlock(self, wait, 1);
+    shm_view_leave(&self->r);
+    dk_set_table(self, &nv, &g);
+    return PyLong_FromUnsignedLongLong(n);
+}
+
+/* _c_gen() -> the root's current generation (acquire) */
+static PyObject *
+Dict_gen(DictObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->r.base == NULL || self->r.closed) {
+        PyErr_SetString(E.closed, "dict handle is closed");
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(shm_load64(RT(self, D_GEN)));
 }
 
 static PyObject *
 Dict_detach(DictObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (self->attached) {
-        shm_view_close(&self->v);
-    }
+    shm_view_close(&self->v);
+    shm_view_close(&self->r);
     Py_RETURN_NONE;
 }
 
@@ -1343,7 +1738,7 @@ Dict_subscript(DictObject *self, PyObject *key)
     if (dk_ready(self) || dk_key(self, key, &k)) {
         return NULL;
     }
-    int rc = dk_read(self, &k, 1, D_TRIES, &val, &ver);
+    int rc = dk_read_follow(self, &k, 1, D_TRIES, &val, &ver);
     if (rc == RD_HIT) {
         return dk_decode(self, val);
     }
@@ -1367,6 +1762,23 @@ dk_encode(DictObject *self, PyObject *value)
     return PyObject_CallOneArg(self->encode, value);
 }
 
+/* Does a fast-path write result need the Python slow path (lock busy, table
+ * replaced by a newer generation, or a full table that grows)? If so the
+ * result (or the NeedGrowth error) is dropped. */
+static int
+dk_slow(PyObject *res)
+{
+    if (res == BusySentinel || res == MovedSentinel) {
+        Py_DECREF(res);
+        return 1;
+    }
+    if (res == NULL && PyErr_ExceptionMatches(NeedGrowth)) {
+        PyErr_Clear();
+        return 1;
+    }
+    return 0;
+}
+
 /* __setitem__ / __delitem__. */
 static int
 Dict_ass_subscript(DictObject *self, PyObject *key, PyObject *value)
@@ -1376,8 +1788,7 @@ Dict_ass_subscript(DictObject *self, PyObject *key, PyObject *value)
         res = self->flock || self->readonly
                   ? Py_NewRef(BusySentinel)
                   : dk_write(self, OP_POP, key, Py_None, 0, 0.0);
-        if (res == BusySentinel) {
-            Py_DECREF(res);
+        if (dk_slow(res)) {
             res = PyObject_CallMethod((PyObject *)self, "_write_slow", "iOOKO", OP_POP, key,
                                       Py_None, 0ULL, Py_None);
         }
@@ -1398,8 +1809,7 @@ Dict_ass_subscript(DictObject *self, PyObject *key, PyObject *value)
     }
     res = self->flock || self->readonly ? Py_NewRef(BusySentinel)
                                         : dk_write(self, OP_SET, key, data, 0, 0.0);
-    if (res == BusySentinel) {
-        Py_DECREF(res);
+    if (dk_slow(res)) {
         res = PyObject_CallMethod((PyObject *)self, "_write_slow", "iOOKO", OP_SET, key, data,
                                   0ULL, Py_None);
     }
@@ -1414,7 +1824,7 @@ Dict_ass_subscript(DictObject *self, PyObject *key, PyObject *value)
 static Py_ssize_t
 Dict_length(DictObject *self)
 {
-    if (dk_ready(self)) {
+    if (dk_ready(self) || (dk_moved(self) && dk_follow(self))) {
         return -1;
     }
     /* acquire: a count, not a snapshot; writers change it after publishing */
@@ -1441,7 +1851,7 @@ Dict_contains(DictObject *self, PyObject *key)
         }
         return -1;
     }
-    int rc = dk_read(self, &k, 0, D_TRIES, &val, &ver);
+    int rc = dk_read_follow(self, &k, 0, D_TRIES, &val, &ver);
     if (rc == RD_RETRY) {
         PyObject *r = PyObject_CallMethod((PyObject *)self, "_read_slow", "O", key);
         if (r == NULL) {
@@ -1469,7 +1879,7 @@ Dict_get(DictObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (dk_ready(self) || dk_key(self, args[0], &k)) {
         return NULL;
     }
-    int rc = dk_read(self, &k, 1, D_TRIES, &val, &ver);
+    int rc = dk_read_follow(self, &k, 1, D_TRIES, &val, &ver);
     if (rc == RD_HIT) {
         return dk_decode(self, val);
     }
@@ -1507,7 +1917,7 @@ Dict_read(DictObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (dk_ready(self) || dk_key(self, args[0], &k)) {
         return NULL;
     }
-    int rc = dk_read(self, &k, 1, tries < 1 ? 1 : tries, &val, &ver);
+    int rc = dk_read_follow(self, &k, 1, tries < 1 ? 1 : tries, &val, &ver);
     if (rc == RD_HIT) {
         PyObject *out = Py_BuildValue("(KN)", (unsigned long long)ver, val);
         return out;
@@ -1535,6 +1945,9 @@ Dict_write(DictObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (PyErr_Occurred()) {
         return NULL;
     }
+    if (op == OP_UPDATE) {
+        return dk_update(self, args[1], args[2], wait);
+    }
     return dk_write(self, op, args[1], args[2], (uint64_t)expect, wait);
 }
 
@@ -1551,6 +1964,12 @@ Dict_scan(DictObject *self, PyObject *const *args, Py_ssize_t nargs)
     int mode = dk_as_int(args[0]);
     if ((mode == -1 && PyErr_Occurred()) || dk_ready(self)) {
         return NULL;
+    }
+    if (dk_moved(self)) {
+        if (dk_follow(self)) {
+            return NULL;
+        }
+        Py_RETURN_FALSE; /* the caller scans again, in the new generation */
     }
     uint64_t e1 = shm_load64(AT(self, D_EPOCH));
     uint64_t *idx = dk_index(self, e1);
@@ -1646,14 +2065,23 @@ Dict_verify(DictObject *self, PyObject *arg)
     }
     p.buf[0] = 0;
     int locked = 0;
+    if (self->readonly && dk_moved(self)) {
+        PyMem_RawFree(p.buf);
+        return Py_NewRef(MovedSentinel);
+    }
     if (!self->readonly) {
         int got = dk_lock(self, wait);
         if (got < 0 || got == SHM_BUSY) {
             PyMem_RawFree(p.buf);
             return got < 0 ? NULL : Py_NewRef(BusySentinel);
         }
+        if (dk_moved(self)) {
+            dk_unlock(self, wait, 0);
+            PyMem_RawFree(p.buf);
+            return Py_NewRef(MovedSentinel);
+        }
         locked = 1;
-        self->v.inflight++;
+        self->r.inflight++;
         if (got == SHM_OWNER_DIED || shm_relaxed64(AT(self, D_DIRTY))) {
             if (dk_begin(self, got) == 0) {
                 dk_end(self);
@@ -1667,7 +2095,7 @@ Dict_verify(DictObject *self, PyObject *arg)
     dk_verify_locked(self, &p);
     if (locked) {
         dk_unlock(self, wait, 0);
-        shm_view_leave(&self->v);
+        shm_view_leave(&self->r);
     }
     PyObject *text = PyUnicode_DecodeUTF8(p.buf, (Py_ssize_t)p.len, "replace");
     int n = p.n;
@@ -1703,16 +2131,16 @@ Dict_wait(DictObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (PyErr_Occurred() || dk_ready(self)) {
         return NULL;
     }
-    uint32_t *waiters = (uint32_t *)AT(self, D_WAITERS);
-    uint32_t *word = (uint32_t *)AT(self, D_WRITES);
+    uint32_t *waiters = (uint32_t *)RT(self, D_WAITERS);
+    uint32_t *word = (uint32_t *)RT(self, D_WRITES);
     if (self->readonly) {
         /* cannot count ourselves in: poll (futex_wait still works read-only) */
         int rc;
-        self->v.inflight++;
+        self->r.inflight++;
         Py_BEGIN_ALLOW_THREADS
         rc = shm_futex_wait(word, (uint32_t)expected, seconds < 0.005 ? seconds : 0.005);
         Py_END_ALLOW_THREADS
-        shm_view_leave(&self->v);
+        shm_view_leave(&self->r);
         return PyBool_FromLong(rc == 0 || __atomic_load_n(word, __ATOMIC_ACQUIRE) != (uint32_t)expected);
     }
     /* seq_cst: count ourselves in before re-checking; pairs with the
@@ -1720,13 +2148,13 @@ Dict_wait(DictObject *self, PyObject *const *args, Py_ssize_t nargs)
     __atomic_fetch_add(waiters, 1, __ATOMIC_SEQ_CST);
     int rc = 0;
     if (__atomic_load_n(word, __ATOMIC_SEQ_CST) == (uint32_t)expected) {
-        self->v.inflight++;
+        self->r.inflight++;
         Py_BEGIN_ALLOW_THREADS
         rc = shm_futex_wait(word, (uint32_t)expected, seconds);
         Py_END_ALLOW_THREADS
-        shm_view_leave(&self->v);
+        shm_view_leave(&self->r);
     }
-    if (self->v.base != NULL) {
+    if (self->r.base != NULL) {
         __atomic_fetch_sub(waiters, 1, __ATOMIC_SEQ_CST);
     }
     return PyBool_FromLong(rc == 0);
@@ -1741,7 +2169,7 @@ Dict_counters(DictObject *self, PyObject *Py_UNUSED(ignored))
         return NULL;
     }
     return Py_BuildValue(
-        "(KKKKKKKKKKK)", (unsigned long long)shm_load64(AT(self, D_WRITES)),
+        "(KKKKKKKKKKK)", (unsigned long long)shm_load64(RT(self, D_WRITES)),
         (unsigned long long)shm_load64(AT(self, D_EPOCH)),
         (unsigned long long)shm_load64(AT(self, D_COUNT)),
         (unsigned long long)shm_load64(AT(self, D_TOMBS)),
@@ -1749,7 +2177,7 @@ Dict_counters(DictObject *self, PyObject *Py_UNUSED(ignored))
         (unsigned long long)shm_load64(AT(self, D_BUMP)),
         (unsigned long long)shm_load64(AT(self, D_DIRTY)),
         (unsigned long long)shm_load64(AT(self, D_DEATHS)),
-        (unsigned long long)__atomic_load_n((uint32_t *)AT(self, D_WAITERS), __ATOMIC_ACQUIRE),
+        (unsigned long long)__atomic_load_n((uint32_t *)RT(self, D_WAITERS), __ATOMIC_ACQUIRE),
         (unsigned long long)shm_load64(AT(self, D_COMPACTIONS)),
         (unsigned long long)shm_load64(AT(self, D_DROPPED)));
 }
@@ -1781,9 +2209,9 @@ Dict_dealloc(DictObject *self)
 {
     PyObject_GC_UnTrack(self);
     self->v.inflight = 0;
-    if (self->attached) {
-        shm_view_close(&self->v);
-    }
+    self->r.inflight = 0;
+    shm_view_close(&self->v);
+    shm_view_close(&self->r);
     Py_CLEAR(self->name);
     Dict_clear_refs(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -1804,6 +2232,9 @@ static PyMethodDef Dict_methods[] = {
      "get(key, default=None): the value, or default if the key is absent."},
     {"_c_attach", (PyCFunction)Dict_attach, METH_VARARGS, "attach to the mapping"},
     {"_c_detach", (PyCFunction)Dict_detach, METH_NOARGS, "stop using the mapping"},
+    {"_c_retarget", (PyCFunction)Dict_retarget, METH_VARARGS, "use another table (generation)"},
+    {"_c_grow", (PyCFunction)Dict_grow, METH_VARARGS, "copy into the next generation, publish it"},
+    {"_c_gen", (PyCFunction)Dict_gen, METH_NOARGS, "the root's current generation"},
     {"_c_read", (PyCFunction)(void (*)(void))Dict_read, METH_FASTCALL,
      "_c_read(key, tries) -> (version, bytes) | None | False"},
     {"_c_write", (PyCFunction)(void (*)(void))Dict_write, METH_FASTCALL,
@@ -1910,7 +2341,12 @@ PyInit__dict(void)
         return NULL;
     }
     BusySentinel = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
-    if (BusySentinel == NULL) {
+    MovedSentinel = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
+    NeedGrowth = PyErr_NewExceptionWithDoc(
+        "shmkit._core._dict.NeedGrowth",
+        "Internal: the table is full and the dict grows; args[0] = bytes the entry needs.", Full,
+        NULL);
+    if (BusySentinel == NULL || MovedSentinel == NULL || NeedGrowth == NULL) {
         return NULL;
     }
     shm_crash_load();
@@ -1923,6 +2359,8 @@ PyInit__dict(void)
     }
     if (PyModule_AddObjectRef(m, "DictBase", (PyObject *)&DictType) < 0 ||
         PyModule_AddObjectRef(m, "BUSY", BusySentinel) < 0 ||
+        PyModule_AddObjectRef(m, "MOVED", MovedSentinel) < 0 ||
+        PyModule_AddObjectRef(m, "NeedGrowth", NeedGrowth) < 0 ||
         PyModule_AddIntConstant(m, "OP_SET", OP_SET) < 0 ||
         PyModule_AddIntConstant(m, "OP_POP", OP_POP) < 0 ||
         PyModule_AddIntConstant(m, "OP_SETDEFAULT", OP_SETDEFAULT) < 0 ||
@@ -1930,7 +2368,8 @@ PyInit__dict(void)
         PyModule_AddIntConstant(m, "OP_CLEAR", OP_CLEAR) < 0 ||
         PyModule_AddIntConstant(m, "OP_POPITEM", OP_POPITEM) < 0 ||
         PyModule_AddIntConstant(m, "OP_REPAIR", OP_REPAIR) < 0 ||
-        PyModule_AddIntConstant(m, "OP_COMPACT", OP_COMPACT) < 0) {
+        PyModule_AddIntConstant(m, "OP_COMPACT", OP_COMPACT) < 0 ||
+        PyModule_AddIntConstant(m, "OP_UPDATE", OP_UPDATE) < 0) {
         Py_DECREF(m);
         return NULL;
     }

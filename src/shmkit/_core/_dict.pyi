@@ -2,7 +2,14 @@
 
 from typing import Any, Final
 
+from shmkit.errors import Full
+
 BUSY: Final[object]
+MOVED: Final[object]
+
+class NeedGrowth(Full):  # args[0]: bytes the entry needs
+    ...
+
 OP_SET: Final[int]
 OP_POP: Final[int]
 OP_SETDEFAULT: Final[int]
@@ -11,6 +18,7 @@ OP_CLEAR: Final[int]
 OP_POPITEM: Final[int]
 OP_REPAIR: Final[int]
 OP_COMPACT: Final[int]
+OP_UPDATE: Final[int]
 
 def hash_key(key: str | bytes, seed: int) -> int: ...
 def reload_test_points() -> None: ...
@@ -25,21 +33,42 @@ class DictBase:
     def get(self, key: Any, default: Any = None) -> Any: ...
     def _c_attach(
         self,
-        buffer: Any,
+        root: Any,
         name: str,
+        root_body_off: int,
+        max_key: int,
+        seed: int,
+        flock: bool,
+        grow: bool,
+        encode: Any,
+        decode: Any,
+    ) -> None: ...
+    def _c_retarget(
+        self,
+        table: Any,
         body_off: int,
         capacity: int,
         nslots: int,
         heap_size: int,
-        max_key: int,
-        seed: int,
         idx0: int,
         idx1: int,
         heap_off: int,
-        flock: bool,
-        encode: Any,
-        decode: Any,
+        gen: int,
     ) -> None: ...
+    def _c_grow(
+        self,
+        table: Any,
+        body_off: int,
+        capacity: int,
+        nslots: int,
+        heap_size: int,
+        idx0: int,
+        idx1: int,
+        heap_off: int,
+        gen: int,
+        wait: float,
+    ) -> int | object: ...
+    def _c_gen(self) -> int: ...
     def _c_detach(self) -> None: ...
     def _c_read(self, key: str | bytes, tries: int) -> tuple[int, bytes] | bool | None: ...
     def _c_write(self, op: int, key: Any, data: Any, expect: int, wait: float) -> Any: ...
