@@ -19,7 +19,7 @@ import pytest
 
 import shmkit
 from shmkit import aio
-from tests.helpers import finish, read_line, spawn, wait_stopped
+from tests.helpers import finish, kill, read_line, spawn, wait_stopped
 
 pytestmark = pytest.mark.anyio
 
@@ -412,8 +412,7 @@ async def test_join_waits_for_task_done_in_another_process(queue: aio.Queue[byte
         assert queue.sync.unfinished_tasks == 0
         finish(worker)
     finally:
-        worker.kill()
-        worker.wait()
+        kill(worker)
 
 
 async def test_cancelled_join_leaves_the_count_alone(queue: aio.Queue[bytes]) -> None:

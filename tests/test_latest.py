@@ -230,18 +230,25 @@ except Exception as e:
 def test_a_set_wakes_a_waiting_process_promptly(name: str) -> None:
     with Latest.create(name, size=8) as lt:
         waiters = [spawn(WAITER, name, "0", "10") for _ in range(2)]
-        for w in waiters:
-            read_line(w)
-        time.sleep(0.3)  # let both get past their spin and block on the semaphore
-        assert lt.statistics().waiters == 2
-        t_set = time.time()
-        lt.set(b"go")
-        for w in waiters:
-            kind, t_woke, v, value = read_line(w).split()
-            assert (kind, v, value) == ("woke", "1", "go")
-            assert float(t_woke) - t_set < 0.1  # a wake-up, not the 50 ms slice poll
-            finish(w)
-        lt.unlink()
+        try:
+            for w in waiters:
+                read_line(w)
+            # let both get past their spin and block (a loaded machine may take a while)
+            end = time.monotonic() + 10
+            while lt.statistics().waiters < 2 and time.monotonic() < end:
+                time.sleep(0.01)
+            assert lt.statistics().waiters == 2
+            t_set = time.time()
+            lt.set(b"go")
+            for w in waiters:
+                kind, t_woke, v, value = read_line(w).split()
+                assert (kind, v, value) == ("woke", "1", "go")
+                assert float(t_woke) - t_set < 0.1  # a wake-up, not the 50 ms slice poll
+                finish(w)
+        finally:
+            for w in waiters:
+                kill(w)
+            lt.unlink()
 
 
 def test_close_from_another_thread_wakes_a_waiter(name: str) -> None:

@@ -122,7 +122,8 @@ def _run(name: str, point: str, after: int, seed: int, n: int = 3000) -> str:
         env={"SHMKIT_CRASH_AT": point, "SHMKIT_CRASH_AFTER": str(after)},
     )
     assert read_line(child) == "ready"
-    out, _err = child.communicate(timeout=60)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode in (0, -signal.SIGKILL), f"writer failed ({child.returncode}): {err}"
     return "ready\n" + out if child.returncode == -signal.SIGKILL else "ready\n" + out + "\nend"
 
 
