@@ -69,7 +69,9 @@ LINGER: Final = _wait.SLICE
 #: Longest slice of a watcher whose object stays unchanged: its slices double
 #: from ``_wait.SLICE`` up to this (idle CPU), and drop back at any change.
 #: A handle closed by another thread, or a dead peer, is noticed within it.
-IDLE_SLICE: Final = 1.0
+IDLE_SLICE: Final = 4.0
+#: How often a watcher looks for waiters whose event loop was closed under them.
+SWEEP: Final = 0.5
 
 #: probe(seconds, args) -> how many waiters to wake (0: nothing changed);
 #: ``args`` are the values registered waiters saw before their attempt.
@@ -114,6 +116,10 @@ class Watcher:
         self.on_exit: Callable[[Watcher], None] | None = None
         self._cv = threading.Condition(threading.Lock())
         self._waiters: dict[int, _Waiter] = {}
+        #: ``[w.arg for w in _waiters]``, rebuilt only after a change: an idle
+        #: slice allocates nothing per waiter (no garbage-collector work either).
+        self._args: list[Any] | None = None
+        self._next_sweep = 0.0  # when to look for waiters whose loop was closed
         self._inflight = 0  # woken waiters that have not retried yet
         self._thread: threading.Thread | None = None
 
@@ -128,6 +134,7 @@ class Watcher:
             if epoch != self.epoch:
                 return False
             self._waiters[id(waiter)] = waiter
+            self._args = None
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name=f"shmkit-aio {self.name}", daemon=True
@@ -144,8 +151,8 @@ class Watcher:
                 self._inflight -= 1
                 if self._inflight == 0:
                     self._cv.notify()
-            else:
-                self._waiters.pop(id(waiter), None)
+            elif self._waiters.pop(id(waiter), None) is not None:
+                self._args = None
 
     def take_token(self) -> bool:
         """Take a unit the watcher acquired on a waiter's behalf (semaphores)."""
@@ -165,6 +172,7 @@ class Watcher:
     def _wake(self, n: int, error: BaseException | None) -> None:
         # called with the condition held
         self.epoch += 1
+        self._args = None
         for key in list(self._waiters)[:n]:
             w = self._waiters.pop(key)
             w.woken = True
@@ -174,6 +182,12 @@ class Watcher:
                 w.wake()
             except Exception:  # its loop is closed or its run finished: nobody to wake
                 self._inflight -= 1
+
+    def _current_args(self) -> list[Any]:
+        # called with the condition held
+        if self._args is None:
+            self._args = [w.arg for w in self._waiters.values()]
+        return self._args
 
     def _run(self) -> None:
         cv = self._cv
@@ -187,7 +201,7 @@ class Watcher:
                 while self._inflight and time.monotonic() < end:
                     cv.wait(_wait.SLICE)  # let the woken retry before probing again
                 stuck = woke and self.progress == progress and bool(self._waiters)
-                args = [w.arg for w in self._waiters.values()]
+                args = self._current_args()
             if stuck:
                 # Every woken task failed. Usually others took what there was
                 # (tasks that came back for more, finding it at once); if it
@@ -224,12 +238,16 @@ class Watcher:
                         return
                 continue
             with cv:
-                for key, waiter in list(self._waiters.items()):
-                    if waiter.alive is not None and not waiter.alive():
-                        del self._waiters[key]  # its loop was closed under it
+                now = time.monotonic()
+                if now >= self._next_sweep:
+                    self._next_sweep = now + SWEEP
+                    for key, waiter in list(self._waiters.items()):
+                        if waiter.alive is not None and not waiter.alive():
+                            del self._waiters[key]  # its loop was closed under it
+                            self._args = None
                 if not self._waiters:
                     continue
-                args = [w.arg for w in self._waiters.values()]
+                args = self._current_args()
             error: BaseException | None = None
             try:
                 n = self.probe(slice_s, args)
