@@ -11,6 +11,7 @@ more than the name.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -18,6 +19,17 @@ from .errors import Closed
 from .segment import Segment
 
 H = TypeVar("H", bound="Handle")
+T = TypeVar("T")
+
+
+def built_or_removed(seg: Segment, build: Callable[[], T]) -> T:
+    """``build()`` the handle over ``seg``, a segment just created; remove it if that fails."""
+    try:
+        return build()
+    except BaseException:
+        seg.unlink()
+        seg.close()
+        raise
 
 
 class Handle:

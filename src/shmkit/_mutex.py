@@ -20,7 +20,7 @@ from __future__ import annotations
 import mmap
 import os
 import weakref
-from typing import Final
+from typing import Any, Final
 
 from . import _core, _platform
 from .errors import Closed, ForeignOwner, LayoutError
@@ -114,7 +114,7 @@ class Mutex:
             self._flock_path = flock_path(sysname, index)
             self._fd = os.open(self._flock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             self._core = _core.Mutex(self._region, offset, self._fd)
-            _flock_mutexes.add(self)
+            reopen_after_fork(self)
 
     @staticmethod
     def initialize(mm: mmap.mmap, offset: int) -> None:
@@ -166,7 +166,7 @@ class Mutex:
                 self._fd = -1
             region.close()
 
-    def after_fork_in_child(self) -> None:
+    def _after_fork_in_child(self) -> None:
         """A flock held by the parent must not outlive it through our copy of the fd.
 
         The child needs its own open file description of the *same* lock file.
@@ -190,12 +190,19 @@ def reopen(fd: int, path: str) -> int:
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
-_flock_mutexes: weakref.WeakSet[Mutex] = weakref.WeakSet()
+#: Holders of a flock descriptor (a Mutex, a sync.Lock): in a forked child each
+#: reopens its own (``_after_fork_in_child``), so parent and child exclude each other.
+_flock_holders: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def reopen_after_fork(holder: Any) -> None:
+    """Run ``holder._after_fork_in_child()`` in every child forked while it lives."""
+    _flock_holders.add(holder)
 
 
 def _after_fork_in_child() -> None:
-    for mutex in list(_flock_mutexes):
-        mutex.after_fork_in_child()
+    for holder in list(_flock_holders):
+        holder._after_fork_in_child()
 
 
 if hasattr(os, "register_at_fork"):

@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from . import _core, _mutex, _wait
 from ._broadcast_subscriber import OnOverrun, Start, Subscriber
-from ._handle import Handle
+from ._handle import Handle, built_or_removed
 from ._layout import Kind
 from ._shm.broadcast_control import (
     BroadcastStatistics,
@@ -197,12 +197,7 @@ class Broadcast(Handle):
             mode=mode,
             init=init,
         )
-        try:
-            return cls(Control(seg, params))
-        except BaseException:
-            seg.unlink()
-            seg.close()
-            raise
+        return built_or_removed(seg, lambda: cls(Control(seg, params)))
 
     @classmethod
     def open(

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, overload
 from . import _dtype, _mutex, _ofd, _wait
 from ._codec import flat_view
 from ._core._seqlock import LatestBase
-from ._handle import Handle
+from ._handle import Handle, built_or_removed
 from ._layout import Kind
 from ._shm import latest_writers as writers
 from ._shm.latest_slot import (
@@ -244,12 +244,7 @@ class Latest(LatestBase, Handle, Generic[T]):
             mode=mode,
             init=_mutex.Mutex.initialize,
         )
-        try:
-            return cls(seg, parsed, dt)
-        except BaseException:
-            seg.unlink()
-            seg.close()
-            raise
+        return built_or_removed(seg, lambda: cls(seg, parsed, dt))
 
     @classmethod
     def open(
@@ -682,9 +677,7 @@ class Latest(LatestBase, Handle, Generic[T]):
         self._wslot = -1
         self._c_fast_set(False)  # the child claims its own entry on its first set
         self._blocking = 0
-        self._tlock = threading.Lock()
-        if self._mutex is not None:
-            self._mutex.after_fork_in_child()
+        self._tlock = threading.Lock()  # (a flock mutex reopens itself: _mutex)
 
 
 def _reopen(name: str, readonly: bool) -> Latest[Any]:

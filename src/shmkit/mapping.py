@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, Final, TypeVar, overload
 
@@ -41,7 +39,7 @@ from . import _codec, _mutex, _names, _wait
 from ._codec import Codec
 from ._core import _dict
 from ._core._dict import DictBase
-from ._handle import Handle
+from ._handle import Handle, built_or_removed
 from ._layout import Kind
 from ._shm import dict_gens
 from ._shm import dict_table as fmt
@@ -65,8 +63,6 @@ Key = str | bytes
 READ_PATIENCE: Final = 2.0
 _MISSING: Final = object()
 _PLAIN = {"bytes", "pickle", "msgpack"}
-#: Open handles (by id: a mapping compares by value and is unhashable, as dict is).
-_live: weakref.WeakValueDictionary[int, SharedDict[Any]] = weakref.WeakValueDictionary()
 
 
 class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
@@ -115,7 +111,6 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
             None if raw else codec.decode,
         )
         self._c_retarget(seg.mmap, *dict_gens.geometry(seg, params))
-        _live[id(self)] = self
         try:
             self._remap()
         except BaseException:
@@ -171,12 +166,7 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
             mode=mode,
             init=_mutex.Mutex.initialize,
         )
-        try:
-            return cls(seg, parsed, cod)
-        except BaseException:
-            seg.unlink()
-            seg.close()
-            raise
+        return built_or_removed(seg, lambda: cls(seg, parsed, cod))
 
     @classmethod
     def open(
@@ -257,7 +247,6 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
         seg, self._seg = self._seg, None
         if seg is None:
             return
-        _live.pop(id(self), None)
         self._c_detach()
         mutex, self._mutex = self._mutex, None
         if mutex is not None:
@@ -663,10 +652,6 @@ class SharedDict(DictBase, Handle, MutableMapping[Key, V]):
             epoch,
         )
 
-    def _after_fork_in_child(self) -> None:
-        if self._mutex is not None:
-            self._mutex.after_fork_in_child()
-
 
 def _none_if_busy(got: int) -> int | None:
     return None if got == _mutex.BUSY else got
@@ -689,12 +674,3 @@ def describe(seg: Segment) -> dict[str, object]:
     """JSON-serialisable facts about an opened dict (``shmkit ls``/``info``): the
     current generation's entries, capacity and bytes used, and the generation."""
     return dict_gens.describe(seg)
-
-
-def _after_fork_in_child() -> None:
-    for d in list(_live.values()):
-        d._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

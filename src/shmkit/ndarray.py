@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from . import _dtype, _mutex, _process, _wait
 from ._dtype import ArrayMeta
-from ._handle import Handle
+from ._handle import Handle, built_or_removed
 from ._layout import Kind, align
 from .errors import Closed, LayoutError, LockTimeout, PermissionDenied
 from .segment import Segment, open_or_create
@@ -218,12 +218,7 @@ class SharedArray(Handle):
             mode=mode,
             init=init,
         )
-        try:
-            return cls(seg, meta, dt, False)
-        except BaseException:
-            seg.unlink()
-            seg.close()
-            raise
+        return built_or_removed(seg, lambda: cls(seg, meta, dt, False))
 
     @classmethod
     def open(
@@ -434,9 +429,7 @@ class SharedArray(Handle):
     def _after_fork_in_child(self) -> None:
         # The child does not hold what its parent held; a flock must not outlive the parent.
         self._held = False
-        self.owner_died = False
-        if self._mutex is not None:
-            self._mutex.after_fork_in_child()
+        self.owner_died = False  # (a flock mutex reopens itself: _mutex)
 
 
 def _nbytes(shape: tuple[int, ...], dt: np.dtype[Any]) -> int:

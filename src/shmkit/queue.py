@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar, overloa
 from . import _codec, _mutex, _wait
 from ._codec import Codec
 from ._core import _queue
-from ._handle import Handle
+from ._handle import Handle, built_or_removed
 from ._layout import Kind, align
 from ._shm.queue_info import QueueStatistics, describe, open_codec, parse_params, snapshot
 from ._shm.queue_liveness import identity
@@ -323,12 +323,7 @@ class Queue(Tasks, Handle, Generic[T]):
             init=_init_body,
             unlink_on_exit=unlink_on_exit,
         )
-        try:
-            return cls(seg, cod, spin)
-        except BaseException:
-            seg.unlink()
-            seg.close()
-            raise
+        return built_or_removed(seg, lambda: cls(seg, cod, spin))
 
     @overload
     @classmethod

@@ -87,6 +87,24 @@ def _parts_of(sysname: str, sem_files: set[str]) -> list[str]:
     return parts
 
 
+def open_for_inspection(sysname: str, uid: int) -> Segment:
+    """Open an object to describe it: read-only, no attach slot, no waiting.
+
+    Every field is still validated. Another user's object (``uid``) is read
+    when the kernel lets us; an unknown owner (-1) trusts nobody else.
+    """
+    return Segment._open_object(
+        sysname,
+        None,
+        readonly=True,
+        init_timeout=0.0,
+        allow_insecure=True,
+        sysname=sysname,
+        attach=False,
+        trust_uids=() if uid < 0 else (uid,),
+    )
+
+
 def _inspect(sysname: str, sem_files: set[str], *, with_stats: bool) -> Entry:
     entry = Entry(name=sysname, sysname=sysname, kind="?", state="corrupt")
     entry.parts = _parts_of(sysname, sem_files)
@@ -104,18 +122,7 @@ def _inspect(sysname: str, sem_files: set[str], *, with_stats: bool) -> Entry:
                     os.path.join(_platform.SHM_DIR or "", part.lstrip("/"))
                 ).st_size
     try:
-        seg = Segment._open_object(
-            sysname,
-            None,
-            readonly=True,
-            init_timeout=0.0,
-            allow_insecure=True,
-            sysname=sysname,
-            attach=False,
-            # Inspection only (read-only, no attach, every field validated):
-            # another user's object is listed when the kernel lets us read it.
-            trust_uids=() if entry.uid < 0 else (entry.uid,),
-        )
+        seg = open_for_inspection(sysname, entry.uid)
     except PermissionDenied as exc:
         # Another user's object we may not read is theirs, not corrupt.
         entry.state = "foreign" if entry.uid != os.geteuid() else "corrupt"

@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import struct
 import time
-import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -289,7 +288,7 @@ class Lock(_core.LockCore, _Named):
             _mutex.check_same_user(seg.sysname)
             self._flock_path = _mutex.flock_path(seg.sysname, 0)
             self._flock_fd = os.open(self._flock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            _flock_locks.add(self)
+            _mutex.reopen_after_fork(self)
         self._core_attach(self._region, body, body + _REC_OFF, self._flock_fd)
 
     @classmethod
@@ -395,18 +394,6 @@ class Lock(_core.LockCore, _Named):
             self._flock_fd = _mutex.reopen(old, self._flock_path)
             os.close(old)
         self._core_after_fork(self._flock_fd)
-
-
-_flock_locks: weakref.WeakSet[Lock] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for lock in list(_flock_locks):
-        lock._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # ------------------------------------------------------------------------- Event

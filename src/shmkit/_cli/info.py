@@ -17,7 +17,6 @@ from rich.table import Table
 
 from .. import _names, registry
 from .._process import Liveness
-from ..segment import Segment
 from . import objects
 from .common import human_size, print_json
 
@@ -60,16 +59,7 @@ def collect(name: str) -> dict[str, Any]:
     out["details"] = objects.details(entry)
     if entry.state != "ready":
         return out
-    with Segment._open_object(
-        entry.sysname,
-        None,
-        readonly=True,
-        init_timeout=0.0,
-        allow_insecure=True,
-        sysname=entry.sysname,
-        attach=False,
-        trust_uids=(entry.uid,),  # inspection only: another user's readable object too
-    ) as seg:
+    with registry.open_for_inspection(entry.sysname, entry.uid) as seg:
         h = seg.header
         assert h is not None
         out["header"] = {

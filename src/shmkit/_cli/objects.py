@@ -158,16 +158,7 @@ def details(entry: registry.Entry) -> dict[str, Any]:
     if entry.state != "ready":
         return {}
     try:
-        seg = Segment._open_object(
-            entry.sysname,
-            None,
-            readonly=True,
-            init_timeout=0.0,
-            allow_insecure=True,
-            sysname=entry.sysname,
-            attach=False,
-            trust_uids=(entry.uid,),  # inspection only: another user's readable object too
-        )
+        seg = registry.open_for_inspection(entry.sysname, entry.uid)
     except (ShmkitError, OSError) as exc:
         return {"error": str(exc)}
     with seg:
