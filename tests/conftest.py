@@ -1,7 +1,8 @@
-"""Fixtures shared by every test: unique names and a leak check on /dev/shm."""
+"""Fixtures shared by every test: unique names, a leak check on /dev/shm, the anyio backends."""
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 
@@ -31,3 +32,27 @@ def _no_leaks() -> Iterator[None]:
     if left:
         remove_entries(left)
         pytest.fail(f"test leaked shared-memory objects: {sorted(left)}")
+
+
+# ---------------------------------------------------------------- asyncio and trio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def frozen_heap() -> Iterator[None]:
+    """Move pytest's big heap out of the collector's way for a loop-latency test.
+
+    A full collection of this process's heap (pytest, hypothesis, numpy...)
+    pauses every thread for 60-90 ms: a property of the interpreter, not of
+    the loop. Services do the same after start-up (``gc.freeze()``).
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()

@@ -6,7 +6,6 @@ asserted generously (the machine is shared) and measured in benchmarks/bench_aio
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import threading
@@ -26,27 +25,6 @@ pytestmark = pytest.mark.anyio
 #: Generous bound on the ticker's largest gap: the issue asks 20 ms on a quiet machine
 #: (measured by `shmkit bench aio`); this shared 2-core VM sometimes takes 50 ms.
 MAX_GAP = 0.1
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def frozen_heap() -> Iterator[None]:
-    """Move pytest's big heap out of the collector's way for a loop-latency test.
-
-    A full collection of this process's heap (pytest, hypothesis, numpy...)
-    pauses every thread for 60-90 ms: a property of the interpreter, not of
-    the loop. Services do the same after start-up (``gc.freeze()``).
-    """
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 @pytest.fixture

@@ -6,11 +6,9 @@ ticking with a generous bound (the machine is shared).
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import time
-from collections.abc import Iterator
 
 import anyio
 import pytest
@@ -22,27 +20,6 @@ from tests.helpers import finish, read_line, spawn
 pytestmark = pytest.mark.anyio
 
 MAX_GAP = 0.1
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def frozen_heap() -> Iterator[None]:
-    """Move pytest's big heap out of the collector's way for a loop-latency test.
-
-    A full collection of this process's heap (pytest, hypothesis, numpy...)
-    pauses every thread for 60-90 ms: a property of the interpreter, not of
-    the loop. Services do the same after start-up (``gc.freeze()``).
-    """
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 HOLDER = """

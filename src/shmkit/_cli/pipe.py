@@ -161,19 +161,23 @@ def _kind_of(name: str) -> str:
     return kind
 
 
+def _kind_or_create(args: argparse.Namespace, new_kind: str, made: str) -> tuple[str, bool]:
+    """(NAME's kind, False), or (``new_kind``, True) when it is missing and --create was given."""
+    try:
+        return _kind_of(args.name), False
+    except NotFound:
+        if not args.create:
+            raise NotFound(
+                f"no queue or broadcast called {args.name!r} (pass --create to make {made})"
+            ) from None
+        return new_kind, True
+
+
 def _sender(args: argparse.Namespace) -> tuple[Any, Any]:
     """(send(data), close()) for NAME, created if asked."""
     from .. import broadcast, queue  # noqa: PLC0415 - only put/get need the objects
 
-    create = False
-    try:
-        kind = _kind_of(args.name)
-    except NotFound:
-        if not args.create:
-            raise NotFound(
-                f"no queue or broadcast called {args.name!r} (pass --create to make one)"
-            ) from None
-        kind, create = args.create, True
+    kind, create = _kind_or_create(args, args.create, "one")
     if kind == "queue":
         # An existing queue is used as it is (--capacity applies to a new one only).
         q = (
@@ -224,15 +228,7 @@ def _receiver(args: argparse.Namespace) -> tuple[Any, Any]:
     """(recv() -> bytes | None at end of stream, close()) for NAME."""
     from .. import broadcast, queue  # noqa: PLC0415
 
-    create = False
-    try:
-        kind = _kind_of(args.name)
-    except NotFound:
-        if not args.create:
-            raise NotFound(
-                f"no queue or broadcast called {args.name!r} (pass --create to make a queue)"
-            ) from None
-        kind, create = "queue", True
+    kind, create = _kind_or_create(args, "queue", "a queue")
     if kind == "queue":
         q = (
             queue.Queue.open_or_create(args.name, args.capacity)

@@ -240,22 +240,20 @@ class Queue(Wrapper["_q.Queue[T]"], Generic[T]):
 
     async def get_many(self, max_items: int, timeout: float | None = None) -> list[T]:
         """Remove up to ``max_items`` messages, waiting up to ``timeout`` for the first."""
-        timeout = check_timeout(timeout)
         q = self.sync
-
-        def attempt() -> object:
-            if _held(q, False) or not q._can_get():
-                return AGAIN
-            try:
-                return q.get_many(max_items, timeout=0)
-            except Empty:
-                return AGAIN
-
-        last = self._last(False, timeout, lambda timeout: q.get_many(max_items, timeout=timeout))
-        return await await_op(self._getter(attempt), timeout, last)
+        result: list[T] = await self._get_by(
+            lambda timeout: q.get_many(max_items, timeout=timeout), timeout
+        )
+        return result
 
     async def get_into(self, buffer: Any, timeout: float | None = None) -> int:
         """Copy the oldest message into ``buffer``; its size (see ``Queue.get_into``)."""
+        q = self.sync
+        size: int = await self._get_by(lambda timeout: q.get_into(buffer, timeout=timeout), timeout)
+        return size
+
+    async def _get_by(self, call: Callable[..., Any], timeout: float | None) -> Any:
+        """Await ``call(timeout=...)``, a blocking getter, tried with ``timeout=0``."""
         timeout = check_timeout(timeout)
         q = self.sync
 
@@ -263,12 +261,11 @@ class Queue(Wrapper["_q.Queue[T]"], Generic[T]):
             if _held(q, False) or not q._can_get():
                 return AGAIN
             try:
-                return q.get_into(buffer, timeout=0)
+                return call(timeout=0)
             except Empty:
                 return AGAIN
 
-        last = self._last(False, timeout, lambda timeout: q.get_into(buffer, timeout=timeout))
-        return await await_op(self._getter(attempt), timeout, last)
+        return await await_op(self._getter(attempt), timeout, self._last(False, timeout, call))
 
     # ------------------------------------------------------------------ put
 
