@@ -32,20 +32,6 @@ from typing import Any
 
 from rich.console import Console
 
-# Optional peers: a missing package skips its rows with a note.
-try:
-    import faster_fifo
-except ImportError:  # pragma: no cover - depends on the environment
-    faster_fifo = None
-try:
-    import zmq
-except ImportError:  # pragma: no cover
-    zmq = None  # type: ignore[assignment]
-try:
-    import iceoryx2 as iox2
-except ImportError:  # pragma: no cover
-    iox2 = None
-
 from .common import (
     Result,
     cpu_load,
