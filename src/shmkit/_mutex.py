@@ -20,9 +20,10 @@ from __future__ import annotations
 import mmap
 import os
 import weakref
+from collections.abc import Callable
 from typing import Any, Final
 
-from . import _core, _platform
+from . import _core, _platform, _wait
 from .errors import Closed, ForeignOwner, LayoutError
 
 OK: Final = _core.OK
@@ -146,6 +147,23 @@ class Mutex:
         if self._region is None:
             raise Closed("the mutex's handle is closed")
         return self._core.acquire(max(0.0, seconds), spin=False)
+
+    def acquire_within(self, timeout: float | None, on_slice: Callable[[], None]) -> int | None:
+        """Wait up to ``timeout`` for the mutex: OK or OWNER_DIED, None when time ran out.
+
+        The one wait loop (``_wait.wait``): a try, then slices with
+        ``on_slice`` (e.g. a closed-handle check) between them.
+        """
+
+        def attempt() -> int | None:
+            got = self.try_acquire()
+            return None if got == BUSY else got
+
+        def block(seconds: float) -> int | None:
+            got = self.acquire_slice(seconds)
+            return None if got == BUSY else got
+
+        return _wait.wait(attempt, block, timeout, on_slice=on_slice)
 
     def release(self) -> None:
         """Release the mutex (NotOwner unless this thread holds it)."""

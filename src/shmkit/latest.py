@@ -449,16 +449,7 @@ class Latest(LatestBase, Handle, Generic[T]):
 
     def _acquire(self, mutex: _mutex.Mutex, timeout: float | None) -> int:
         """Take the writer mutex within ``timeout``: OK or OWNER_DIED (LockTimeout otherwise)."""
-
-        def attempt() -> int | None:
-            got = mutex.try_acquire()
-            return None if got == _mutex.BUSY else got
-
-        def block(seconds: float) -> int | None:
-            got = mutex.acquire_slice(seconds)
-            return None if got == _mutex.BUSY else got
-
-        result = _wait.wait(attempt, block, timeout, on_slice=self._check_open)
+        result = mutex.acquire_within(timeout, self._check_open)
         if result is None:
             live, _dead = self._writers()
             raise LockTimeout(

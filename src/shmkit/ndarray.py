@@ -360,16 +360,7 @@ class SharedArray(Handle):
         mutex = self._held_mutex()
         if self._held:
             raise RuntimeError(f"array {self._name!r}: this handle already holds the lock")
-
-        def attempt() -> int | None:
-            got = mutex.try_acquire()
-            return None if got == _mutex.BUSY else got
-
-        def block(seconds: float) -> int | None:
-            got = mutex.acquire_slice(seconds)
-            return None if got == _mutex.BUSY else got
-
-        got = _wait.wait(attempt, block, timeout, on_slice=self._check_open)
+        got = mutex.acquire_within(timeout, self._check_open)
         if got is None:
             if timeout == 0:
                 return False
