@@ -40,7 +40,7 @@ def find(name: str) -> registry.Entry:
     path = os.path.join(objects.shm_dir(), sysname.lstrip("/"))
     if os.path.exists(path):
         if _names.is_ours(sysname) or objects.has_magic(path):
-            return objects.foreign(registry.find(sysname))
+            return registry.find(sysname)
         raw = objects.raw_entry(sysname)
         if raw is not None:
             return raw

@@ -1,4 +1,4 @@
-"""What the CLI knows about objects beyond ``registry``: raw and foreign entries, per-kind facts.
+"""What the CLI knows about objects beyond ``registry``: raw entries, per-kind facts.
 
 ``registry.discover`` lists shmkit's own names. ``ls --all`` and ``info`` also
 show what other programs made in ``/dev/shm``: a segment without a shmkit
@@ -85,39 +85,7 @@ def discover(*, include_raw: bool, with_stats: bool) -> list[registry.Entry]:
     entries = registry.discover(with_stats=with_stats)
     if include_raw and shm_dir():
         entries += _others({p for e in entries for p in e.parts}, with_stats=with_stats)
-    entries = [foreign(e) for e in entries]
     return sorted(entries, key=lambda e: (e.name.lstrip("/").lower(), e.sysname))
-
-
-def foreign(entry: registry.Entry) -> registry.Entry:
-    """Another user's shmkit object: ``foreign`` with its kind and name, not ``corrupt``.
-
-    shmkit never adopts another user's segment (the registry's open refuses),
-    but its header can still be read, when the mode allows, to say what it is.
-    """
-    if entry.state != "corrupt" or entry.uid in (-1, os.geteuid()):
-        return entry
-    path = os.path.join(shm_dir(), entry.sysname.lstrip("/"))
-    entry.state = "foreign"
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(_layout.HEADER_SIZE + _layout.MAX_NAME_BYTES + _layout.MAX_PARAMS + 64)
-    except OSError:
-        entry.error = f"owned by {owner(entry.uid)}; no read permission for its header"
-        return entry
-    try:
-        header = _layout.parse(raw, entry.size, f"segment {entry.sysname!r}")
-    except ShmkitError as exc:
-        entry.state, entry.error = "corrupt", str(exc)
-        return entry
-    entry.name, entry.kind = header.name, header.kind.name.lower()
-    entry.creator_pid = header.creator_pid
-    entry.creator = _process.liveness(
-        header.creator_pid, header.creator_start, header.boot_id
-    ).value
-    entry.created = header.created_ns / 1e9
-    entry.error = f"owned by {owner(entry.uid)}: listed, never adopted"
-    return entry
 
 
 def _others(shown: set[str], *, with_stats: bool) -> list[registry.Entry]:
