@@ -402,11 +402,11 @@ CATALOGUE: tuple[Mutation, ...] = (
         "timeout-queue-get",
         "Queue.get validates its timeout only when it has to wait",
         QC,
-        "    if (parse_args(\"get\", args, nargs, kwnames, names, 2, 0, a) ||\n"
+        '    if (parse_args("get", args, nargs, kwnames, names, 2, 0, a) ||\n'
         "        block_timeout(a[0], a[1], &t)) {\n"
         "        return NULL;\n"
         "    }\n",
-        "    if (parse_args(\"get\", args, nargs, kwnames, names, 2, 0, a)) {\n"
+        '    if (parse_args("get", args, nargs, kwnames, names, 2, 0, a)) {\n'
         "        return NULL;\n"
         "    }\n"
         "    int st0;\n"

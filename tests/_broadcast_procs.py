@@ -44,12 +44,15 @@ def publish(
     wait_go: bool = False,
     loan: bool = False,
     die_at: int = -1,
+    pause_at: int = -1,
+    pause: float = 0.0,
 ) -> None:
     """Become the publisher and publish ``count`` messages (-1: until killed).
 
     ``wait_go``: wait for a line on stdin before the first message. ``loan``:
     fill loaned slots instead of ``publish``. ``die_at``: SIGKILL ourselves
-    half-way through filling the loan of that message number.
+    half-way through filling the loan of that message number. ``pause_at``:
+    stay idle ``pause`` seconds after publishing that message number.
     """
     pub = Broadcast.open(name).publisher(timeout=5.0)
     n = pub.published
@@ -67,6 +70,8 @@ def publish(
                 buf[:] = data
         else:
             pub.publish(data, timeout=10.0)
+        if n == pause_at:
+            time.sleep(pause)
         n += 1
         if pace:
             time.sleep(pace)

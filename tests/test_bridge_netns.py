@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from shmkit.errors import Empty, NotFound, Overrun, PeerDied
 
 zmq = pytest.importorskip("zmq", reason="the bridge needs pyzmq (pip install 'shmkit[bridge]')")
 
-from shmkit.bridge import netns, read_status  # noqa: E402
+from shmkit.bridge import make_keys, netns, read_status  # noqa: E402
 
 _why = netns.unavailable()
 pytestmark = pytest.mark.skipif(_why is not None, reason=f"two hosts: {_why}")
@@ -70,8 +70,8 @@ class World:
     def b(self, what: str) -> str:
         return f"{self.name}.b.{what}"
 
-    def start(self, side: str, kinds: list[str]) -> None:
-        """Start (or restart) the bridge of one side for the given kinds."""
+    def start(self, side: str, kinds: list[str], extra: Sequence[str] = ()) -> None:
+        """Start (or restart) the bridge of one side for the given kinds (and flags)."""
         argv = [
             sys.executable,
             "-m",
@@ -88,6 +88,7 @@ class World:
         else:
             argv += ["--connect", self.hosts.url("a", PORT)]
             argv += [f"--import={k}:{w}={self.b(w)}" for k, w in kinds_words(kinds)]
+        argv += extra
         log = open(self.logs / f"bridge-{side}.log", "ab")  # noqa: SIM115 - the child owns it
         self.bridges[side] = self.hosts.run(side, argv, stderr=log, stdout=log)
         log.close()
@@ -252,6 +253,98 @@ def test_broadcast_queue_latest_across_two_hosts(world: World) -> None:
     finally:
         for obj in (pub, q, lat):
             obj.close()
+
+
+SNIFF = r"""
+import socket, sys, time
+dev, seconds, marker = sys.argv[1], float(sys.argv[2]), bytes.fromhex(sys.argv[3])
+raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))  # ETH_P_ALL
+raw.bind((dev, 0))
+raw.settimeout(0.1)
+print("ready", flush=True)
+packets = seen = 0
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    try:
+        frame = raw.recv(65535)
+    except socket.timeout:
+        continue
+    packets += 1
+    seen += marker in frame
+print(packets, seen, flush=True)
+"""
+
+
+@pytest.mark.parametrize("curve", [False, True], ids=["plain", "curve"])
+def test_curve_across_two_hosts_hides_the_data_on_the_wire(
+    world: World, tmp_path: Path, curve: bool
+) -> None:
+    """A raw-socket sniffer on host b's end of the link sees the marker in plain
+    traffic (so it does see the traffic) and never with CURVE; with CURVE the
+    allowed bridge still gets every job, and a bridge with an unknown key gets
+    nothing and creates nothing."""
+    marker = os.urandom(12)
+    flags: dict[str, list[str]] = {"a": [], "b": []}
+    if curve:
+        server_pub, server_sec = make_keys(str(tmp_path / "server"), "a")
+        _, client_sec = make_keys(str(tmp_path / "allowed"), "b")
+        _, stranger_sec = make_keys(str(tmp_path / "strangers"), "s")
+        flags["a"] = ["--curve-secret", server_sec, "--curve-allow", str(tmp_path / "allowed")]
+        flags["b"] = ["--curve-secret", client_sec, "--curve-server-key", server_pub]
+    q = Queue.create(world.a("jobs"), 1 << 16)
+    stranger = None
+    try:
+        world.start("a", ["queue"], flags["a"])
+        world.start("b", ["queue"], flags["b"])
+        if curve:
+            stranger_name = f"{world.name}.s.jobs"
+            world.made.append(stranger_name)
+            argv = [sys.executable, "-m", "shmkit", "bridge", "--name", f"{world.name}.s"]
+            argv += [
+                "--connect",
+                world.hosts.url("a", PORT),
+                f"--import=queue:jobs={stranger_name}",
+            ]
+            argv += ["--curve-secret", stranger_sec, "--curve-server-key", server_pub]
+            stranger = world.hosts.run(
+                "b", argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+        world.connected(RECOVER + 4)
+        sniffer = world.hosts.run(
+            "b",
+            [sys.executable, "-c", SNIFF, world.hosts.dev["b"], "6", marker.hex()],
+            stdout=subprocess.PIPE,
+        )
+        assert sniffer.stdout is not None
+        assert sniffer.stdout.readline().strip() == b"ready"
+        n_jobs = 300
+        for i in range(n_jobs):
+            q.put(i.to_bytes(8, "little") + marker * 3)
+        taken: list[int] = []
+        with Queue.open(world.b("jobs"), wait=5.0) as qb:
+            end = time.monotonic() + 20.0
+            while len(taken) < n_jobs and time.monotonic() < end:
+                try:
+                    data = qb.get(timeout=0.2)
+                except Empty:
+                    continue
+                assert data[8:] == marker * 3
+                taken.append(int.from_bytes(data[:8], "little"))
+        assert sorted(taken) == list(range(n_jobs)), len(taken)
+        out, _ = sniffer.communicate(timeout=20)
+        packets, seen = (int(x) for x in out.split())
+        assert packets > 0
+        if curve:
+            assert seen == 0, f"the marker crossed the link in the clear {seen} time(s)"
+            with pytest.raises(NotFound):
+                Queue.open(f"{world.name}.s.jobs")  # the stranger never got a DESC
+        else:
+            assert seen > 0, "the sniffer saw none of the plain traffic"
+    finally:
+        if stranger is not None:
+            stranger.kill()
+            stranger.wait(timeout=10)
+        q.close()
 
 
 CHILD = r"""

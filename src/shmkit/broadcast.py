@@ -655,12 +655,13 @@ class Publisher(Handle):
 
     # ------------------------------------------------------------------ back-pressure
 
-    def _make_room(self, p: int, timeout: float | None) -> None:
+    def _make_room(self, p: int, timeout: float | None, adaptive: bool = True) -> None:
         """Wait until every live tethered subscriber consumed message p - slots.
 
         Re-scans at once when only a join voided the cached room. Otherwise it
-        waits like a receiver: the C wait spins briefly with a pause
-        instruction, then sleeps on the progress futex in slices.
+        waits like a receiver: the C wait spins with a pause instruction (the
+        adaptive budget, or 20 µs with ``adaptive=False``), then sleeps on the
+        progress futex in slices.
         """
         need = p - self._slots + 1
         ctl, ring = self._ctl, self._ring
@@ -683,7 +684,7 @@ class Publisher(Handle):
                         f"broadcast {self._name!r}: no room for message #{p} within "
                         f"{timeout} s; slowest: {ctl.laggards(need)}"
                     )
-                ring.wait_room(seen, min(remaining, _wait.SLICE))
+                ring.wait_room(seen, min(remaining, _wait.SLICE), adaptive)
                 self._check()
         finally:
             if not self._closed:  # (closed by another thread: the words are gone)

@@ -113,7 +113,7 @@ def _one_process(n: int) -> list[Result]:
         summarize(BASELINE, times["pair"], note="1 process"),
         summarize("shmkit Latest.set 64 B", times["set"]),
         summarize("shmkit Latest.get 64 B", times["get"]),
-        summarize(BASELINE + " (checksum)", times["checked"], note="arm64 default"),
+        summarize(BASELINE + " (checksum)", times["checked"], note="integrity option"),
         summarize("multiprocessing.Array('c', 64) locked set+get", times["mp"]),
         summarize("bare memoryview copy in+out", times["raw"], note="no protocol"),
     ]

@@ -37,6 +37,7 @@
  */
 #include "shm.h"
 
+#include <fcntl.h>
 #include <zlib.h>
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -51,8 +52,13 @@ static PyObject *MessageTooLarge;
 #define SL_NOGIL ((size_t)1 << 18)
 /* Message numbers / versions stay below this; larger is a corrupt word. */
 #define SL_MAX_SEQ ((uint64_t)1 << 62)
-/* Bounded spin before sleeping on a futex (seconds). */
+/* Bounded spin before sleeping on a futex (seconds): Latest's fixed one and
+ * the base of a Ring's adaptive one (see sl_spin / sl_adapt). */
 #define SL_SPIN 20e-6
+/* A Ring waiter's spin grows to at most this (the Queue's _SPIN_MAX). */
+#define SL_SPIN_MAX 1e-3
+/* A gap this long between two looks of a spin: this thread was descheduled. */
+#define SL_PREEMPTED 50e-6
 
 #define SL_SEQ 0
 #define SL_LEN 8
@@ -107,6 +113,81 @@ hook_pause(void)
         nanosleep(&ts, NULL);
     }
     Py_END_ALLOW_THREADS
+}
+
+/* ================================================================ waits */
+
+/* True once the word moved: a u64 above `val`, or a u32 other than `val`. */
+static inline int
+sl_moved(const char *word, int is32, uint64_t val)
+{
+    /* acquire: pairs with the release store / RMW that moved the word */
+    return is32 ? __atomic_load_n((const uint32_t *)word, __ATOMIC_ACQUIRE) != (uint32_t)val
+                : shm_load64(word) > val;
+}
+
+/* Spin up to `secs` for the word to move, a pause between looks: 1 moved,
+ * 0 not within secs, -1 a gap between two looks showed this thread was
+ * descheduled (fewer free cores than runnable threads: spinning would only
+ * take the peer's core, so the caller sleeps instead). */
+static int
+sl_spin(const char *word, int is32, uint64_t val, double secs)
+{
+    double last = shm_monotonic(), end = last + secs;
+    for (;;) {
+        for (int k = 0; k < 64; k++) {
+            if (sl_moved(word, is32, val)) {
+                return 1;
+            }
+            SHM_PAUSE();
+        }
+        double now = shm_monotonic();
+        if (now - last > SL_PREEMPTED) {
+            return sl_moved(word, is32, val) ? 1 : -1;
+        }
+        if (now >= end) {
+            return 0;
+        }
+        last = now;
+    }
+}
+
+/* A waiter's spin budget and what it knows of the machine's load. */
+typedef struct {
+    double budget;     /* seconds */
+    double calm_until; /* no growth before this (monotonic): the machine is busy */
+} sl_spinner;
+
+/* No growth for this long after a spinner found itself descheduled (seconds). */
+#define SL_CALM 0.1
+
+static void
+sl_spinner_init(sl_spinner *sp)
+{
+    sp->budget = SL_SPIN;
+    sp->calm_until = 0;
+}
+
+/* The next spin budget after a wait. A wait that ended in a futex sleep no
+ * longer than SL_SPIN_MAX means the peer answers at a steady pace just past
+ * the budget: double it, so the next hand-off is caught spinning instead of
+ * paying a wake-up (tens of µs). A longer wait (an idle stream) resets it
+ * to the base. A spinner that was descheduled mid-spin (the machine has
+ * fewer free cores than runnable threads) resets it too and keeps it at the
+ * base for SL_CALM: there a long spin only takes CPU time the peer needs. */
+static void
+sl_adapt(sl_spinner *sp, int slept, int preempted, double waited)
+{
+    if (preempted) {
+        sp->budget = SL_SPIN;
+        sp->calm_until = shm_monotonic() + SL_CALM;
+    }
+    else if (waited > SL_SPIN_MAX) {
+        sp->budget = SL_SPIN;
+    }
+    else if (slept && shm_monotonic() >= sp->calm_until) {
+        sp->budget = sp->budget * 2 < SL_SPIN_MAX ? sp->budget * 2 : SL_SPIN_MAX;
+    }
 }
 
 /* ================================================================ the seqlock */
@@ -915,17 +996,21 @@ static PyTypeObject LatestType = {
 
 /* ================================================================ Ring */
 
-/* Broadcast body (offsets from body_off; layout version 2, drawn in
+/* Broadcast body (offsets from body_off; layout version 4, drawn in
  * shmkit/_shm/broadcast_ring.py):
  *      0  published       u64; its low 32 bits are the readers' futex word
  *      8  wake_hint       a fresh value each reader stores before it sleeps
  *    104  aborted         loans abandoned
- *    128  writer_waiting  1 while a back-pressured publisher sleeps
+ *    128  writer_waiting  1 while a back-pressured publisher waits for room,
+ *                         2 while it sleeps on progress (then readers wake it)
  *    136  progress (u32)  bumped by readers that move while writer_waiting;
  *                         the publisher's futex word
  *    144  joins           bumped by every tethered subscriber that joins a
  *                         back-pressured ring: the publisher's cached room
  *                         is void once it changed
+ *    320  subscriber table, 64 bytes an entry: state (0 free, 1 tethered,
+ *         2 untethered), cursor, pid, ...; entry i's liveness is an OFD
+ *         lock on byte body_off + 320 + 64 i
  *      S  slots; message n lives in slot n % slots */
 #define RG_PUBLISHED 0
 #define RG_WAKE_HINT 8
@@ -933,6 +1018,13 @@ static PyTypeObject LatestType = {
 #define RG_WRITER_WAITING 128
 #define RG_PROGRESS 136
 #define RG_JOINS 144
+#define RG_WW_ASLEEP 2
+#define RG_SPIN_ADAPTIVE 2
+#define RG_SUBS 320
+#define RG_SUB_SIZE 64
+#define RG_S_STATE 0
+#define RG_S_CURSOR 8
+#define RG_TETHERED 1
 
 #define RGF_CHECKSUM 1
 #define RGF_BP 2 /* subscriber: tethered in back-pressure mode; publisher: back-pressure */
@@ -961,6 +1053,7 @@ typedef struct {
     uint64_t hint;        /* subscriber: its next wake hint */
     int pinned;           /* subscriber: views held; the cursor waits for release */
     uint64_t last_len;    /* subscriber: length of the last recv'd view */
+    sl_spinner spin;      /* adaptive spin of wait / wait_room */
     PyObject *name;
 } RingObject;
 
@@ -1023,6 +1116,7 @@ Ring_init(RingObject *self, PyObject *args, PyObject *kwds)
     self->loaned = -1;
     self->woken = (uint64_t)-1;
     self->room = UINT64_MAX;
+    sl_spinner_init(&self->spin);
     Py_INCREF(name);
     Py_XSETREF(self->name, name);
     self->attached = 1;
@@ -1216,6 +1310,82 @@ Ring_begin_scan(RingObject *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+/* True unless no open file description holds the OFD lock on the byte (a
+ * subscriber entry's owner is gone). A failed probe counts as alive: the
+ * caller never skips a subscriber it cannot prove dead. */
+static int
+rg_entry_alive(int fd, off_t byte)
+{
+#ifdef F_OFD_GETLK
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = byte;
+    fl.l_len = 1;
+    if (fcntl(fd, F_OFD_GETLK, &fl) == 0) {
+        return fl.l_type != F_UNLCK;
+    }
+#else
+    (void)fd;
+    (void)byte;
+#endif
+    return 1;
+}
+
+/* scan(need, headroom, subscribers, fd) -> the lowest cursor among live
+ * tethered subscribers (headroom if none), or -1: a tethered subscriber is
+ * behind `need` and only the Python scan can tell whether it lives (fd < 0:
+ * no OFD locks). Notes the joins word first, as begin_scan() does. */
+static PyObject *
+Ring_scan(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t need, headroom, subs;
+    if (nargs != 4 || parse_u64(args[0], &need) || parse_u64(args[1], &headroom) ||
+        parse_u64(args[2], &subs)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "scan(need, headroom, subscribers, fd)");
+        }
+        return NULL;
+    }
+    long fd = PyLong_AsLong(args[3]);
+    if ((fd == -1 && PyErr_Occurred()) || rg_ready(self)) {
+        return NULL;
+    }
+    if (fd > INT_MAX || fd < -1) {
+        PyErr_SetString(PyExc_ValueError, "scan: fd out of range");
+        return NULL;
+    }
+    if (subs > (self->slots_off - RG_SUBS) / RG_SUB_SIZE) {
+        PyErr_Format(E.layout_error, "broadcast %R: %llu subscriber entries do not fit its table",
+                     self->name, (unsigned long long)subs);
+        return NULL;
+    }
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    self->joins = shm_load64(RG_AT(self, RG_JOINS));
+    uint64_t low = headroom;
+    for (uint64_t i = 0; i < subs; i++) {
+        const char *e = RG_AT(self, RG_SUBS + i * RG_SUB_SIZE);
+        if (shm_load64(e + RG_S_STATE) != RG_TETHERED) {
+            continue;
+        }
+        /* acquire: pairs with the subscriber's release store in rg_store_cursor() */
+        uint64_t cursor = shm_load64(e + RG_S_CURSOR);
+        if (cursor < need) {
+            if (fd < 0) {
+                return PyLong_FromLong(-1);
+            }
+            if (!rg_entry_alive((int)fd, (off_t)(self->body + RG_SUBS + i * RG_SUB_SIZE))) {
+                continue;
+            }
+        }
+        if (cursor < low) {
+            low = cursor;
+        }
+    }
+    return PyLong_FromUnsignedLongLong(low);
+}
+
 /* join() -> published: a tethered subscriber that stored its cursor and
  * state announces itself (seq_cst fetch-add, release: the cursor is visible
  * to a publisher that sees the new value), fences, and reads published. Every
@@ -1239,31 +1409,55 @@ Ring_join(RingObject *self, PyObject *Py_UNUSED(ignored))
     return PyLong_FromUnsignedLongLong(published);
 }
 
-/* wait_room(seen, seconds): the back-pressured publisher sleeps until the
- * progress word moves from `seen` (GIL released). */
+/* wait_room(seen, seconds, adaptive): the back-pressured publisher waits
+ * until the progress word moves from `seen`: it spins first (the adaptive
+ * budget, or SL_SPIN), then sleeps on the word (GIL released). */
 static PyObject *
 Ring_wait_room(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     uint64_t seen;
-    if (nargs != 2 || parse_u64(args[0], &seen)) {
+    if (nargs != 3 || parse_u64(args[0], &seen)) {
         if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_TypeError, "wait_room(seen, seconds)");
+            PyErr_SetString(PyExc_TypeError, "wait_room(seen, seconds, adaptive)");
         }
         return NULL;
     }
     double seconds = PyFloat_AsDouble(args[1]);
-    if ((seconds == -1.0 && PyErr_Occurred()) || rg_ready(self)) {
+    int adaptive = PyObject_IsTrue(args[2]);
+    if ((seconds == -1.0 && PyErr_Occurred()) || adaptive < 0 || rg_ready(self)) {
         return NULL;
     }
-    uint32_t *w = (uint32_t *)RG_AT(self, RG_PROGRESS);
-    double end = shm_monotonic() + SL_SPIN;
-    while (__atomic_load_n(w, __ATOMIC_ACQUIRE) == (uint32_t)seen && shm_monotonic() < end) {
-        for (int k = 0; k < 64; k++) {
-            SHM_PAUSE();
+    const char *w = RG_AT(self, RG_PROGRESS);
+    double start = shm_monotonic();
+    double budget = adaptive ? self->spin.budget : SL_SPIN;
+    budget = budget < seconds ? budget : seconds;
+    int r = sl_spin(w, 1, seen, budget);
+    if (r <= 0) {
+        uint64_t *ww = (uint64_t *)RG_AT(self, RG_WRITER_WAITING);
+        /* seq_cst store, then re-check: pairs with the reader's bump + load
+         * of writer_waiting in rg_store_cursor() */
+        __atomic_store_n(ww, RG_WW_ASLEEP, __ATOMIC_SEQ_CST);
+        if (!sl_moved(w, 1, seen)) {
+            self->v.inflight++; /* the store below needs the mapping */
+            view_futex_wait(&self->v, (uint32_t *)w, (uint32_t)seen, seconds);
+            __atomic_store_n(ww, 1, __ATOMIC_RELAXED);
+            shm_view_leave(&self->v);
         }
-    }
-    if (__atomic_load_n(w, __ATOMIC_ACQUIRE) == (uint32_t)seen) {
-        view_futex_wait(&self->v, w, (uint32_t)seen, seconds);
+        else {
+            __atomic_store_n(ww, 1, __ATOMIC_RELAXED);
+        }
+        if (view_ready(&self->v)) {
+            return NULL;
+        }
+        if (!adaptive) {
+            /* a fixed spin: nothing to learn */
+        }
+        else if (sl_moved(w, 1, seen)) {
+            sl_adapt(&self->spin, 1, r < 0, shm_monotonic() - start);
+        }
+        else {
+            self->spin.budget = SL_SPIN;
+        }
     }
     Py_RETURN_NONE;
 }
@@ -1286,7 +1480,14 @@ rg_store_cursor(RingObject *self, uint64_t c)
         if (shm_relaxed64(RG_AT(self, RG_WRITER_WAITING))) {
             uint32_t *w = (uint32_t *)RG_AT(self, RG_PROGRESS);
             __atomic_fetch_add(w, 1, __ATOMIC_SEQ_CST);
-            shm_futex_wake(w, INT_MAX);
+            /* seq_cst: the bump above precedes this load; pairs with the
+             * publisher's store of ASLEEP, fence, re-check in
+             * Ring_wait_room() (Dekker: it sees the bump or we see it
+             * asleep). A spinning publisher needs no system call. */
+            if (__atomic_load_n((uint64_t *)RG_AT(self, RG_WRITER_WAITING), __ATOMIC_SEQ_CST) ==
+                RG_WW_ASLEEP) {
+                shm_futex_wake(w, INT_MAX);
+            }
         }
     }
 }
@@ -1460,7 +1661,9 @@ Ring_store_cursor(RingObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-/* wait(n, seconds, spin) -> bool: message n is published (or became so). */
+/* wait(n, seconds, spin) -> bool: message n is published (or became so).
+ * spin: 0 sleep at once, 1 spin SL_SPIN first (a thread that must not hold
+ * the GIL long: asyncio's watchers), 2 spin the adaptive budget first. */
 static PyObject *
 Ring_wait(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1475,22 +1678,26 @@ Ring_wait(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (seconds == -1.0 && PyErr_Occurred()) {
         return NULL;
     }
-    int spin = PyObject_IsTrue(args[2]);
-    if (rg_ready(self)) {
+    long spin = PyLong_AsLong(args[2]);
+    if ((spin == -1 && PyErr_Occurred()) || rg_ready(self)) {
         return NULL;
     }
     char *pub = RG_AT(self, RG_PUBLISHED);
     uint64_t seen = shm_load64(pub);
-    if (spin && seen <= n) {
-        double end = shm_monotonic() + SL_SPIN;
-        do {
-            for (int k = 0; k < 64 && (seen = shm_load64(pub)) <= n; k++) {
-                SHM_PAUSE();
-            }
-        } while (seen <= n && shm_monotonic() < end);
-    }
     if (seen > n) {
         Py_RETURN_TRUE;
+    }
+    double start = shm_monotonic();
+    int r = 0;
+    if (spin) {
+        double budget = spin == RG_SPIN_ADAPTIVE ? self->spin.budget : SL_SPIN;
+        r = sl_spin(pub, 0, n, budget < seconds ? budget : seconds);
+        if (r > 0) {
+            Py_RETURN_TRUE;
+        }
+    }
+    else {
+        self->spin.budget = SL_SPIN; /* a later slice: a long wait */
     }
     /* Register a fresh hint, fence, re-check (Dekker with rg_wake_readers). */
     self->hint++;
@@ -1504,7 +1711,11 @@ Ring_wait(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (view_ready(&self->v)) {
         return NULL;
     }
-    return PyBool_FromLong(shm_load64(pub) > n);
+    int got = shm_load64(pub) > n;
+    if (spin == RG_SPIN_ADAPTIVE) {
+        sl_adapt(&self->spin, got, r < 0, got ? shm_monotonic() - start : INFINITY);
+    }
+    return PyBool_FromLong(got);
 }
 
 /* ---------------------------------------------------------------- attributes */
@@ -1608,7 +1819,9 @@ static PyMethodDef Ring_methods[] = {
     {"abort", (PyCFunction)Ring_abort, METH_NOARGS, "abort(): drop the open loan"},
     {"wake_readers", (PyCFunction)Ring_wake_readers, METH_NOARGS, "futex wake every reader"},
     {"wait_room", (PyCFunction)(void (*)(void))Ring_wait_room, METH_FASTCALL,
-     "wait_room(seen, seconds): sleep while the progress word equals seen"},
+     "wait_room(seen, seconds, adaptive): wait while the progress word equals seen"},
+    {"scan", (PyCFunction)(void (*)(void))Ring_scan, METH_FASTCALL,
+     "scan(need, headroom, subscribers, fd) -> lowest live tethered cursor, or -1"},
     {"begin_scan", (PyCFunction)Ring_begin_scan, METH_NOARGS,
      "begin_scan(): note the joins word before scanning the cursors"},
     {"join", (PyCFunction)Ring_join, METH_NOARGS,
@@ -1626,6 +1839,12 @@ static PyMethodDef Ring_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *
+Ring_get_spin(RingObject *self, void *Py_UNUSED(c))
+{
+    return PyFloat_FromDouble(self->spin.budget);
+}
+
 static PyGetSetDef Ring_getset[] = {
     {"next", (getter)Ring_get_next, (setter)Ring_set_next, "next message number", NULL},
     {"room", (getter)Ring_get_room, (setter)Ring_set_room, "first number needing room", NULL},
@@ -1633,6 +1852,7 @@ static PyGetSetDef Ring_getset[] = {
     {"pinned", (getter)Ring_get_pinned, (setter)Ring_set_pinned, "views held", NULL},
     {"loaned", (getter)Ring_get_loaned, NULL, "the open loan's number or -1", NULL},
     {"last_len", (getter)Ring_get_last_len, NULL, "length of the last message seen", NULL},
+    {"spin_budget", (getter)Ring_get_spin, NULL, "adaptive spin budget (seconds)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

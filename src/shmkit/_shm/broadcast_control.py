@@ -312,11 +312,16 @@ class Control:
     def scan(self, ring: _seqlock.Ring, need: int, headroom: int) -> int:
         """Lowest cursor among live tethered subscribers (``headroom`` if none).
 
-        ``ring.begin_scan()`` first notes the joins word: a subscriber that
-        joins after it voids the room computed from this scan. A dead
-        subscriber's stale cursor costs one liveness probe and is never
-        waited for.
+        The scan first notes the joins word: a subscriber that joins after it
+        voids the room computed from this scan. A dead subscriber's stale
+        cursor costs one liveness probe and is never waited for. One C pass
+        (``ring.scan``) does it all where OFD locks tell liveness; without
+        them it defers to the Python loop below for a subscriber that is behind.
         """
+        fd = -1 if self.fd is None else self.fd
+        low = ring.scan(max(need, 0), headroom, self.params.max_subscribers, fd)
+        if low >= 0:
+            return low
         ring.begin_scan()
         q = self.q
         low = headroom

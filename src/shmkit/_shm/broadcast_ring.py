@@ -19,7 +19,8 @@ from ..errors import LayoutError
 # Params (immutable, in the segment header, covered by its CRC), little-endian:
 #
 #   offset size field
-#        0    4 version          PARAMS_VERSION (3: C seqlock, futex words, joins word)
+#        0    4 version          PARAMS_VERSION (4: C seqlock, futex words, joins word,
+#                                 writer_waiting 2 = asleep)
 #        4    4 flags            1 back-pressure, 2 checksum
 #        8    8 slot_size        payload bytes per slot
 #       16    8 stride           align64(64 + slot_size): slot header + payload
@@ -38,7 +39,8 @@ from ..errors import LayoutError
 #    88  attaches       publishers attached so far
 #    96  repairs        publish indexes rebuilt after a publisher died
 #   104  aborted        loans abandoned (block raised, handle closed)
-#   128  writer_waiting 1 while a back-pressured publisher sleeps on the progress word
+#   128  writer_waiting 1 while a back-pressured publisher waits for room, 2 while it
+#                       sleeps on the progress word (only then do readers wake it)
 #   136  progress       (u32) bumped by readers that move while writer_waiting
 #   144  joins          bumped by each tethered subscriber joining a back-pressured ring
 #   192  publisher lock byte: the live publisher holds an OFD lock on it
@@ -78,7 +80,7 @@ from ..errors import LayoutError
 # The CRC (checksum=True) is an integrity option only.
 
 PARAMS: Final = struct.Struct("<IIQQIIII")
-PARAMS_VERSION: Final = 3
+PARAMS_VERSION: Final = 4
 FLAG_BACKPRESSURE: Final = 1
 FLAG_CHECKSUM: Final = 2
 _KNOWN_FLAGS: Final = FLAG_BACKPRESSURE | FLAG_CHECKSUM

@@ -82,8 +82,11 @@ def _sub_probe(w: Watcher) -> Callable[[float, list[Any]], int]:
     sub: _Sub = w.state["obj"]
 
     def probe(seconds: float, args: list[Any]) -> int:
-        # raises Closed, PeerDied (no live publisher, nothing new): the waiters see them
-        return ALL if sub._wait_published(min(args), time.monotonic() + seconds) else 0
+        # raises Closed, PeerDied (no live publisher, nothing new): the waiters see them.
+        # A short spin only: this thread holds the GIL while it spins, which the
+        # event loop's thread needs.
+        end = time.monotonic() + seconds
+        return ALL if sub._wait_published(min(args), end, adaptive=False) else 0
 
     return probe
 
@@ -155,7 +158,7 @@ def _room_probe(w: Watcher) -> Callable[[float, list[Any]], int]:
 
     def probe(seconds: float, args: list[Any]) -> int:
         try:
-            pub._make_room(pub._ring.next, seconds)
+            pub._make_room(pub._ring.next, seconds, adaptive=False)  # short spins: the GIL
         except Full:
             return 0
         return ALL

@@ -1,0 +1,121 @@
+"""How Broadcast waits: the C scan of the subscriber table, the adaptive spin of
+receivers and of a back-pressured publisher, and the publisher's asleep flag that
+spares readers a wake-up system call while it only spins."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from shmkit._shm.broadcast_ring import _WRITER_WAITING
+from shmkit.broadcast import Broadcast, publisher, subscribe
+from shmkit.errors import LayoutError
+from shmkit.segment import Segment
+
+from .helpers import kill
+from .test_broadcast import child, line, result
+
+#: The receivers' base spin (SL_SPIN in _core/_seqlock.c) and its cap (SL_SPIN_MAX).
+BASE, CAP = 20e-6, 1e-3
+
+
+@pytest.fixture
+def cleanup(name: str) -> Iterator[str]:
+    yield name
+    Segment.remove(name)
+
+
+def test_the_c_scan_skips_a_dead_subscriber_and_defers_without_ofd(cleanup: str) -> None:
+    name = cleanup
+    pub = publisher(name, slot_size=64, slots=2, backpressure=True)
+    holder = None
+    try:
+        holder = child("hold_view", name)  # tethered, from the oldest message
+        time.sleep(0.2)  # let it subscribe (it blocks in recv_view until #0 exists)
+        pub.publish(b"x" * 64)
+        assert line(holder)["holding"] == 0  # its cursor stays at 0 while it holds #0
+        ring, ctl = pub._ring, pub._ctl
+        subs = ctl.params.max_subscribers
+        assert ctl.fd is not None
+        assert ring.scan(1, 100, subs, ctl.fd) == 0  # alive and behind: waited for
+        assert ring.scan(1, 100, subs, -1) == -1  # behind, no OFD fd: Python must probe
+        assert ring.scan(0, 100, subs, -1) == 0  # not behind: no probe needed
+        with pytest.raises(LayoutError):
+            ring.scan(1, 100, 10**6, ctl.fd)  # more entries than the table holds
+        kill(holder)
+        holder = None
+        assert ring.scan(1, 100, subs, ctl.fd) == 100  # dead: never waited for
+        assert ctl.scan(ring, 1, 100) == 100
+    finally:
+        if holder is not None:
+            kill(holder)
+        pub.close()
+
+
+def test_a_receivers_spin_grows_for_a_steady_stream_and_resets_when_it_idles(
+    cleanup: str,
+) -> None:
+    """Messages ~0.4 ms apart: the spin doubles past its 20 µs base, so the next ones
+    are caught spinning; a 0.3 s pause puts it back to the base."""
+    name = cleanup
+    Broadcast.create(name, slot_size=64, slots=1024).close()
+    sub = subscribe(name)
+    pub = child("publish", name, count=1500, size=64, pace=0.0004, pause_at=1000, pause=0.3)
+    try:
+        assert line(pub)["ready"] == 0
+        budget = sub._ring.spin_budget
+        assert budget == pytest.approx(BASE)
+        grown = 0.0
+        for _ in range(1001):  # through #1000, after which the publisher pauses
+            sub.recv(10.0)
+            grown = max(grown, sub._ring.spin_budget)
+        assert grown > BASE  # a wait that slept < 1 ms doubled the budget
+        assert grown <= CAP
+        sub.recv(10.0)  # #1001 comes after the pause: a long wait
+        assert sub._ring.spin_budget == pytest.approx(BASE)
+        for _ in range(1002, 1500):
+            sub.recv(10.0)
+        assert result(pub)["published"] == 1500
+    finally:
+        kill(pub)
+        sub.close()
+
+
+def test_a_sleeping_publisher_is_marked_asleep_and_woken_by_the_reader(cleanup: str) -> None:
+    """The back-pressured publisher spins, then stores 'asleep' (2) in writer_waiting
+    and sleeps; a reader that frees room wakes it at once (within the 50 ms slice it
+    would otherwise sleep), and only then makes the wake-up system call."""
+    name = cleanup
+    pub = publisher(name, slot_size=64, slots=2, backpressure=True)
+    sub = subscribe(name)
+    try:
+        pub.publish(b"0" * 64)
+        pub.publish(b"1" * 64)  # the ring is full: #2 needs the reader to take #0
+        done: list[float] = []
+
+        def third() -> None:
+            pub.publish(b"2" * 64, timeout=5.0)
+            done.append(time.monotonic())
+
+        t = threading.Thread(target=third)
+        t.start()
+        q = pub._ctl.q
+        deadline = time.monotonic() + 5.0
+        while q[_WRITER_WAITING] != 2 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert q[_WRITER_WAITING] == 2, "the waiting publisher never marked itself asleep"
+        assert not done
+        freed = time.monotonic()
+        assert sub.recv(1.0) == b"0" * 64
+        t.join(5.0)
+        assert done, "the publisher never published #2"
+        assert done[0] - freed < 0.045  # woken, not a slice timeout
+        assert q[_WRITER_WAITING] == 0
+        assert sub.recv(1.0) == b"1" * 64
+        assert sub.recv(1.0) == b"2" * 64
+    finally:
+        sub.close()
+        pub.close()
