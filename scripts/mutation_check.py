@@ -218,8 +218,8 @@ CATALOGUE: tuple[Mutation, ...] = (
         "queue-recover-no-repair",
         "The next holder after a dead one does not repair the queue's counters",
         QP,
-        "        self._repair()\n        self._reclaim_dead(count=False)",
-        "        self._reclaim_dead(count=False)",
+        "        self._repair()\n        self._r_repair_intent()",
+        "        self._r_repair_intent()",
         PUT_KILLED,
     ),
     # ------------------------------------------------------------ Lock (_native.c)
@@ -293,6 +293,23 @@ CATALOGUE: tuple[Mutation, ...] = (
         "    if (!sl_still(slot, want, (size_t)n)) {",
         "    if (0) {",
         MID_COPY_L,
+    ),
+    Mutation(
+        "broadcast-asleep-never-woken",
+        "A reader that frees room never wakes a back-pressured publisher asleep on progress "
+        "(it waits out its 50 ms slice)",
+        SC,
+        "                RG_WW_ASLEEP) {\n                shm_futex_wake(w, INT_MAX);",
+        "                RG_WW_ASLEEP + 1) {\n                shm_futex_wake(w, INT_MAX);",
+        ("tests/test_broadcast_waits.py", "-k", "asleep"),
+    ),
+    Mutation(
+        "broadcast-scan-waits-for-the-dead",
+        "The C cursor scan waits for a dead tethered subscriber",
+        SC,
+        "            if (!rg_entry_alive((int)fd,",
+        "            if (0 && !rg_entry_alive((int)fd,",
+        ("tests/test_broadcast_waits.py", "-k", "scan"),
     ),
     # ------------------------------------------------------------ bounds (shm.h)
     Mutation(
