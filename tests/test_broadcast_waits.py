@@ -10,9 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from shmkit import _ofd
 from shmkit._shm.broadcast_ring import _WRITER_WAITING
 from shmkit.broadcast import Broadcast, publisher, subscribe
-from shmkit.errors import LayoutError
+from shmkit.errors import Full, LayoutError
 from shmkit.segment import Segment
 
 from .helpers import kill
@@ -116,6 +117,41 @@ def test_a_sleeping_publisher_is_marked_asleep_and_woken_by_the_reader(cleanup: 
         assert q[_WRITER_WAITING] == 0
         assert sub.recv(1.0) == b"1" * 64
         assert sub.recv(1.0) == b"2" * 64
+    finally:
+        sub.close()
+        pub.close()
+
+
+def test_without_ofd_locks_the_publisher_waits_through_the_python_probe(
+    monkeypatch: pytest.MonkeyPatch, cleanup: str
+) -> None:
+    """No OFD locks (ring.make_room answers -1 when a subscriber is behind): the
+    Python loop probes liveness by pid, waits for room, and gives Full in time."""
+    monkeypatch.setattr(_ofd, "open_for_locks", lambda sysname: None)
+    name = cleanup
+    pub = publisher(name, slot_size=64, slots=2, backpressure=True)
+    sub = subscribe(name)
+    try:
+        assert pub._ctl.fd is None
+        pub.publish(b"0")
+        pub.publish(b"1")
+        subs = pub._ctl.params.max_subscribers
+        assert pub._ring.make_room(2, subs, -1, 0.0, True) == -1
+        t0 = time.monotonic()
+        with pytest.raises(Full, match="no room for message #2"):
+            pub.publish(b"2", timeout=0.2)
+        assert 0.15 < time.monotonic() - t0 < 2.0
+        assert pub._ctl.q[_WRITER_WAITING] == 0
+
+        def take() -> None:
+            time.sleep(0.2)
+            sub.recv(1.0)
+
+        t = threading.Thread(target=take)
+        t.start()
+        pub.publish(b"2", timeout=5.0)  # waits until the thread took #0
+        t.join(5.0)
+        assert sub.recv(1.0) == b"1" and sub.recv(1.0) == b"2"
     finally:
         sub.close()
         pub.close()

@@ -658,34 +658,35 @@ class Publisher(Handle):
     def _make_room(self, p: int, timeout: float | None, adaptive: bool = True) -> None:
         """Wait until every live tethered subscriber consumed message p - slots.
 
-        Re-scans at once when only a join voided the cached room. Otherwise it
-        waits like a receiver: the C wait spins with a pause instruction (the
-        adaptive budget, or 20 µs with ``adaptive=False``), then sleeps on the
-        progress futex in slices.
+        One C call per slice (``ring.make_room``) scans the cursors, announces
+        the wait and waits like a receiver: it spins with a pause instruction
+        (the adaptive budget, or 20 µs with ``adaptive=False``), then sleeps on
+        the progress futex.
         """
-        need = p - self._slots + 1
         ctl, ring = self._ctl, self._ring
-        headroom = p + self._slots  # nobody to wait for: one lap of headroom
-        low = ctl.scan(ring, need, headroom)
-        if low >= need:
-            ring.room = low + self._slots
-            return
+        fd = -1 if ctl.fd is None else ctl.fd
+        subs = ctl.params.max_subscribers
         end = math.inf if timeout is None else time.monotonic() + timeout
-        try:
-            while True:
-                seen = ctl.announce_waiting()
-                low = ctl.scan(ring, need, headroom)
-                if low >= need:
-                    ring.room = low + self._slots
-                    return
-                remaining = end - time.monotonic()
-                if remaining <= 0:
-                    raise Full(
-                        f"broadcast {self._name!r}: no room for message #{p} within "
-                        f"{timeout} s; slowest: {ctl.laggards(need)}"
-                    )
-                ring.wait_room(seen, min(remaining, _wait.SLICE), adaptive)
-                self._check()
-        finally:
-            if not self._closed:  # (closed by another thread: the words are gone)
-                ctl.stop_waiting()
+        while True:
+            remaining = end - time.monotonic()
+            got = ring.make_room(p, subs, fd, max(0.0, min(remaining, _wait.SLICE)), adaptive)
+            if got > 0:
+                return
+            if got < 0:  # no OFD locks: a subscriber behind needs the Python probe
+                try:
+                    if not ctl.wait_room_probing(ring, p, end, adaptive, self._check):
+                        raise self._no_room(p, timeout)
+                finally:
+                    if not self._closed:  # (closed by another thread: the words are gone)
+                        ctl.stop_waiting()
+                return
+            if time.monotonic() >= end:
+                raise self._no_room(p, timeout)
+            self._check()
+
+    def _no_room(self, p: int, timeout: float | None) -> Full:
+        need = p - self._slots + 1
+        return Full(
+            f"broadcast {self._name!r}: no room for message #{p} within {timeout} s; "
+            f"slowest: {self._ctl.laggards(need)}"
+        )

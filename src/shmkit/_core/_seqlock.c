@@ -152,40 +152,35 @@ sl_spin(const char *word, int is32, uint64_t val, double secs)
     }
 }
 
-/* A waiter's spin budget and what it knows of the machine's load. */
+/* A waiter's adaptive spin budget (seconds). */
 typedef struct {
-    double budget;     /* seconds */
-    double calm_until; /* no growth before this (monotonic): the machine is busy */
+    double budget;
 } sl_spinner;
-
-/* No growth for this long after a spinner found itself descheduled (seconds). */
-#define SL_CALM 0.1
 
 static void
 sl_spinner_init(sl_spinner *sp)
 {
     sp->budget = SL_SPIN;
-    sp->calm_until = 0;
 }
 
-/* The next spin budget after a wait. A wait that ended in a futex sleep no
- * longer than SL_SPIN_MAX means the peer answers at a steady pace just past
- * the budget: double it, so the next hand-off is caught spinning instead of
- * paying a wake-up (tens of µs). A longer wait (an idle stream) resets it
- * to the base. A spinner that was descheduled mid-spin (the machine has
- * fewer free cores than runnable threads) resets it too and keeps it at the
- * base for SL_CALM: there a long spin only takes CPU time the peer needs. */
+/* The next spin budget after a wait (the Queue's policy). A wait that ended
+ * in a futex sleep no longer than SL_SPIN_MAX means the peer answers at a
+ * steady pace just past the budget: double it, so the next hand-off is
+ * caught spinning instead of paying a wake-up (tens of µs). A longer wait
+ * (an idle stream) resets it to the base, and so does a spinner that was
+ * descheduled mid-spin (fewer free cores than runnable threads: there a long
+ * spin only takes CPU time the peer needs). Keeping it at the base for a
+ * while after such a sign (100 ms, or 10 ms) made no clear difference beside two
+ * CPU-bound processes, and on the idle VM, whose vCPUs are now and then
+ * descheduled by the host, it made a 1 MiB frame reader sleep on 10-75 % of
+ * its frames instead of 1-3 %: so no such memory. */
 static void
 sl_adapt(sl_spinner *sp, int slept, int preempted, double waited)
 {
-    if (preempted) {
-        sp->budget = SL_SPIN;
-        sp->calm_until = shm_monotonic() + SL_CALM;
-    }
-    else if (waited > SL_SPIN_MAX) {
+    if (preempted || waited > SL_SPIN_MAX) {
         sp->budget = SL_SPIN;
     }
-    else if (slept && shm_monotonic() >= sp->calm_until) {
+    else if (slept) {
         sp->budget = sp->budget * 2 < SL_SPIN_MAX ? sp->budget * 2 : SL_SPIN_MAX;
     }
 }
@@ -1333,33 +1328,24 @@ rg_entry_alive(int fd, off_t byte)
     return 1;
 }
 
-/* scan(need, headroom, subscribers, fd) -> the lowest cursor among live
- * tethered subscribers (headroom if none), or -1: a tethered subscriber is
- * behind `need` and only the Python scan can tell whether it lives (fd < 0:
- * no OFD locks). Notes the joins word first, as begin_scan() does. */
-static PyObject *
-Ring_scan(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
+/* The lowest cursor among live tethered subscribers (headroom if none), or
+ * RG_SCAN_PY: a tethered subscriber is behind `need` and only the Python scan
+ * can tell whether it lives (fd < 0: no OFD locks), or RG_SCAN_ERR with an
+ * exception set. Notes the joins word first, as begin_scan() does. */
+#define RG_SCAN_PY (-1)
+#define RG_SCAN_ERR (-2)
+
+static int64_t
+rg_scan(RingObject *self, uint64_t need, uint64_t headroom, uint64_t subs, long fd)
 {
-    uint64_t need, headroom, subs;
-    if (nargs != 4 || parse_u64(args[0], &need) || parse_u64(args[1], &headroom) ||
-        parse_u64(args[2], &subs)) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_TypeError, "scan(need, headroom, subscribers, fd)");
-        }
-        return NULL;
-    }
-    long fd = PyLong_AsLong(args[3]);
-    if ((fd == -1 && PyErr_Occurred()) || rg_ready(self)) {
-        return NULL;
-    }
-    if (fd > INT_MAX || fd < -1) {
-        PyErr_SetString(PyExc_ValueError, "scan: fd out of range");
-        return NULL;
-    }
     if (subs > (self->slots_off - RG_SUBS) / RG_SUB_SIZE) {
         PyErr_Format(E.layout_error, "broadcast %R: %llu subscriber entries do not fit its table",
                      self->name, (unsigned long long)subs);
-        return NULL;
+        return RG_SCAN_ERR;
+    }
+    if (headroom > (uint64_t)INT64_MAX) {
+        PyErr_SetString(PyExc_ValueError, "scan: headroom out of range");
+        return RG_SCAN_ERR;
     }
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     self->joins = shm_load64(RG_AT(self, RG_JOINS));
@@ -1373,7 +1359,7 @@ Ring_scan(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
         uint64_t cursor = shm_load64(e + RG_S_CURSOR);
         if (cursor < need) {
             if (fd < 0) {
-                return PyLong_FromLong(-1);
+                return RG_SCAN_PY;
             }
             if (!rg_entry_alive((int)fd, (off_t)(self->body + RG_SUBS + i * RG_SUB_SIZE))) {
                 continue;
@@ -1383,7 +1369,42 @@ Ring_scan(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
             low = cursor;
         }
     }
-    return PyLong_FromUnsignedLongLong(low);
+    return (int64_t)low;
+}
+
+static int
+parse_fd(PyObject *o, long *fd)
+{
+    *fd = PyLong_AsLong(o);
+    if (*fd == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (*fd > INT_MAX || *fd < -1) {
+        PyErr_SetString(PyExc_ValueError, "fd out of range");
+        return -1;
+    }
+    return 0;
+}
+
+/* scan(need, headroom, subscribers, fd) -> the lowest cursor among live
+ * tethered subscribers (headroom if none), or -1 (see rg_scan). */
+static PyObject *
+Ring_scan(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t need, headroom, subs;
+    long fd;
+    if (nargs != 4 || parse_u64(args[0], &need) || parse_u64(args[1], &headroom) ||
+        parse_u64(args[2], &subs)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "scan(need, headroom, subscribers, fd)");
+        }
+        return NULL;
+    }
+    if (parse_fd(args[3], &fd) || rg_ready(self)) {
+        return NULL;
+    }
+    int64_t low = rg_scan(self, need, headroom, subs, fd);
+    return low == RG_SCAN_ERR ? NULL : PyLong_FromLongLong(low);
 }
 
 /* join() -> published: a tethered subscriber that stored its cursor and
@@ -1409,9 +1430,49 @@ Ring_join(RingObject *self, PyObject *Py_UNUSED(ignored))
     return PyLong_FromUnsignedLongLong(published);
 }
 
+/* Wait up to `seconds` for the progress word to move from `seen`: spin (the
+ * adaptive budget, or SL_SPIN), then mark the publisher asleep and sleep on
+ * the word (GIL released). -1 if the handle was closed meanwhile. */
+static int
+rg_wait_progress(RingObject *self, uint32_t seen, double seconds, int adaptive)
+{
+    const char *w = RG_AT(self, RG_PROGRESS);
+    double start = shm_monotonic();
+    double budget = adaptive ? self->spin.budget : SL_SPIN;
+    int r = sl_spin(w, 1, seen, budget < seconds ? budget : seconds);
+    if (r > 0) {
+        return 0;
+    }
+    uint64_t *ww = (uint64_t *)RG_AT(self, RG_WRITER_WAITING);
+    /* seq_cst store, then re-check: pairs with the reader's bump + load of
+     * writer_waiting in rg_store_cursor() */
+    __atomic_store_n(ww, RG_WW_ASLEEP, __ATOMIC_SEQ_CST);
+    if (!sl_moved(w, 1, seen)) {
+        self->v.inflight++; /* the store below needs the mapping */
+        view_futex_wait(&self->v, (uint32_t *)w, seen, seconds);
+        __atomic_store_n(ww, 1, __ATOMIC_RELAXED);
+        shm_view_leave(&self->v);
+    }
+    else {
+        __atomic_store_n(ww, 1, __ATOMIC_RELAXED);
+    }
+    if (view_ready(&self->v)) {
+        return -1;
+    }
+    if (!adaptive) {
+        /* a fixed spin: nothing to learn */
+    }
+    else if (sl_moved(w, 1, seen)) {
+        sl_adapt(&self->spin, 1, r < 0, shm_monotonic() - start);
+    }
+    else {
+        self->spin.budget = SL_SPIN;
+    }
+    return 0;
+}
+
 /* wait_room(seen, seconds, adaptive): the back-pressured publisher waits
- * until the progress word moves from `seen`: it spins first (the adaptive
- * budget, or SL_SPIN), then sleeps on the word (GIL released). */
+ * until the progress word moves from `seen` (see rg_wait_progress). */
 static PyObject *
 Ring_wait_room(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1427,39 +1488,92 @@ Ring_wait_room(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
     if ((seconds == -1.0 && PyErr_Occurred()) || adaptive < 0 || rg_ready(self)) {
         return NULL;
     }
-    const char *w = RG_AT(self, RG_PROGRESS);
-    double start = shm_monotonic();
-    double budget = adaptive ? self->spin.budget : SL_SPIN;
-    budget = budget < seconds ? budget : seconds;
-    int r = sl_spin(w, 1, seen, budget);
-    if (r <= 0) {
-        uint64_t *ww = (uint64_t *)RG_AT(self, RG_WRITER_WAITING);
-        /* seq_cst store, then re-check: pairs with the reader's bump + load
-         * of writer_waiting in rg_store_cursor() */
-        __atomic_store_n(ww, RG_WW_ASLEEP, __ATOMIC_SEQ_CST);
-        if (!sl_moved(w, 1, seen)) {
-            self->v.inflight++; /* the store below needs the mapping */
-            view_futex_wait(&self->v, (uint32_t *)w, (uint32_t)seen, seconds);
-            __atomic_store_n(ww, 1, __ATOMIC_RELAXED);
-            shm_view_leave(&self->v);
-        }
-        else {
-            __atomic_store_n(ww, 1, __ATOMIC_RELAXED);
-        }
-        if (view_ready(&self->v)) {
-            return NULL;
-        }
-        if (!adaptive) {
-            /* a fixed spin: nothing to learn */
-        }
-        else if (sl_moved(w, 1, seen)) {
-            sl_adapt(&self->spin, 1, r < 0, shm_monotonic() - start);
-        }
-        else {
-            self->spin.budget = SL_SPIN;
-        }
+    if (rg_wait_progress(self, (uint32_t)seen, seconds, adaptive)) {
+        return NULL;
     }
     Py_RETURN_NONE;
+}
+
+/* make_room(p, subscribers, fd, seconds, adaptive) -> 1 when message p may be
+ * written (room set), 0 when not within `seconds`, -1 when a subscriber that
+ * is behind needs the Python liveness probe (fd < 0). The back-pressured
+ * publisher's whole wait for room in one call: scan the cursors; if the
+ * slowest live tethered subscriber still holds message p - slots, announce
+ * (writer_waiting = 1, seq_cst fence: pairs with the reader's cursor store +
+ * fence + load in rg_store_cursor()), read progress, re-scan, and wait for
+ * progress to move (rg_wait_progress), until room or `seconds`. Returns to
+ * Python at least every `seconds` and on a pending signal. */
+static PyObject *
+Ring_make_room(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t p, subs;
+    long fd;
+    if (nargs != 5 || parse_u64(args[0], &p) || parse_u64(args[1], &subs)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "make_room(p, subscribers, fd, seconds, adaptive)");
+        }
+        return NULL;
+    }
+    if (parse_fd(args[2], &fd)) {
+        return NULL;
+    }
+    double seconds = PyFloat_AsDouble(args[3]);
+    int adaptive = PyObject_IsTrue(args[4]);
+    if ((seconds == -1.0 && PyErr_Occurred()) || adaptive < 0 || rg_ready(self)) {
+        return NULL;
+    }
+    if (p >= SL_MAX_SEQ) {
+        PyErr_Format(E.layout_error, "broadcast %R: message number %llu is corrupt", self->name,
+                     (unsigned long long)p);
+        return NULL;
+    }
+    uint64_t slots = self->slots;
+    uint64_t need = p + 1 > slots ? p + 1 - slots : 0;
+    uint64_t headroom = p + slots; /* nobody to wait for: one lap of headroom */
+    int64_t low = rg_scan(self, need, headroom, subs, fd);
+    if (low < 0) {
+        return low == RG_SCAN_ERR ? NULL : PyLong_FromLong(-1);
+    }
+    if ((uint64_t)low >= need) {
+        self->room = (uint64_t)low + slots;
+        return PyLong_FromLong(1);
+    }
+    uint64_t *ww = (uint64_t *)RG_AT(self, RG_WRITER_WAITING);
+    double end = shm_monotonic() + seconds;
+    long result = 0;
+    for (;;) {
+        __atomic_store_n(ww, 1, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        /* acquire: pairs with the reader's seq_cst bump */
+        uint32_t seen = __atomic_load_n((uint32_t *)RG_AT(self, RG_PROGRESS), __ATOMIC_ACQUIRE);
+        low = rg_scan(self, need, headroom, subs, fd);
+        if (low == RG_SCAN_ERR) {
+            __atomic_store_n(ww, 0, __ATOMIC_RELAXED);
+            return NULL;
+        }
+        if (low == RG_SCAN_PY) {
+            result = -1;
+            break;
+        }
+        if ((uint64_t)low >= need) {
+            self->room = (uint64_t)low + slots;
+            result = 1;
+            break;
+        }
+        double left = end - shm_monotonic();
+        if (left <= 0) {
+            break;
+        }
+        if (rg_wait_progress(self, seen, left, adaptive)) {
+            return NULL; /* closed by another thread: the words are gone */
+        }
+        if (PyErr_CheckSignals()) {
+            __atomic_store_n(ww, 0, __ATOMIC_RELAXED);
+            return NULL;
+        }
+    }
+    __atomic_store_n(ww, 0, __ATOMIC_RELAXED);
+    return PyLong_FromLong(result);
 }
 
 /* ---------------------------------------------------------------- subscriber */
@@ -1820,6 +1934,8 @@ static PyMethodDef Ring_methods[] = {
     {"wake_readers", (PyCFunction)Ring_wake_readers, METH_NOARGS, "futex wake every reader"},
     {"wait_room", (PyCFunction)(void (*)(void))Ring_wait_room, METH_FASTCALL,
      "wait_room(seen, seconds, adaptive): wait while the progress word equals seen"},
+    {"make_room", (PyCFunction)(void (*)(void))Ring_make_room, METH_FASTCALL,
+     "make_room(p, subscribers, fd, seconds, adaptive) -> 1 room, 0 not yet, -1 ask Python"},
     {"scan", (PyCFunction)(void (*)(void))Ring_scan, METH_FASTCALL,
      "scan(need, headroom, subscribers, fd) -> lowest live tethered cursor, or -1"},
     {"begin_scan", (PyCFunction)Ring_begin_scan, METH_NOARGS,

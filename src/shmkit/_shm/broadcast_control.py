@@ -22,7 +22,7 @@ import os
 import sys
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Final, Protocol
 
@@ -334,6 +334,30 @@ class Control:
                 continue
             low = min(low, cursor)
         return low
+
+    def wait_room_probing(
+        self, ring: _seqlock.Ring, p: int, end: float, adaptive: bool, check: Callable[[], None]
+    ) -> bool:
+        """Wait for room for message p by ``end`` (False if none), probing liveness here.
+
+        The publisher's wait where OFD locks are missing (``ring.make_room``
+        returned -1): the same announce, scan and wait as the C call, with
+        the scan's liveness probe made in Python. The caller calls
+        ``stop_waiting()`` afterwards.
+        """
+        slots = self.params.slots
+        need, headroom = p - slots + 1, p + slots
+        while True:
+            seen = self.announce_waiting()
+            low = self.scan(ring, need, headroom)
+            if low >= need:
+                ring.room = low + slots
+                return True
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return False
+            ring.wait_room(seen, min(remaining, _wait.SLICE), adaptive)
+            check()
 
     def announce_waiting(self) -> int:
         """Set writer_waiting, fence, and return the progress word to sleep on."""
