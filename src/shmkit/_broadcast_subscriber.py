@@ -245,7 +245,7 @@ class Subscriber(Handle):
         """Block until message n is published. False at the deadline.
 
         Spins first (in C, with a pause instruction; the adaptive budget of
-        20 µs to 1 ms, or 20 µs with ``adaptive=False``), then sleeps on the
+        20 µs to 250 µs, or 20 µs with ``adaptive=False``), then sleeps on the
         futex in slices of at most ``_wait.SLICE``; raises PeerDied (no live
         publisher, nothing new) and Closed (closed by another thread) between
         slices.

@@ -55,8 +55,13 @@ static PyObject *MessageTooLarge;
 /* Bounded spin before sleeping on a futex (seconds): Latest's fixed one and
  * the base of a Ring's adaptive one (see sl_spin / sl_adapt). */
 #define SL_SPIN 20e-6
-/* A Ring waiter's spin grows to at most this (the Queue's _SPIN_MAX). */
-#define SL_SPIN_MAX 1e-3
+/* A Ring waiter's spin grows to at most this. Not the Queue's 1 ms: a ring's
+ * waiters are often several per process and per frame (a bridge's threads, a
+ * ping and its echo), and on 2 cores spins of up to 1 ms for hand-offs ~600 µs
+ * apart took the cores the peers needed (bridge round trip 740-860 µs against
+ * 583 µs with the 20 µs spin; 588 µs with this cap), while 250 µs still
+ * covers a 1 MiB frame's hand-off (~60-90 µs apart). */
+#define SL_SPIN_MAX 250e-6
 /* A gap this long between two looks of a spin: this thread was descheduled. */
 #define SL_PREEMPTED 50e-6
 
@@ -1070,6 +1075,29 @@ rg_ready(RingObject *self)
     return view_ready(&self->v);
 }
 
+/* The ring's spin: up to SL_SPIN holding the GIL (a quick hand-off pays
+ * nothing more), then, for an adaptive budget past it, without the GIL, so
+ * that the process's other threads run meanwhile -- one of them may be the
+ * thread that will publish or free room (a bridge, asyncio's watchers): a
+ * spinner holding the GIL for its whole budget would stall them and lengthen the
+ * very wait it spins for. 1 moved, 0 not, -1 descheduled (see sl_spin), -2
+ * the handle was closed meanwhile (exception set). */
+static int
+rg_spin(RingObject *self, const char *word, int is32, uint64_t val, double budget)
+{
+    double first = budget < SL_SPIN ? budget : SL_SPIN;
+    int r = sl_spin(word, is32, val, first);
+    if (r != 0 || budget <= first) {
+        return r;
+    }
+    self->v.inflight++; /* the mapping stays while the GIL is released */
+    Py_BEGIN_ALLOW_THREADS
+    r = sl_spin(word, is32, val, budget - first);
+    Py_END_ALLOW_THREADS
+    shm_view_leave(&self->v);
+    return view_ready(&self->v) ? -2 : r;
+}
+
 static int
 Ring_init(RingObject *self, PyObject *args, PyObject *kwds)
 {
@@ -1439,7 +1467,10 @@ rg_wait_progress(RingObject *self, uint32_t seen, double seconds, int adaptive)
     const char *w = RG_AT(self, RG_PROGRESS);
     double start = shm_monotonic();
     double budget = adaptive ? self->spin.budget : SL_SPIN;
-    int r = sl_spin(w, 1, seen, budget < seconds ? budget : seconds);
+    int r = rg_spin(self, w, 1, seen, budget < seconds ? budget : seconds);
+    if (r == -2) {
+        return -1;
+    }
     if (r > 0) {
         return 0;
     }
@@ -1805,7 +1836,10 @@ Ring_wait(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
     int r = 0;
     if (spin) {
         double budget = spin == RG_SPIN_ADAPTIVE ? self->spin.budget : SL_SPIN;
-        r = sl_spin(pub, 0, n, budget < seconds ? budget : seconds);
+        r = rg_spin(self, pub, 0, n, budget < seconds ? budget : seconds);
+        if (r == -2) {
+            return NULL;
+        }
         if (r > 0) {
             Py_RETURN_TRUE;
         }
