@@ -35,7 +35,8 @@ run() { echo "== $*"; "$@" || status=1; }
 run python -m pytest -q -p no:cacheprovider -o addopts="" -m "not slow" \
     tests/test_core.py tests/test_sync.py tests/test_queue.py tests/test_queue_crash.py \
     tests/property/test_queue_model.py tests/test_latest.py tests/test_broadcast.py \
-    tests/test_broadcast_crash.py tests/test_queue_native.py tests/test_seqlock.py \
+    tests/test_broadcast_crash.py tests/test_broadcast_waits.py tests/test_broadcast_lifecycle.py \
+    tests/test_queue_native.py tests/test_seqlock.py \
     tests/test_overwritten_mid_copy.py tests/test_queue_corruption.py \
     tests/test_mapping.py tests/test_mapping_crash.py tests/property/test_dict_model.py \
     tests/test_queue_tasks.py tests/test_queue_codec.py \
