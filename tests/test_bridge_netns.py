@@ -298,7 +298,7 @@ def test_curve_across_two_hosts_hides_the_data_on_the_wire(
         world.start("b", ["queue"], flags["b"])
         if curve:
             stranger_name = f"{world.name}.s.jobs"
-            world.made.append(stranger_name)
+            world.made += [stranger_name, f"bridge.{world.name}.s"]  # killed: its status stays
             argv = [sys.executable, "-m", "shmkit", "bridge", "--name", f"{world.name}.s"]
             argv += [
                 "--connect",

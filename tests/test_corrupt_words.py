@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import struct
 from contextlib import closing
+from typing import Any
 
 import pytest
 
@@ -137,3 +138,36 @@ def test_an_object_of_another_abi_is_refused(name: str, what: str, flip: object,
         assert info.value.found == other and info.value.expected == _layout.ABI
     finally:
         Segment.remove(name)
+
+
+def test_an_object_of_another_abi_is_listed_incompatible_and_gc_leaves_it(name: str) -> None:
+    """A live object made by a process of another ABI (a 32-bit or emulated one, musl
+    beside glibc) is not 'corrupt': ls says 'incompatible' and gc never removes it
+    (found when arm64 processes under qemu-user shared /dev/shm with x86-64 ones)."""
+    from shmkit import Latest, _layout
+
+    Latest.create(name, size=64).close()
+    try:
+        poke(name, 14, struct.pack("<H", _layout.ABI ^ 0x0006))
+        entry = registry.find(name)
+        assert entry is not None
+        assert entry.state == "incompatible" and "ABI" in entry.error
+        assert entry.creator == "alive" and not entry.abandoned
+        assert all(e.name != name for e in registry.gc(act=False, grace=0))
+        assert all(e.name != name for e in registry.gc(act=False, grace=0, force=True))
+        assert registry.find(name) is not None
+    finally:
+        Segment.remove(name)
+
+
+def test_a_params_layout_of_another_version_is_incompatible_not_corrupt() -> None:
+    """Every kind refuses another params version with IncompatibleLayout (a LayoutError)."""
+    from shmkit._shm import broadcast_ring, dict_table, latest_slot
+
+    modules: tuple[Any, ...] = (broadcast_ring, latest_slot, dict_table)
+    for module in modules:
+        bad = struct.pack("<I", module.PARAMS_VERSION + 1) + bytes(module.PARAMS.size - 4)
+        with pytest.raises(shmkit.IncompatibleLayout) as info:
+            module.parse_params(bad, 1 << 20)
+        assert info.value.found == module.PARAMS_VERSION + 1
+        assert info.value.expected == module.PARAMS_VERSION

@@ -48,7 +48,7 @@ from . import _dtype, _mutex, _process, _wait
 from ._dtype import ArrayMeta
 from ._handle import Handle, built_or_removed
 from ._layout import Kind, align
-from .errors import Closed, LayoutError, LockTimeout, PermissionDenied
+from .errors import Closed, IncompatibleLayout, LayoutError, LockTimeout, PermissionDenied
 from .segment import Segment, open_or_create
 
 if TYPE_CHECKING:
@@ -100,7 +100,11 @@ def parse_params(params: bytes, body_size: int, what: str = "array") -> ArrayMet
         raise LayoutError(f"{what}: params are truncated")
     version, reserved = _PARAMS.unpack_from(params, 0)
     if version != PARAMS_VERSION or reserved:
-        raise LayoutError(f"{what}: array params version {version} is not {PARAMS_VERSION}")
+        raise IncompatibleLayout(
+            f"{what}: array params version {version} is not {PARAMS_VERSION}",
+            version,
+            PARAMS_VERSION,
+        )
     meta, used = _dtype.parse_meta(params[_PARAMS.size :], what)
     if _PARAMS.size + used != len(params):
         raise LayoutError(f"{what}: {len(params) - _PARAMS.size - used} stray bytes in params")

@@ -23,7 +23,14 @@ from . import _layout, _mutex, _names, _platform, _process
 from ._layout import Kind
 from ._shm import dict_gens
 from ._sysobj import unlink_all, unlink_shm
-from .errors import LayoutError, NotFound, NotReady, PermissionDenied, ShmkitError
+from .errors import (
+    IncompatibleLayout,
+    LayoutError,
+    NotFound,
+    NotReady,
+    PermissionDenied,
+    ShmkitError,
+)
 from .segment import Segment
 
 __all__ = ["Entry", "describe", "discover", "find", "gc", "remove"]
@@ -47,7 +54,7 @@ class Entry:
     name: str
     sysname: str
     kind: str
-    state: str  # ready | init | corrupt | foreign | orphan-semaphore
+    state: str  # ready | init | corrupt | incompatible | foreign | orphan-semaphore
     size: int = 0
     mode: int = 0
     uid: int = -1
@@ -132,6 +139,14 @@ def _inspect(sysname: str, sem_files: set[str], *, with_stats: bool) -> Entry:
         entry.state, entry.error = "init", str(exc)
         entry.creator_pid, entry.creator = _raw_creator(path)
         return entry
+    except IncompatibleLayout as exc:
+        # Made by another ABI (a 32-bit or emulated process, musl beside glibc)
+        # or another layout version: possibly in use by programs that read it,
+        # so never "corrupt" (which gc removes); gc --force may take it once
+        # its creator is gone.
+        entry.state, entry.error = "incompatible", str(exc)
+        entry.creator_pid, entry.creator = _raw_creator(path)
+        return entry
     except (LayoutError, ShmkitError, OSError) as exc:
         entry.error = str(exc)
         return entry
@@ -157,7 +172,8 @@ def _inspect(sysname: str, sem_files: set[str], *, with_stats: bool) -> Entry:
 
 
 def _raw_creator(path: str) -> tuple[int, str]:
-    """Creator pid and liveness from the raw bytes of a segment still initialising."""
+    """Creator pid and liveness from the raw header bytes (an object still initialising,
+    or one this shmkit cannot parse: another ABI or layout version)."""
     try:
         with open(path, "rb") as f:
             raw = f.read(_layout.HEADER_SIZE)

@@ -93,7 +93,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from .._layout import MAX_BODY, align
-from ..errors import LayoutError
+from ..errors import IncompatibleLayout, LayoutError
 
 PARAMS: Final = struct.Struct("<IIQQQIIQ16sQ")
 PARAMS_VERSION: Final = 2
@@ -223,7 +223,11 @@ def parse_params(params: bytes, body_size: int, what: str = "dict") -> DictParam
         params
     )
     if version != PARAMS_VERSION:
-        raise LayoutError(f"{what}: dict params version {version} is not {PARAMS_VERSION}")
+        raise IncompatibleLayout(
+            f"{what}: dict params version {version} is not {PARAMS_VERSION}",
+            version,
+            PARAMS_VERSION,
+        )
     if flags & ~GROW:
         raise LayoutError(f"{what}: unknown flags {flags:#x}")
     if not 1 <= capacity <= MAX_CAPACITY or nslots != slots_for(capacity):

@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any, Final
 from .. import _dtype
 from .._dtype import ArrayMeta
 from .._layout import MAX_BODY, align
-from ..errors import LayoutError
+from ..errors import IncompatibleLayout, LayoutError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -132,7 +132,11 @@ def parse_params(params: bytes, body_size: int, what: str = "latest") -> LatestP
         raise LayoutError(f"{what}: params are truncated")
     version, flags, nslots, nwriters, size = PARAMS.unpack_from(params, 0)
     if version != PARAMS_VERSION:
-        raise LayoutError(f"{what}: latest params version {version} is not {PARAMS_VERSION}")
+        raise IncompatibleLayout(
+            f"{what}: latest params version {version} is not {PARAMS_VERSION}",
+            version,
+            PARAMS_VERSION,
+        )
     if flags & ~(F_CHECKSUM | F_ARRAY):
         raise LayoutError(f"{what}: unknown flags {flags:#x}")
     if not MIN_SLOTS <= nslots <= MAX_SLOTS or nwriters != WRITERS:
