@@ -52,6 +52,24 @@ def bridges(name: str) -> Iterator[list[Bridge]]:
                 pass
 
 
+def test_packed_batches_round_trip_and_refuse_what_does_not_add_up() -> None:
+    """PACKED: one frame per batch of small messages; a bad frame is a ValueError."""
+    for batch in ([b"a"], [b"", b"x" * 7, b""], [bytes([i % 256]) * (i % 70) for i in range(300)]):
+        frame = memoryview(P.pack(batch))
+        assert [bytes(m) for m in P.unpack_batch(frame, len(batch))] == batch
+    good = memoryview(P.pack([b"abc", b"de"]))
+    for count, frame in (
+        (0, good),  # no messages
+        (3, good),  # more lengths than were packed
+        (1, good),  # fewer: the bodies do not add up
+        (2**31, good),  # a count no frame can hold
+        (2, good[:-1]),  # truncated
+        (2, memoryview(bytes(good) + b"!")),  # trailing bytes
+    ):
+        with pytest.raises(ValueError):
+            P.unpack_batch(frame, count)
+
+
 def test_specs() -> None:
     assert parse_spec("broadcast:frames", export=True) == P.Spec("broadcast", "frames", "frames")
     exp = parse_spec("queue:jobs=net.jobs", export=True)

@@ -127,10 +127,18 @@ class Export(threading.Thread):
         """An importer went silent for good (a Queue export counts what it loses)."""
 
     def send(self, ident: bytes, a: int, payloads: list[Any]) -> None:
-        """Send messages a, a+1, ... (consecutive numbers) to one importer as one batch."""
+        """Send messages a, a+1, ... (consecutive numbers) to one importer as one batch.
+
+        Small messages go in one PACKED frame, bigger ones a frame each (DATA).
+        """
         assert self._pipe is not None
-        hdr = P.header(P.DATA, self.spec.code, a, 0, self.session)
-        if self._pipe.send([ident, hdr, self.spec.key.encode(), *payloads], block=True):
+        if len(payloads) > 1 and max(map(len, payloads)) <= P.PACK_MAX:
+            hdr = P.header(P.PACKED, self.spec.code, a, len(payloads), self.session)
+            frames = [ident, hdr, self.spec.key.encode(), P.pack(payloads)]
+        else:
+            hdr = P.header(P.DATA, self.spec.code, a, 0, self.session)
+            frames = [ident, hdr, self.spec.key.encode(), *payloads]
+        if self._pipe.send(frames, block=True):
             self.msgs += len(payloads)
             self.bytes += sum(len(p) for p in payloads)
         else:

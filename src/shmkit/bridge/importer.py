@@ -134,7 +134,7 @@ class Import(threading.Thread):
         if len(frames) < 3:
             return
         try:
-            op, kind, a, _b, session = P.unpack(frames[0])
+            op, kind, a, b, session = P.unpack(frames[0])
         except ValueError:
             return
         if kind != self.spec.code or bytes(frames[1]) != self.spec.key.encode():
@@ -173,9 +173,15 @@ class Import(threading.Thread):
                     self.stop_event.wait(1.0)
                     return
                 self.params = params
-        elif op == P.DATA and self.params is not None:
+        elif op in (P.DATA, P.PACKED) and self.params is not None:
             self.last_data = peer.last_rx
-            for i, payload in enumerate(frames[2:]):  # a batch: numbers a, a+1, ...
+            if op == P.DATA:
+                batch = frames[2:]
+            elif len(frames) == 3:
+                batch = P.unpack_batch(frames[2], b)  # ValueError: counted as bad
+            else:
+                raise ValueError(f"a packed batch in {len(frames) - 2} frames")
+            for i, payload in enumerate(batch):  # a batch: numbers a, a+1, ...
                 if not self.on_data(a + i, payload):
                     break
 

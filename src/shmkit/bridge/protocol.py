@@ -9,8 +9,15 @@ Every message is a ZeroMQ multipart message of three frames::
     op        direction            a                 b            session      payload
     SUB       importer->exporter   applied (queue)   window       exporter's   -
     DESC      exporter->importer   -                 -            exporter's   JSON params
-    DATA      exporter->importer   seq/version/id    -            exporter's   the message
+    DATA      exporter->importer   seq/version/id    -            exporter's   the message(s)
+    PACKED    exporter->importer   first seq/id      count        exporter's   packed messages
     NOEXPORT  exporter->importer   -                 -            exporter's   reason
+
+DATA carries one message per payload frame (a batch of consecutive numbers
+has several frames: a big frame goes out without a copy). PACKED carries a
+batch of small messages in one frame: ``count`` u32 lengths, then the
+messages back to back; one frame per batch instead of one per message is
+what lets small messages cross at the engine's per-frame rate.
 
 SUB is the importer's request, heartbeat, and for a Queue its
 acknowledgement and credit all at once; it is re-sent every
@@ -28,7 +35,7 @@ from typing import Final
 
 from .._names import validate
 
-__all__ = ["HEADER", "KINDS", "Spec", "parse_spec"]
+__all__ = ["HEADER", "KINDS", "Spec", "pack", "parse_spec", "unpack_batch"]
 
 HEADER: Final = struct.Struct("<BB6xQQ16s")
 
@@ -36,6 +43,9 @@ SUB: Final = 1
 DESC: Final = 2
 DATA: Final = 3
 NOEXPORT: Final = 4
+PACKED: Final = 5
+#: a batch whose messages are all at most this big goes out PACKED
+PACK_MAX: Final = 4096
 
 BROADCAST: Final = 1
 QUEUE: Final = 2
@@ -95,3 +105,23 @@ def unpack(frame: memoryview) -> tuple[int, int, int, int, bytes]:
         raise ValueError(f"bad header frame of {len(frame)} bytes")
     op, kind, a, b, session = HEADER.unpack(frame)
     return int(op), int(kind), int(a), int(b), bytes(session)
+
+
+def pack(payloads: list[bytes]) -> bytes:
+    """One PACKED frame: the u32 lengths, then the messages back to back."""
+    return struct.pack(f"<{len(payloads)}I", *map(len, payloads)) + b"".join(payloads)
+
+
+def unpack_batch(frame: memoryview, count: int) -> list[memoryview]:
+    """The messages of a PACKED frame; ValueError if its lengths do not add up."""
+    if count < 1 or 4 * count > len(frame):
+        raise ValueError(f"a packed batch of {count} message(s) in {len(frame)} bytes")
+    lengths = struct.unpack_from(f"<{count}I", frame)
+    off = 4 * count
+    if off + sum(lengths) != len(frame):
+        raise ValueError(f"packed lengths add up to {sum(lengths)}, not {len(frame) - off}")
+    out = []
+    for n in lengths:
+        out.append(frame[off : off + n])
+        off += n
+    return out
