@@ -487,7 +487,9 @@ def run_fault(world: World, fault: Any) -> tuple[Traffic, list[int], list[int], 
     """
     kinds = ["broadcast", "queue"]
     pub = shmkit.publisher(world.a("frames"), 64, 512)
-    q = Queue.create(world.a("jobs"), 1 << 16)
+    # ~250 jobs/s and nobody takes them on host a while the link is down: room for
+    # an 8 s outage (2,000 jobs; 64 KiB held ~800, and the producer got Full)
+    q = Queue.create(world.a("jobs"), 1 << 20)
     try:
         world.start("a", kinds)
         world.start("b", kinds)
