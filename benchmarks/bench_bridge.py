@@ -251,6 +251,9 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--queue-messages", type=int, default=20000)
+    ap.add_argument(
+        "--window", type=int, default=64, help="the importing bridge's queue credit (--window)"
+    )
     args = ap.parse_args(argv)
     why = netns.unavailable()
     if why is not None:
@@ -276,7 +279,7 @@ def main(argv: list[str]) -> int:
         ex_a += [f"--export=queue:{a}.jobs=jobs", f"--export=broadcast:{a}.ping=ping"]
         im_b = [f"--import=broadcast:f{k}={b}.f{k}" for k in SIZES]
         im_b += [f"--import=queue:jobs={b}.jobs", f"--import=broadcast:ping={b}.ping"]
-        bridge = [PY, "-m", "shmkit", "bridge", "--log-every", "3600"]
+        bridge = [PY, "-m", "shmkit", "bridge", "--log-every", "3600", "--window", str(args.window)]
         log = open(os.devnull, "wb")  # noqa: SIM115 - the children own it
         hosts.run(
             "a",
