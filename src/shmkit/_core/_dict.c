@@ -782,7 +782,7 @@ dk_lock(DictObject *self, double wait)
     pthread_mutex_t *m = (pthread_mutex_t *)RT(self, 0);
     int got = shm_mutex_trylock(m);
     if (got == SHM_BUSY) {
-        got = shm_mutex_spin(m, 64);
+        got = shm_mutex_spin(m, 64, 16);
     }
     if (got == SHM_BUSY && wait > 0) {
         self->r.inflight++;

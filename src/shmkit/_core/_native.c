@@ -589,7 +589,7 @@ own_acquire(own_t *o, shm_view *v, double timeout, int spins)
         return got;
     }
     if (o->m != NULL && spins > 0) {
-        got = shm_mutex_spin(o->m, spins);
+        got = shm_mutex_spin(o->m, spins, 16);
         if (got != SHM_BUSY) {
             return got;
         }

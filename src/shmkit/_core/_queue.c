@@ -95,9 +95,6 @@ static shm_errors E;
  * between; about 10-30 µs in all, longer than any fast critical section). */
 #define LOCK_TRIES 128
 #define LOCK_PAUSES 4
-/* A gap this long between two polls means we were descheduled: the machine
- * has fewer free cores than runnable threads, so stop spinning. */
-#define PREEMPTED 50e-6
 
 typedef struct {
     PyObject_HEAD
@@ -206,19 +203,10 @@ ring_ready(RingObject *self)
 }
 
 /* trylock with a bounded spin: OK, OWNER_DIED (held, consistent), BUSY, -errno. */
-static int
+static inline int
 lock_fast(pthread_mutex_t *m)
 {
-    for (int i = 0; i < LOCK_TRIES; i++) {
-        int got = shm_mutex_trylock(m);
-        if (got != SHM_BUSY) {
-            return got;
-        }
-        for (int k = 0; k < LOCK_PAUSES; k++) {
-            SHM_PAUSE();
-        }
-    }
-    return SHM_BUSY;
+    return shm_mutex_spin(m, LOCK_TRIES, LOCK_PAUSES);
 }
 
 /* The check word of a record at stream position pos (low 32 bits). */
@@ -800,32 +788,39 @@ ready(RingObject *self, int putter, uint64_t need)
  * wake-up waits behind other runnable threads on a loaded machine. */
 #define LARGE_SPIN 2e-3
 
+/* What poll_loop waits for, and how long a large copy in flight keeps it. */
+typedef struct {
+    RingObject *self;
+    int putter;
+    uint64_t need;
+    double large_end;
+    uint64_t copying;
+} poll_arg;
+
+static int
+poll_ready(void *arg)
+{
+    poll_arg *p = arg;
+    return ready(p->self, p->putter, p->need);
+}
+
+static int
+poll_linger(void *arg, double now)
+{
+    poll_arg *p = arg;
+    /* relaxed: a hint (the copier's bit, set and cleared under the locks) */
+    return now < p->large_end && (shm_relaxed64(W(p->self, Q_STATE)) & p->copying);
+}
+
 /* Spin without any lock until ready: 1 ready | 0 not within seconds | -1 preempted.
  * Past `seconds`, keeps spinning (up to LARGE_SPIN, never past `most`) while
  * a large message the caller waits for is being copied. */
 static int
 poll_loop(RingObject *self, int putter, uint64_t need, double seconds, double most)
 {
-    double last = shm_monotonic(), end = last + seconds;
-    double large_end = last + (most < LARGE_SPIN ? most : LARGE_SPIN);
-    uint64_t copying = putter ? ST_CLAIMED : ST_RESERVED;
-    for (;;) {
-        for (int k = 0; k < 32; k++) {
-            if (ready(self, putter, need)) {
-                return 1;
-            }
-            SHM_PAUSE();
-        }
-        double now = shm_monotonic();
-        if (now - last > PREEMPTED) {
-            return ready(self, putter, need) ? 1 : -1;
-        }
-        /* relaxed: a hint (the copier's bit, set and cleared under the locks) */
-        if (now >= end && (now >= large_end || !(shm_relaxed64(W(self, Q_STATE)) & copying))) {
-            return 0;
-        }
-        last = now;
-    }
+    poll_arg p = {self, putter, need, shm_monotonic() + (most < LARGE_SPIN ? most : LARGE_SPIN),
+                  putter ? ST_CLAIMED : ST_RESERVED};
+    return shm_spin(poll_ready, poll_linger, &p, seconds);
 }
 
 /* poll(putter, need, seconds) -> 1 ready | 0 not within seconds | -1 preempted.

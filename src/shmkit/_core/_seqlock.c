@@ -62,8 +62,6 @@ static PyObject *MessageTooLarge;
  * 583 µs with the 20 µs spin; 588 µs with this cap), while 250 µs still
  * covers a 1 MiB frame's hand-off (~60-90 µs apart). */
 #define SL_SPIN_MAX 250e-6
-/* A gap this long between two looks of a spin: this thread was descheduled. */
-#define SL_PREEMPTED 50e-6
 
 #define SL_SEQ 0
 #define SL_LEN 8
@@ -131,30 +129,27 @@ sl_moved(const char *word, int is32, uint64_t val)
                 : shm_load64(word) > val;
 }
 
-/* Spin up to `secs` for the word to move, a pause between looks: 1 moved,
- * 0 not within secs, -1 a gap between two looks showed this thread was
- * descheduled (fewer free cores than runnable threads: spinning would only
- * take the peer's core, so the caller sleeps instead). */
+/* A word to watch: sl_moved's arguments for shm_spin. */
+typedef struct {
+    const char *word;
+    int is32;
+    uint64_t val;
+} sl_watch;
+
+static int
+sl_watch_moved(void *arg)
+{
+    sl_watch *w = arg;
+    return sl_moved(w->word, w->is32, w->val);
+}
+
+/* Spin up to `secs` for the word to move (shm_spin): 1 moved, 0 not within
+ * secs, -1 this thread was descheduled (the caller sleeps instead). */
 static int
 sl_spin(const char *word, int is32, uint64_t val, double secs)
 {
-    double last = shm_monotonic(), end = last + secs;
-    for (;;) {
-        for (int k = 0; k < 64; k++) {
-            if (sl_moved(word, is32, val)) {
-                return 1;
-            }
-            SHM_PAUSE();
-        }
-        double now = shm_monotonic();
-        if (now - last > SL_PREEMPTED) {
-            return sl_moved(word, is32, val) ? 1 : -1;
-        }
-        if (now >= end) {
-            return 0;
-        }
-        last = now;
-    }
+    sl_watch w = {word, is32, val};
+    return shm_spin(sl_watch_moved, NULL, &w, secs);
 }
 
 /* A waiter's adaptive spin budget (seconds). */
@@ -591,7 +586,7 @@ Latest_set(LatestObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
     pthread_mutex_t *m = (pthread_mutex_t *)LT_AT(self, 0);
     int got = shm_mutex_trylock(m);
     if (got == SHM_BUSY) {
-        got = shm_mutex_spin(m, 64);
+        got = shm_mutex_spin(m, 64, 16);
     }
     if (got == SHM_BUSY) {
         PyBuffer_Release(&src);
@@ -893,12 +888,8 @@ Latest_wait(LatestObject *self, PyObject *const *args, Py_ssize_t nargs)
     char *ver = LT_AT(self, LT_VERSION);
     uint64_t cur = shm_load64(ver);
     if (spin && cur <= want) {
-        double end = shm_monotonic() + SL_SPIN;
-        do {
-            for (int k = 0; k < 64 && (cur = shm_load64(ver)) <= want; k++) {
-                SHM_PAUSE();
-            }
-        } while (cur <= want && shm_monotonic() < end);
+        sl_spin(ver, 0, want, SL_SPIN);
+        cur = shm_load64(ver);
     }
     if (cur > want) {
         return PyLong_FromUnsignedLongLong(cur);

@@ -387,16 +387,50 @@ shm_mutex_timedlock(pthread_mutex_t *m, double seconds)
     return shm_mutex_after(m, rc);
 }
 
-/* Spin on trylock for up to `spins` pause-loops; OK/OWNER_DIED/BUSY/-errno. */
+/* ------------------------------------------------------------------ spin */
+
+/* A gap this long between two looks of a spin: the spinner was descheduled.
+ * The machine has fewer free cores than runnable threads, so spinning on
+ * would only take the core the peer needs. */
+#define SHM_PREEMPTED 50e-6
+
+/* Spin with a pause between looks until ready(arg): 1 ready; 0 once `secs`
+ * have passed and linger(arg, now) (NULL: never) gives no reason to go on;
+ * -1 when a gap between two looks showed this thread was descheduled (one
+ * last look decides). Every bounded spin of the core waits this way. */
 static inline int
-shm_mutex_spin(pthread_mutex_t *m, int spins)
+shm_spin(int (*ready)(void *), int (*linger)(void *, double), void *arg, double secs)
 {
-    for (int i = 0; i < spins; i++) {
+    double last = shm_monotonic(), end = last + secs;
+    for (;;) {
+        for (int k = 0; k < 32; k++) {
+            if (ready(arg)) {
+                return 1;
+            }
+            SHM_PAUSE();
+        }
+        double now = shm_monotonic();
+        if (now - last > SHM_PREEMPTED) {
+            return ready(arg) ? 1 : -1;
+        }
+        if (now >= end && (linger == NULL || !linger(arg, now))) {
+            return 0;
+        }
+        last = now;
+    }
+}
+
+/* Try the lock up to `tries` times, `pauses` pause instructions apart;
+ * OK/OWNER_DIED/BUSY/-errno. */
+static inline int
+shm_mutex_spin(pthread_mutex_t *m, int tries, int pauses)
+{
+    for (int i = 0; i < tries; i++) {
         int got = shm_mutex_trylock(m);
         if (got != SHM_BUSY) {
             return got;
         }
-        for (int k = 0; k < 16; k++) {
+        for (int k = 0; k < pauses; k++) {
             SHM_PAUSE();
         }
     }
