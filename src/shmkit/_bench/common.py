@@ -92,24 +92,40 @@ def workloads(parser: _Parser, text: str, valid: Iterable[str]) -> list[str]:
     return chosen
 
 
+def _faster(ours: float, theirs: float, name: str, digits: int) -> str:
+    """``ours`` and ``theirs`` are speeds (bigger is better)."""
+    if ours <= 0 or theirs <= 0:
+        return f"not comparable with {name}"
+    ratio = ours / theirs
+    if ratio >= 1:
+        return f"{ratio:.{digits}f}x faster than {name}"
+    return f"{1 / ratio:.{digits}f}x slower than {name}"
+
+
 def versus(ours: Result, theirs: Result) -> str:
     """``"2.3x faster than X"`` or ``"1.7x slower than X"``, comparing medians (time per op)."""
     if ours.median_us <= 0 or theirs.median_us <= 0:
         return f"not comparable with {theirs.name}"
-    ratio = theirs.median_us / ours.median_us
-    if ratio >= 1:
-        return f"{ratio:.1f}x faster than {theirs.name}"
-    return f"{1 / ratio:.1f}x slower than {theirs.name}"
+    return _faster(1 / ours.median_us, 1 / theirs.median_us, theirs.name, 1)
 
 
 def versus_rate(ours: Result, theirs: Result) -> str:
     """As :func:`versus`, comparing rates (frames/s of the slowest reader)."""
-    if ours.rate <= 0 or theirs.rate <= 0:
-        return f"not comparable with {theirs.name}"
-    ratio = ours.rate / theirs.rate
-    if ratio >= 1:
-        return f"{ratio:.2f}x faster than {theirs.name}"
-    return f"{1 / ratio:.2f}x slower than {theirs.name}"
+    return _faster(ours.rate, theirs.rate, theirs.name, 2)
+
+
+def take_spinning(sem: Any, spin: float, timeout: float | None) -> None:
+    """The posix_ipc tutorial's wait: ``acquire(0)`` for ``spin`` seconds, then block."""
+    import posix_ipc  # noqa: PLC0415 - only the tutorial peers need it
+
+    end = time.perf_counter() + spin
+    while time.perf_counter() < end:
+        try:
+            sem.acquire(0)
+            return
+        except posix_ipc.BusyError:
+            pass
+    sem.acquire(timeout)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -24,6 +24,7 @@ from ..broadcast import Broadcast, subscribe
 from ..errors import Overrun, PeerDied
 from ..segment import Segment
 from ..testing import unique_name
+from .common import take_spinning
 
 try:
     import zmq
@@ -476,17 +477,6 @@ class TutorialPeer(Peer):
                     posix_ipc.unlink_semaphore(f"{name}-{kind}{r}")
 
 
-def _take(sem: posix_ipc.Semaphore, spin: float = 50e-6) -> None:
-    end = time.perf_counter() + spin
-    while time.perf_counter() < end:
-        try:
-            sem.acquire(0)
-            return
-        except posix_ipc.BusyError:
-            pass
-    sem.acquire(30)
-
-
 def _mapping(name: str) -> Any:
     import mmap  # noqa: PLC0415 - tutorial peer only
 
@@ -505,7 +495,7 @@ class _TutorialWriter(Writer):
 
     def send(self, frame: np.ndarray[Any, Any], i: int) -> None:
         for sem in self.empty:
-            _take(sem)
+            take_spinning(sem, 50e-6, 30)
         self.mm.seek(0)
         self.mm.write(frame)  # the tutorial's mapfile.write
         for sem in self.full:
@@ -524,7 +514,7 @@ class _TutorialReader(Reader):
         self.full = posix_ipc.Semaphore(f"{name}-f{index}")
 
     def recv(self) -> int | None:
-        _take(self.full)
+        take_spinning(self.full, 50e-6, 30)
         self.mm.seek(0)
         data = self.mm.read(self.size)  # the tutorial's mapfile.read: a copy
         self.empty.release()

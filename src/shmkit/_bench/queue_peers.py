@@ -40,6 +40,7 @@ except ImportError:  # pragma: no cover
 
 from ..queue import Queue
 from ..segment import Segment
+from .common import take_spinning
 
 SMALL = 64
 LARGE = 1 << 20
@@ -325,15 +326,7 @@ class _Slot:
         self.spin = spin
 
     def _take(self, sem: posix_ipc.Semaphore) -> None:
-        if self.spin:
-            end = time.perf_counter() + self.spin
-            while time.perf_counter() < end:
-                try:
-                    sem.acquire(0)
-                    return
-                except posix_ipc.BusyError:
-                    pass
-        sem.acquire()
+        take_spinning(sem, self.spin, None)
 
     def send(self, data: bytes) -> None:
         self._take(self.empty)
