@@ -254,7 +254,8 @@ class Subscriber(Handle):
         if end is not None and time.monotonic() >= end:
             return False
         ring, ctl = self._ring, self._bc._ctl
-        spin = 2 if adaptive else 1  # ring.wait: 2 adaptive, 1 a fixed 20 µs, 0 none; first slice only
+        # ring.wait's spin: 2 adaptive, 1 a fixed 20 µs, 0 none (the first slice only)
+        spin = 2 if adaptive else 1
         checked = False
         while True:
             if not checked or self._closed:
