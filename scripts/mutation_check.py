@@ -457,6 +457,14 @@ CATALOGUE: tuple[Mutation, ...] = (
         "        return NULL; /* a bad timeout is refused before anything is read */",
         TIMEOUTS,
     ),
+    Mutation(
+        "bridge-send-keeps-wakeup",
+        "an export thread's send takes the listening socket's edge and does not pass it on",
+        "src/shmkit/bridge/engine.py",
+        "        if self.raw.getsockopt(zmq.EVENTS) & zmq.POLLIN:\n            try:",
+        "        if False:\n            try:",
+        ("tests/test_bridge.py::test_a_send_that_takes_the_listeners_wakeup_passes_it_on",),
+    ),
 )
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ zmq = pytest.importorskip("zmq", reason="the bridge needs pyzmq (pip install 'sh
 
 from shmkit.bridge import Bridge, Curve, make_keys, parse_spec, read_status  # noqa: E402
 from shmkit.bridge import protocol as P  # noqa: E402
+from shmkit.bridge.engine import Engine  # noqa: E402
 
 
 def free_port() -> int:
@@ -416,3 +419,50 @@ def test_two_exporters_of_one_key_the_importer_takes_from_one_only(
     finally:
         for q in queues:
             q.close()
+
+
+def test_a_send_that_takes_the_listeners_wakeup_passes_it_on() -> None:
+    """A request is heard at once even when an export thread's send swallowed its signal.
+
+    The listening socket is shared: export threads send on it while its owner
+    sleeps in poll(2) on the socket's edge-triggered descriptor. A send
+    processes the socket's pending commands, so it can take the edge that
+    announced a request; the sender must then wake the owner itself. Here the
+    send lands exactly in that window: after the owner found nothing, before
+    it sleeps.
+    """
+    engine = Engine()
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    server = engine.listener(addr)
+    client = engine.dialer(addr, b"client-1")
+    real_poll = server._poll
+    try:
+        client.send([b"hello", b"", b""], block=True)  # the server learns our routing id
+        assert server.wait(5.0)
+        assert server.recv() is not None
+        assert server.recv() is None
+
+        class SendFirst:
+            """poll(2), but first a request arrives and another thread sends."""
+
+            def poll(self, ms: int) -> list[tuple[int, int]]:
+                client.send([b"request", b"", b""], block=True)
+                ready, _, _ = select.select([server._fd], [], [], 2.0)
+                assert ready, "the request never signalled the socket"
+                time.sleep(0.005)  # past ZeroMQ's command throttle: the send reads commands
+                sender = threading.Thread(target=server.send, args=([b"client-1", b"x"], 0.0))
+                sender.start()
+                sender.join(5.0)
+                return real_poll.poll(ms)
+
+        server._poll = SendFirst()  # type: ignore[assignment]
+        t = time.monotonic()
+        assert server.wait(3.0), "the listener slept through a waiting request"
+        assert time.monotonic() - t < 1.0
+        got = server.recv()
+        assert got is not None and bytes(got[1]) == b"request"
+    finally:
+        server._poll = real_poll
+        client.close()
+        server.close()
+        engine.close()

@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import MessageTooLarge, NotFound, ShmkitError
 from ..latest import Latest
 from . import protocol as P
-from .engine import Curve, Engine
+from .engine import Curve, Engine, SharedSocket
 from .exporter import Export, Listener, make_export
 from .importer import Import, make_import
 
@@ -66,19 +66,21 @@ class Bridge:
         self._log_every = log_every
         self._engine = Engine(curve)
         self._stop = threading.Event()
-        pipe = f"inproc://shmkit-bridge-{self.session.hex()}"
-        self.exports: list[Export] = [
-            make_export(s, self._engine, pipe, self.session) for s in exports
-        ]
+        self.exports: list[Export] = []
         self.listener: Listener | None = None
+        self._sock: SharedSocket | None = None
         try:
             if listen is not None:
-                self.listener = Listener(self._engine, listen, pipe, self.exports, self.session)
+                self._sock = sock = self._engine.listener(listen)
+                self.exports = [make_export(s, sock, self.session) for s in exports]
+                self.listener = Listener(sock, listen, self.exports, self.session)
             self.imports: list[Import] = [
                 make_import(s, self._engine, connect, self.session, window) for s in imports
             ]
             self._status = Latest.open_or_create(self.status_name, size=STATUS_SIZE)
         except BaseException:
+            if self._sock is not None:
+                self._sock.close()
             self._engine.close()
             raise
         self._status_thread = threading.Thread(target=self._status_loop, name="status", daemon=True)
@@ -114,6 +116,8 @@ class Bridge:
         if unlink_status:
             self._status.unlink()
         self._status.close()
+        if self._sock is not None:
+            self._sock.close()
         self._engine.close()
         log.info("bridge stopped")
 

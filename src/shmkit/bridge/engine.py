@@ -5,7 +5,10 @@ bridge speaks to it through :class:`Engine`, :class:`Socket` and
 :class:`Poller`, so another engine (Zenoh) could be put behind the same
 few calls. What it provides:
 
-- a *listener* (ROUTER) bound to one address the user named, and *dialers*
+- a *listener* (ROUTER) bound to one address the user named, which every
+  export thread sends on directly (:class:`SharedSocket`: ZeroMQ sockets are
+  not thread-safe, so each call takes a lock, and its owner waits on the
+  socket's file descriptor rather than in ``zmq_poll``), and *dialers*
   (DEALER, one per import and peer) with a stable routing id, so a peer
   that reconnects is recognised (``ROUTER_HANDOVER``);
 - ZMTP heartbeats (``HEARTBEAT_IVL``/``TIMEOUT``/``TTL``) so a dead link is
@@ -20,6 +23,9 @@ is missing (``pip install 'shmkit[bridge]'``).
 from __future__ import annotations
 
 import os
+import select
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -32,7 +38,16 @@ try:
 except ImportError:  # pragma: no cover - the bridge extra is not installed
     zmq = None  # type: ignore[assignment]
 
-__all__ = ["AVAILABLE", "Curve", "Engine", "Poller", "Socket", "make_keys", "require"]
+__all__ = [
+    "AVAILABLE",
+    "Curve",
+    "Engine",
+    "Poller",
+    "SharedSocket",
+    "Socket",
+    "make_keys",
+    "require",
+]
 
 AVAILABLE: Final = zmq is not None
 HEARTBEAT_IVL_MS: Final = 500
@@ -41,8 +56,8 @@ RECONNECT_IVL_MS: Final = 100
 RECONNECT_IVL_MAX_MS: Final = 1000
 #: messages queued per peer before the engine drops (ROUTER) or holds (DEALER) more
 HWM: Final = 1000
-#: how long a thread waits for room in its pipe to the listener before dropping
-PIPE_TIMEOUT_MS: Final = 200
+#: how long a sender waits for room in a peer's queue before counting a drop
+SEND_WAIT: Final = 0.2
 
 
 def require() -> None:
@@ -135,6 +150,104 @@ class Socket:
         self.raw.close(linger=0)
 
 
+class SharedSocket:
+    """The listening socket, sent on by every export thread and read by one owner thread.
+
+    ZeroMQ sockets are not thread-safe, so every call on it takes a lock.
+    The owner does not wait in ``zmq_poll`` (that would touch the socket
+    outside the lock): it waits with poll(2) on the socket's ``ZMQ_FD`` and
+    on a wake-up pipe. ``ZMQ_FD`` is edge-triggered and any call may consume
+    its edge, so after each send the sender looks at ``ZMQ_EVENTS`` and
+    rings the pipe if input is waiting. Sends go straight from the thread
+    that reads the local object to ZeroMQ's I/O thread: no hop through
+    another thread on the way out.
+    """
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self._lock = threading.Lock()
+        self._fd = raw.getsockopt(zmq.FD)
+        self._ring_r, self._ring_w = os.pipe()
+        os.set_blocking(self._ring_r, False)
+        os.set_blocking(self._ring_w, False)
+        self._poll = select.poll()
+        self._poll.register(self._fd, select.POLLIN)
+        self._poll.register(self._ring_r, select.POLLIN)
+
+    def send(self, frames: Sequence[Any], wait: float = SEND_WAIT) -> bool:
+        """Queue a multipart message for the peer named by ``frames[0]``.
+
+        Payload buffers of 64 KiB and more are not copied. Waits up to
+        ``wait`` seconds while that peer's queue is full; False if it stays
+        full or the peer is not connected (the caller counts a drop).
+        """
+        return self._send(frames, wait, False) is not None
+
+    def send_tracked(self, frames: Sequence[Any], wait: float = SEND_WAIT) -> Any:
+        """Like :meth:`send` but return a tracker (see :meth:`Socket.sent`), or None."""
+        return self._send(frames, wait, True)
+
+    def _send(self, frames: Sequence[Any], wait: float, track: bool) -> Any:
+        """The tracker (or True untracked) once queued; None if refused."""
+        pause, end = 0.0002, time.monotonic() + wait
+        while True:
+            with self._lock:
+                try:
+                    tracker = self.raw.send_multipart(
+                        frames, flags=zmq.NOBLOCK, copy=False, track=track
+                    )
+                    return tracker if track else True
+                except zmq.Again:
+                    pass  # the peer's queue is full: wait below, without the lock
+                except zmq.ZMQError as exc:
+                    if exc.errno != zmq.EHOSTUNREACH:
+                        raise
+                    return None  # not connected now: re-sent or counted by the protocol
+                finally:
+                    self._kick()
+            if time.monotonic() >= end:
+                return None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
+
+    def _kick(self) -> None:
+        # a send may have taken the FD's edge while input is waiting: tell the owner
+        if self.raw.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                os.write(self._ring_w, b"\0")
+            except BlockingIOError:
+                pass  # already rung
+
+    def wait(self, timeout: float) -> bool:
+        """(Owner only) True once a message is waiting, False after ``timeout`` seconds."""
+        with self._lock:
+            if self.raw.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return True
+        if not self._poll.poll(int(timeout * 1000)):
+            return False
+        try:
+            os.read(self._ring_r, 4096)
+        except BlockingIOError:
+            pass
+        with self._lock:
+            return bool(self.raw.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+
+    def recv(self) -> list[memoryview] | None:
+        """One multipart message if one is waiting, else None."""
+        with self._lock:
+            try:
+                frames = self.raw.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return None
+        return [f.buffer for f in frames]
+
+    def close(self) -> None:
+        with self._lock:
+            self.raw.close(linger=0)
+        os.close(self._ring_r)
+        os.close(self._ring_w)
+
+
 class Poller:
     """Wait for any of several sockets to have a message."""
 
@@ -178,11 +291,13 @@ class Engine:
         sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
 
-    def listener(self, address: str) -> Socket:
+    def listener(self, address: str) -> SharedSocket:
         """A ROUTER bound to ``address`` (the only way the bridge listens)."""
         sock = self._ctx.socket(zmq.ROUTER)
         self._common(sock)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # a full or unknown peer is an error the sender sees, never a silent drop
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         if self._keys is not None:
             assert self._curve is not None
             if self._curve.allow is not None and self._auth is None:
@@ -198,7 +313,7 @@ class Engine:
         except zmq.ZMQError as exc:
             sock.close(linger=0)
             raise ShmkitError(f"cannot listen on {address}: {exc}") from None
-        return Socket(sock)
+        return SharedSocket(sock)
 
     def dialer(self, address: str, identity: bytes) -> Socket:
         """A DEALER that dials ``address`` (and re-dials it after any drop)."""
@@ -220,23 +335,6 @@ class Engine:
         except zmq.ZMQError as exc:
             sock.close(linger=0)
             raise ShmkitError(f"cannot dial {address}: {exc}") from None
-        return Socket(sock)
-
-    def pipe_in(self, address: str) -> Socket:
-        """The receiving end of an in-process pipe (threads hand frames to the listener)."""
-        sock = self._ctx.socket(zmq.PULL)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVHWM, HWM)
-        sock.bind(address)
-        return Socket(sock)
-
-    def pipe_out(self, address: str) -> Socket:
-        """The sending end of an in-process pipe (one per thread)."""
-        sock = self._ctx.socket(zmq.PUSH)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, HWM)
-        sock.setsockopt(zmq.SNDTIMEO, PIPE_TIMEOUT_MS)
-        sock.connect(address)
         return Socket(sock)
 
     def close(self) -> None:

@@ -1,11 +1,11 @@
 """The exporting side: the listener thread and one worker thread per exported object.
 
-The listener owns the one listening socket. It answers each importer's SUB
-(request + heartbeat + queue credit) with a DESC, hands the SUB to the
-object's worker, and forwards what the workers send it through in-process
-pipes (payload buffers are passed on, not copied). A worker reads its
-local object with the ordinary public API (a Subscriber, ``wait_newer``,
-``Queue.get``) and never writes into anything but its own pipe.
+The listener thread reads the one listening socket: it answers each
+importer's SUB (request + heartbeat + queue credit) with a DESC and hands
+the SUB to the object's worker. A worker reads its local object with the
+ordinary public API (a Subscriber, ``wait_newer``, ``Queue.get``) and sends
+what it read on the same socket itself (:class:`~.engine.SharedSocket`), so
+a message leaves for the network from the thread that read it.
 
 An exporter only ever *reads* local objects (a Queue export takes messages
 out of the queue it was told to export): a remote peer cannot create or
@@ -27,7 +27,7 @@ from ..errors import Closed, Empty, NotFound, Overrun, PeerDied, ShmkitError, Ti
 from ..latest import Latest
 from ..queue import Queue
 from . import protocol as P
-from .engine import Engine, Poller, Socket
+from .engine import SharedSocket, Socket
 
 __all__ = ["Export", "Listener", "make_export"]
 
@@ -47,11 +47,10 @@ QUEUE_FORGET: float = 120.0
 class Export(threading.Thread):
     """One exported object: its subscribers (importer ids) and its reading loop."""
 
-    def __init__(self, spec: P.Spec, engine: Engine, pipe: str, session: bytes) -> None:
+    def __init__(self, spec: P.Spec, out: SharedSocket, session: bytes) -> None:
         super().__init__(name=f"export {spec}", daemon=True)
         self.spec = spec
-        self._engine = engine
-        self._pipe_addr = pipe
+        self._out = out
         self.session = session
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
@@ -61,7 +60,6 @@ class Export(threading.Thread):
         self.bytes = 0
         self.drops = 0
         self.overruns = 0
-        self._pipe: Socket | None = None
         self._missing_logged = False
 
     # --- called by the listener thread
@@ -86,24 +84,20 @@ class Export(threading.Thread):
 
     # --- the worker thread
     def run(self) -> None:
-        self._pipe = self._engine.pipe_out(self._pipe_addr)
-        try:
-            while not self.stop_event.is_set():
-                try:
-                    self.loop()
-                except (NotFound, Closed) as exc:
-                    if not self._missing_logged:
-                        log.warning("%s: waiting for the local object (%s)", self.spec, exc)
-                        self._missing_logged = True
-                    self.stop_event.wait(0.5)
-                except ShmkitError as exc:
-                    log.error("%s: %s; retrying in 1 s", self.spec, exc)
-                    self.stop_event.wait(1.0)
-                except Exception:  # a bug must not end the export silently
-                    log.exception("%s: unexpected error; retrying in 1 s", self.spec)
-                    self.stop_event.wait(1.0)
-        finally:
-            self._pipe.close()
+        while not self.stop_event.is_set():
+            try:
+                self.loop()
+            except (NotFound, Closed) as exc:
+                if not self._missing_logged:
+                    log.warning("%s: waiting for the local object (%s)", self.spec, exc)
+                    self._missing_logged = True
+                self.stop_event.wait(0.5)
+            except ShmkitError as exc:
+                log.error("%s: %s; retrying in 1 s", self.spec, exc)
+                self.stop_event.wait(1.0)
+            except Exception:  # a bug must not end the export silently
+                log.exception("%s: unexpected error; retrying in 1 s", self.spec)
+                self.stop_event.wait(1.0)
 
     def loop(self) -> None:
         raise NotImplementedError
@@ -131,14 +125,13 @@ class Export(threading.Thread):
 
         Small messages go in one PACKED frame, bigger ones a frame each (DATA).
         """
-        assert self._pipe is not None
         if len(payloads) > 1 and max(map(len, payloads)) <= P.PACK_MAX:
             hdr = P.header(P.PACKED, self.spec.code, a, len(payloads), self.session)
             frames = [ident, hdr, self.spec.key.encode(), P.pack(payloads)]
         else:
             hdr = P.header(P.DATA, self.spec.code, a, 0, self.session)
             frames = [ident, hdr, self.spec.key.encode(), *payloads]
-        if self._pipe.send(frames, block=True):
+        if self._out.send(frames):
             self.msgs += len(payloads)
             self.bytes += sum(len(p) for p in payloads)
         else:
@@ -226,8 +219,9 @@ class BroadcastExport(Export):
                 first = sub.next_seq - 1
                 batch = [data]
                 size = len(data)
-                # what is already waiting goes in the same batch (consecutive numbers only)
-                while len(batch) < BATCH and size < BATCH_BYTES:
+                # what is already waiting goes in the same batch (consecutive numbers
+                # only); a look at lag first spares the usual lone message an Empty
+                while len(batch) < BATCH and size < BATCH_BYTES and sub.lag:
                     try:
                         more = sub.recv_nowait()
                     except (Empty, PeerDied):
@@ -251,7 +245,6 @@ class BroadcastExport(Export):
         this would be unsafe (the slot may be overwritten mid-send), so lossy
         rings take the copying path.
         """
-        assert self._pipe is not None
         pending: deque[tuple[Any, list[Any]]] = deque()
         limit = max(1, sub.slots - 1)
         key = self.spec.key.encode()
@@ -277,7 +270,7 @@ class BroadcastExport(Export):
                 hdr = P.header(P.DATA, self.spec.code, msg.seq, 0, self.session)
                 trackers = []
                 for ident in idents:
-                    t = self._pipe.send_tracked([ident, hdr, key, msg.data])
+                    t = self._out.send_tracked([ident, hdr, key, msg.data])
                     if t is None:
                         self.drops += 1
                     else:
@@ -482,20 +475,20 @@ class QueueExport(Export):
             self.send(ident, mid, [data])
 
 
-def make_export(spec: P.Spec, engine: Engine, pipe: str, session: bytes) -> Export:
+def make_export(spec: P.Spec, out: SharedSocket, session: bytes) -> Export:
     classes: dict[str, type[Export]] = {
         "broadcast": BroadcastExport,
         "latest": LatestExport,
         "queue": QueueExport,
     }
-    return classes[spec.kind](spec, engine, pipe, session)
+    return classes[spec.kind](spec, out, session)
 
 
 class Listener(threading.Thread):
     """Owns the listening socket: answers SUBs, forwards the workers' messages."""
 
     def __init__(
-        self, engine: Engine, address: str, pipe: str, exports: list[Export], session: bytes
+        self, sock: SharedSocket, address: str, exports: list[Export], session: bytes
     ) -> None:
         super().__init__(name=f"listen {address}", daemon=True)
         self.address = address
@@ -503,35 +496,22 @@ class Listener(threading.Thread):
         self.stop_event = threading.Event()
         self._by_key = {(e.spec.code, e.spec.key): e for e in exports}
         self.peers: dict[bytes, float] = {}  # importer id -> last message (monotonic)
-        self._router = engine.listener(address)
-        self._pipe = engine.pipe_in(pipe)
+        self._router = sock
         self.bad = 0
 
     def run(self) -> None:
-        router, pipe = self._router, self._pipe
-        poller = Poller([router, pipe])
-        try:
-            while not self.stop_event.is_set():
-                for sock in poller.wait(0.1):
-                    if sock is pipe:
-                        # drain what the workers queued (bounded: stay responsive to SUBs)
-                        for _ in range(256):
-                            frames = pipe.recv()
-                            if frames is None:
-                                break
-                            router.send(frames)
-                    else:
-                        for _ in range(64):
-                            frames = router.recv()
-                            if frames is None:
-                                break
-                            try:
-                                self._on_request(frames)
-                            except (ValueError, KeyError, TypeError):
-                                self.bad += 1
-        finally:
-            router.close()
-            pipe.close()
+        router = self._router
+        while not self.stop_event.is_set():
+            if not router.wait(0.1):
+                continue
+            for _ in range(64):
+                frames = router.recv()
+                if frames is None:
+                    break
+                try:
+                    self._on_request(frames)
+                except (ValueError, KeyError, TypeError):
+                    self.bad += 1
 
     def _on_request(self, frames: list[memoryview]) -> None:
         if len(frames) != 4:
@@ -555,12 +535,13 @@ class Listener(threading.Thread):
         if exp is None:
             reason = f"{P.KIND_NAMES.get(kind, kind)}:{key} is not exported here"
             self._router.send(
-                [ident, P.header(P.NOEXPORT, kind, 0, 0, self.session), frames[2], reason.encode()]
+                [ident, P.header(P.NOEXPORT, kind, 0, 0, self.session), frames[2], reason.encode()],
+                wait=0,
             )
             return
         exp.on_sub(ident, a, b, session)
         self._router.send(
-            [ident, P.header(P.DESC, kind, 0, 0, self.session), frames[2], exp.desc()]
+            [ident, P.header(P.DESC, kind, 0, 0, self.session), frames[2], exp.desc()], wait=0
         )
 
     def status(self) -> dict[str, Any]:
