@@ -466,3 +466,31 @@ def test_a_send_that_takes_the_listeners_wakeup_passes_it_on() -> None:
         client.close()
         server.close()
         engine.close()
+
+
+def test_a_queue_import_applies_each_id_once_in_order(name: str) -> None:
+    """Batches go in whole (put_many); repeats are dropped, a gap waits for its re-send."""
+    from shmkit.bridge.importer import QueueImport
+
+    engine = Engine()
+    imp = QueueImport(parse_spec(f"queue:k={name}", False), engine, [], os.urandom(16), window=64)
+    try:
+        imp.open_local({"capacity": 1 << 16, "codec": "bytes"})
+
+        def batch(*ids: int) -> list[memoryview]:
+            return [memoryview(b"m%d" % i) for i in ids]
+
+        imp.on_batch(1, batch(1, 2, 3, 4))
+        imp.on_batch(3, batch(3, 4, 5, 6))  # a re-send overlapping what was applied
+        imp.on_batch(8, batch(8, 9))  # 7 lost on the way: nothing after it goes in yet
+        imp.on_batch(7, batch(7))
+        imp.on_batch(8, batch(8, 9))
+        assert (imp.applied, imp.dups, imp.gaps) == (9, 2, 1)
+        with Queue.open(name) as q:
+            assert [bytes(m) for m in q.get_many(100, timeout=1.0)] == [
+                b"m%d" % i for i in range(1, 10)
+            ]
+    finally:
+        imp.close_local()
+        engine.close()
+        registry.remove(name)

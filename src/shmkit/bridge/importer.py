@@ -13,10 +13,11 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from .. import broadcast as _broadcast
-from ..errors import Full, ShmkitError
+from ..errors import Full, MessageTooLarge, ShmkitError
 from ..latest import Latest
 from ..queue import Queue
 from . import protocol as P
@@ -181,9 +182,7 @@ class Import(threading.Thread):
                 batch = P.unpack_batch(frames[2], b)  # ValueError: counted as bad
             else:
                 raise ValueError(f"a packed batch in {len(frames) - 2} frames")
-            for i, payload in enumerate(batch):  # a batch: numbers a, a+1, ...
-                if not self.on_data(a + i, payload):
-                    break
+            self.on_batch(a, batch)
 
     # --- per kind
     def open_local(self, params: dict[str, Any]) -> None:
@@ -195,6 +194,12 @@ class Import(threading.Thread):
     def on_data(self, n: int, payload: memoryview) -> bool:
         """Apply message n; False to drop the rest of its batch."""
         raise NotImplementedError
+
+    def on_batch(self, first: int, batch: Sequence[memoryview]) -> None:
+        """Apply messages first, first + 1, ... in order."""
+        for i, payload in enumerate(batch):
+            if not self.on_data(first + i, payload):
+                break
 
     def new_session(self) -> None:
         """The exporting bridge restarted."""
@@ -382,6 +387,25 @@ class QueueImport(Import):
         self.msgs += 1
         self.bytes += len(payload)
         return True
+
+    def on_batch(self, first: int, batch: Sequence[memoryview]) -> None:
+        """Apply a batch with one ``put_many`` (all or none) where it can, else one by one."""
+        if first <= self.applied:  # the front was applied already: duplicates
+            done = min(self.applied + 1 - first, len(batch))
+            self.dups += done
+            first, batch = first + done, batch[done:]
+        q = self._q
+        if len(batch) > 1 and first == self.applied + 1 and q is not None:
+            try:
+                q.put_many(batch, timeout=0.1)
+            except (Full, MessageTooLarge):
+                pass  # no room for all of it (or too big as one record): one by one
+            else:
+                self.applied += len(batch)
+                self.msgs += len(batch)
+                self.bytes += sum(map(len, batch))
+                return
+        super().on_batch(first, batch)
 
     def after_batch(self) -> None:
         # acknowledge and grant credit promptly: after half a window applied,
