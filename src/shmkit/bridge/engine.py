@@ -259,8 +259,18 @@ class Poller:
             self._by_raw[s.raw] = s
 
     def wait(self, timeout: float) -> list[Socket]:
-        """Sockets with a message waiting, after at most ``timeout`` seconds."""
-        ready = self._poller.poll(int(timeout * 1000))
+        """Sockets with a message waiting, after at most ``timeout`` seconds.
+
+        ZeroMQ waits in whole milliseconds: a shorter wait looks, sleeps, and
+        looks again.
+        """
+        if 0 < timeout < 0.001:
+            ready = self._poller.poll(0)
+            if not ready:
+                time.sleep(timeout)
+                ready = self._poller.poll(0)
+        else:
+            ready = self._poller.poll(int(timeout * 1000))
         return [self._by_raw[raw] for raw, _ in ready]
 
 

@@ -29,6 +29,10 @@ log = logging.getLogger("shmkit.bridge")
 
 #: seconds before a peer that said NOEXPORT is asked again
 ASK_AGAIN = 5.0
+#: a Queue import whose window sits unread in the local queue looks for room
+#: after this long, doubling up to ROOM_WAIT_MAX while its consumers are away
+ROOM_WAIT_MIN = 0.0001
+ROOM_WAIT_MAX = 0.005
 
 
 class _Raw:
@@ -345,6 +349,7 @@ class QueueImport(Import):
         self.window = window
         self.applied = 0
         self._granted = 0
+        self._room_wait = ROOM_WAIT_MIN
         self.full_waits = 0
 
     def open_local(self, params: dict[str, Any]) -> None:
@@ -416,10 +421,17 @@ class QueueImport(Import):
         limit = self.applied + max(0, self.window - self._q.qsize())
         if limit - self._granted >= max(1, self.window // 2):
             self.send_sub(src)
+            self._room_wait = ROOM_WAIT_MIN
+        elif self.applied >= self._granted:
+            # the credit is used up and the window sits in the local queue: look
+            # for room again soon, then less often while its consumers are away
+            self._room_wait = min(self._room_wait * 2, ROOM_WAIT_MAX)
 
     def poll_s(self) -> float:
         # while the credit we granted is used up, look for freed local room often
-        return 0.002 if self.source is not None and self.applied >= self._granted else 0.05
+        if self.source is not None and self.applied >= self._granted:
+            return self._room_wait
+        return 0.05
 
     def status(self) -> dict[str, Any]:
         out = super().status()
