@@ -373,6 +373,7 @@ class QueueExport(Export):
         self.resent = 0
         self._q: Queue[Any] | None = None
         self.work = threading.Event()
+        self._send_lock = threading.Lock()
 
     def on_sub(self, ident: bytes, a: int, b: int, session: bytes) -> None:
         super().on_sub(ident, a, b, session)
@@ -390,6 +391,7 @@ class QueueExport(Export):
                     del st.unacked[key]
             st.limit = st.acked + b
         self.work.set()
+        self._pump(0.0)
 
     def forget(self, ident: bytes) -> None:
         """Its stream ends here; its queue state lives on for ``QUEUE_FORGET`` seconds."""
@@ -428,48 +430,73 @@ class QueueExport(Export):
 
     def loop(self) -> None:
         with Queue.open(self.spec.local) as q:
-            self._q = q
             self.params = {"capacity": q.capacity, "codec": q.statistics().codec}
             self._missing_logged = False
-            while not self.stop_event.is_set():
-                self.live_subs()
-                self._resend()
+            self._q = q
+            try:
+                while not self.stop_event.is_set():
+                    self.live_subs()
+                    self._resend()
+                    self._purge(time.monotonic())
+                    if not self._pump(0.05):  # nobody has credit: wait for a SUB
+                        self.work.wait(0.05)
+                        self.work.clear()
+            finally:
+                self._q = None
+
+    def _pump(self, wait: float) -> bool:
+        """Send what the importers' credit allows; False if none has credit.
+
+        The export thread calls it waiting up to ``wait`` for a first message;
+        the listener thread calls it without waiting as credit arrives, so a
+        credit's answer leaves without a hand-off to the export thread.
+        ``_send_lock`` keeps each importer's ids leaving in the order given.
+        """
+        q = self._q
+        if q is None or not self._send_lock.acquire(blocking=wait > 0):
+            return wait > 0  # the export thread is sending: it sees the credit next
+        try:
+            now = time.monotonic()
+            with self.lock:
+                ready = [
+                    (i, s)
+                    for i, s in self.states.items()
+                    if s.next_id <= s.limit and now - s.seen < P.SILENT
+                ]
+            for ident, st in ready:
+                try:
+                    got = q.get_many(min(st.limit - st.next_id + 1, BATCH), timeout=wait)
+                except Empty:
+                    break
                 now = time.monotonic()
-                self._purge(now)
                 with self.lock:
-                    ready = [
-                        (i, s)
-                        for i, s in self.states.items()
-                        if s.next_id <= s.limit and now - s.seen < P.SILENT
-                    ]
-                if not ready:
-                    self.work.wait(0.05)
-                    self.work.clear()
-                    continue
-                for ident, st in ready:
-                    try:
-                        got = q.get_many(min(st.limit - st.next_id + 1, BATCH), timeout=0.05)
-                    except Empty:
-                        break
-                    now = time.monotonic()
-                    with self.lock:
-                        first = st.next_id
-                        for data in got:
-                            st.unacked[st.next_id] = (data, now)
-                            st.next_id += 1
-                    self.send(ident, first, got)
+                    first = st.next_id
+                    for data in got:
+                        st.unacked[st.next_id] = (data, now)
+                        st.next_id += 1
+                self.send(ident, first, got)
+            return bool(ready)
+        except (ShmkitError, ValueError):
+            if wait > 0:
+                raise
+            return False  # closed under the listener: the export thread reopens it
+        finally:
+            self._send_lock.release()
 
     def _resend(self) -> None:
         now = time.monotonic()
+        due: list[tuple[bytes, int, bytes]] = []
         with self.lock:
-            due = [
-                (ident, mid, data)
-                for ident, st in self.states.items()
-                for mid, (data, sent) in st.unacked.items()
-                if now - sent > RESEND
-            ]
+            for ident, st in self.states.items():
+                # unacked is in the order of the last send: the due ones lead
+                for mid, (data, sent) in st.unacked.items():
+                    if now - sent <= RESEND:
+                        break
+                    due.append((ident, mid, data))
             for ident, mid, data in due:
-                self.states[ident].unacked[mid] = (data, now)
+                unacked = self.states[ident].unacked
+                unacked[mid] = (data, now)
+                unacked.move_to_end(mid)
         for ident, mid, data in due:
             self.resent += 1
             self.send(ident, mid, [data])

@@ -30,8 +30,9 @@ log = logging.getLogger("shmkit.bridge")
 #: seconds before a peer that said NOEXPORT is asked again
 ASK_AGAIN = 5.0
 #: a Queue import whose window sits unread in the local queue looks for room
-#: after this long, doubling up to ROOM_WAIT_MAX while its consumers are away
-ROOM_WAIT_MIN = 0.0001
+#: after this long, 1.5 times longer each time up to ROOM_WAIT_MAX while its
+#: consumers are away
+ROOM_WAIT_MIN = 0.00005
 ROOM_WAIT_MAX = 0.005
 
 
@@ -425,7 +426,7 @@ class QueueImport(Import):
         elif self.applied >= self._granted:
             # the credit is used up and the window sits in the local queue: look
             # for room again soon, then less often while its consumers are away
-            self._room_wait = min(self._room_wait * 2, ROOM_WAIT_MAX)
+            self._room_wait = min(self._room_wait * 1.5, ROOM_WAIT_MAX)
 
     def poll_s(self) -> float:
         # while the credit we granted is used up, look for freed local room often
