@@ -30,6 +30,7 @@ import shmkit
 from shmkit import Queue, registry
 from shmkit._bench.common import environment
 from shmkit.bridge import netns
+from shmkit.bridge.protocol import WINDOW
 from shmkit.errors import Empty, NotFound, Overrun, PeerDied
 
 SIZES = {"64": 64, "1m": 1 << 20, "6m": 6 << 20}
@@ -252,7 +253,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--queue-messages", type=int, default=20000)
     ap.add_argument(
-        "--window", type=int, default=64, help="the importing bridge's queue credit (--window)"
+        "--window",
+        type=int,
+        default=WINDOW,
+        help="the importing bridge's queue credit (--window)",
     )
     args = ap.parse_args(argv)
     why = netns.unavailable()

@@ -142,6 +142,7 @@ def test_queue_latest_broadcast_over_loopback_and_status(name: str, bridges: lis
                     parse_spec(f"broadcast:frames={name}.b.frames", False),
                 ],
                 name=f"{name}.b",
+                window=64,  # small, to see it hold below
             )
         )
         for b in bridges:

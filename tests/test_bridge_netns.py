@@ -42,6 +42,7 @@ pytestmark = pytest.mark.skipif(_why is not None, reason=f"two hosts: {_why}")
 
 RECOVER = 6.0  # seconds: data flows again after the link returns or a bridge restarts
 PORT = 7711
+WINDOW = 64  # the bridges' queue credit: small, so the kill -9 bound below is tight
 MSG = struct.Struct("<QI")
 
 
@@ -81,6 +82,8 @@ class World:
             f"{self.name}.{side}",
             "--log-every",
             "1",
+            "--window",
+            str(WINDOW),
         ]
         if side == "a":
             argv += ["--listen", self.hosts.url("a", PORT)]
@@ -559,7 +562,7 @@ def test_bridge_kill_9_and_restart(world: World, side: str) -> None:
         f"kill -9 {side}: recovered in {took:.2f} s; broadcast {c.received} received, "
         f"{c.missed} missed of {traffic.published}; jobs {len(everything)}/{traffic.jobs}"
     )
-    assert 0 <= lost <= 64, f"{lost} jobs lost (credit window 64)"
+    assert 0 <= lost <= WINDOW, f"{lost} jobs lost (credit window {WINDOW})"
     assert took < RECOVER
 
 

@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from ..errors import ShmkitError
-from .protocol import Spec, parse_spec
+from .protocol import WINDOW, Spec, parse_spec
 
 __all__ = ["add_parser", "run"]
 
@@ -74,8 +74,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--window",
         type=int,
-        default=64,
-        help="queue credit: messages in flight per imported queue (default 64)",
+        default=WINDOW,
+        help=f"queue credit: messages in flight per imported queue (default {WINDOW})",
     )
     p.add_argument(
         "--curve-secret",

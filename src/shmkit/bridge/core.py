@@ -48,7 +48,7 @@ class Bridge:
         imports: list[P.Spec] | None = None,
         curve: Curve | None = None,
         name: str | None = None,
-        window: int = 64,
+        window: int = P.WINDOW,
         log_every: float = 10.0,
     ) -> None:
         exports, imports, connect = exports or [], imports or [], connect or []

@@ -46,6 +46,9 @@ NOEXPORT: Final = 4
 PACKED: Final = 5
 #: a batch whose messages are all at most this big goes out PACKED
 PACK_MAX: Final = 4096
+#: a Queue import's default credit: messages in flight or waiting in its local
+#: queue (what a bridge kill -9 can lose; ZeroMQ's own default queue is 1,000)
+WINDOW: Final = 512
 
 BROADCAST: Final = 1
 QUEUE: Final = 2
