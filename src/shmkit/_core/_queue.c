@@ -18,6 +18,12 @@
  *   producer  payload, record header, puts (relaxed), then tail (release)
  *   consumer  tail (acquire), payload, then head (release), then gets
  *   producer  head (acquire) before reusing space the consumer freed
+ * Each side keeps a private hint of the other's index, read with that acquire
+ * under its own lock: the consumer's tail (tc), re-read only when it has
+ * caught up; the producer's head (hp), re-read only when the hint leaves no
+ * room. Indices only move forward, so a stale hint only understates what is
+ * there (fewer messages, less room), and every byte a hint lets a side touch
+ * was handed over by the acquire that read it.
  * Everything else a side touches is under its own lock (P or C); words both
  * sides change (state, waiter counts) change only under both.
  *
@@ -109,6 +115,7 @@ typedef struct {
     PyObject *cmutex; /* _core.Mutex objects for the general path */
     PyObject *pmutex;
     uint64_t tc; /* tail as this handle's get last read it (a hint, under C) */
+    uint64_t hp; /* head as this handle's put last read it (a hint, under P) */
     /* QueueCore (the public methods) only: */
     PyObject *decode;  /* the codec's decode; NULL for raw bytes */
     double spin;       /* base spin budget, seconds (Queue.spin) */
@@ -327,10 +334,20 @@ ring_put(RingObject *self, const char *data, uint64_t n, uint64_t count, PyObjec
     /* acquire: pairs with the release in unlock() of whoever changed state under both */
     uint64_t st = shm_load64(W(self, Q_STATE));
     uint64_t tail = rd(self, Q_TAIL); /* ours: P held */
-    /* acquire: pairs with the consumer's release store of head: it has finished
-     * reading the space it freed before we overwrite it */
-    uint64_t head = shm_load64(W(self, Q_HEAD));
-    uint64_t used = tail - head;
+    /* The head we saw last is still good while it leaves room (it was read
+     * with acquire under this lock, and head only moves forward: a stale one
+     * only understates the room): reading the consumers' line, which every
+     * get writes, only when the ring looks full keeps it in their cache. */
+    uint64_t used = tail - self->hp;
+    if (used > self->size - rec) {
+        /* acquire: pairs with the consumer's release store of head: it has
+         * finished reading the space it freed before we overwrite it */
+        uint64_t head = shm_load64(W(self, Q_HEAD));
+        used = tail - head;
+        if (used <= self->size) {
+            self->hp = head; /* only a head that passed the check */
+        }
+    }
     uint64_t i = tail % self->size;
     int res;
     if ((st & ST_BUSY) || (tail & 7) || used > self->size) {
@@ -2337,6 +2354,7 @@ Ring_init(RingObject *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->cmutex, Py_NewRef(cmutex));
     Py_XSETREF(self->pmutex, Py_NewRef(pmutex));
     self->tc = 0;
+    self->hp = 0;
     self->slot = Q_ACCT_SLOTS - 1;
     self->slot_gen = fork_gen;
     return 0;
