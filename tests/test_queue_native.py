@@ -68,6 +68,26 @@ def test_a_full_ring_says_full_and_a_wrapping_record_goes_general(r: _Ring) -> N
     assert r.ring._r_put(b"y" * 40, 1) == _queue.GENERAL  # would wrap: the general path's job
 
 
+def test_a_put_reads_head_only_when_the_head_it_saw_last_leaves_too_little_room(
+    r: _Ring,
+) -> None:
+    """The producer's head hint: a stale one only understates the room, so a put
+    trusts it while it leaves room and loads head (checking it) when it does not."""
+    assert r.ring._r_put(b"a" * 8, 1) == _queue.OK  # a 24-byte record: tail 24
+    r.word(HEAD, 10**6)  # head past tail: corrupt, but this put has room by its hint
+    assert r.ring._r_put(b"b" * 8, 1) == _queue.OK  # tail 48
+    before = bytes(r.buf)
+    assert r.ring._r_put(b"c" * 200, 1) == _queue.GENERAL  # needs head: sees it is bad
+    assert bytes(r.buf) == before
+    r.word(HEAD, 0)  # put right: the bad head was not kept as a hint
+    assert r.ring._r_put(b"c" * 176, 1) == _queue.OK  # 192 bytes: 240 of 256 used
+    assert r.ring._r_put(b"d" * 8, 1) == _queue.FULL  # head re-read: still full
+    assert r.ring._r_get() == b"a" * 8  # head 24
+    assert r.ring._r_put(b"d" * 8, 1) == _queue.GENERAL  # head re-read: room, but it wraps
+    assert [r.ring._r_get() for _ in range(2)] == [b"b" * 8, b"c" * 176]
+    assert r.ring._r_get() == _queue.EMPTY
+
+
 @pytest.mark.parametrize(
     ("what", "forge"),
     [

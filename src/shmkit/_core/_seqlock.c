@@ -149,7 +149,7 @@ static int
 sl_spin(const char *word, int is32, uint64_t val, double secs)
 {
     sl_watch w = {word, is32, val};
-    return shm_spin(sl_watch_moved, NULL, &w, secs);
+    return shm_spin(sl_watch_moved, NULL, &w, secs, 1);
 }
 
 /* A waiter's adaptive spin budget (seconds). */

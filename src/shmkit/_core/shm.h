@@ -394,20 +394,24 @@ shm_mutex_timedlock(pthread_mutex_t *m, double seconds)
  * would only take the core the peer needs. */
 #define SHM_PREEMPTED 50e-6
 
-/* Spin with a pause between looks until ready(arg): 1 ready; 0 once `secs`
- * have passed and linger(arg, now) (NULL: never) gives no reason to go on;
- * -1 when a gap between two looks showed this thread was descheduled (one
- * last look decides). Every bounded spin of the core waits this way. */
+/* Spin with `pauses` pause instructions between looks (1 to 32) until
+ * ready(arg): 1 ready; 0 once `secs` have passed and linger(arg, now) (NULL:
+ * never) gives no reason to go on; -1 when a gap between two looks showed
+ * this thread was descheduled (one last look decides). The clock is read
+ * every 32 pauses, whatever their spacing. Every bounded spin of the core
+ * waits this way. */
 static inline int
-shm_spin(int (*ready)(void *), int (*linger)(void *, double), void *arg, double secs)
+shm_spin(int (*ready)(void *), int (*linger)(void *, double), void *arg, double secs, int pauses)
 {
     double last = shm_monotonic(), end = last + secs;
     for (;;) {
-        for (int k = 0; k < 32; k++) {
+        for (int k = 0; k < 32; k += pauses) {
             if (ready(arg)) {
                 return 1;
             }
-            SHM_PAUSE();
+            for (int j = 0; j < pauses; j++) {
+                SHM_PAUSE();
+            }
         }
         double now = shm_monotonic();
         if (now - last > SHM_PREEMPTED) {

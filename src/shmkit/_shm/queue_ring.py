@@ -97,7 +97,10 @@ _F_CRC: Final = 1
 # loads tail (acquire), reads the record, then stores head (release) and
 # gets; the producer loads head (acquire). Each reads the other's index only to learn where
 # it may work (a stale value just means less room or fewer messages), and a
-# single aligned 8-byte store publishes or consumes. State bits and waiter
+# single aligned 8-byte store publishes or consumes. The C fast paths keep
+# the value they last loaded (a per-handle hint: tail for gets, head for
+# puts) and load the other's line again only when it shows nothing to take
+# or too little room. State bits and waiter
 # counts change only under both locks (bit "repair due" under C alone, which
 # still excludes every other writer of state).
 #
