@@ -165,6 +165,7 @@ class SharedSocket:
 
     def __init__(self, raw: Any) -> None:
         self.raw = raw
+        self._sock = Socket(raw)  # its calls, each made under the lock
         self._lock = threading.Lock()
         self._fd = raw.getsockopt(zmq.FD)
         self._ring_r, self._ring_w = os.pipe()
@@ -235,15 +236,11 @@ class SharedSocket:
     def recv(self) -> list[memoryview] | None:
         """One multipart message if one is waiting, else None."""
         with self._lock:
-            try:
-                frames = self.raw.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return None
-        return [f.buffer for f in frames]
+            return self._sock.recv()
 
     def close(self) -> None:
         with self._lock:
-            self.raw.close(linger=0)
+            self._sock.close()
         os.close(self._ring_r)
         os.close(self._ring_w)
 
