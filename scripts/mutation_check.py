@@ -458,6 +458,14 @@ CATALOGUE: tuple[Mutation, ...] = (
         TIMEOUTS,
     ),
     Mutation(
+        "queue-head-hint-trusted-when-full",
+        "a put trusts its head hint even when the hint shows no room (never re-reads head)",
+        QC,
+        "    if (used > self->size - rec) {\n        /* acquire: pairs with the consumer's",
+        "    if (0) {\n        /* acquire: pairs with the consumer's",
+        ("tests/test_queue_native.py", "tests/test_queue.py"),
+    ),
+    Mutation(
         "bridge-send-keeps-wakeup",
         "an export thread's send takes the listening socket's edge and does not pass it on",
         "src/shmkit/bridge/engine.py",
