@@ -4,6 +4,7 @@ spares readers a wake-up system call while it only spins."""
 
 from __future__ import annotations
 
+import pickle
 import threading
 import time
 from collections.abc import Iterator
@@ -155,6 +156,46 @@ def test_without_ofd_locks_the_publisher_waits_through_the_python_probe(
         pub.publish(b"2", timeout=5.0)  # waits until the thread took #0
         t.join(5.0)
         assert sub.recv(1.0) == b"1" and sub.recv(1.0) == b"2"
+    finally:
+        sub.close()
+        pub.close()
+
+
+def test_a_subscribers_spin_is_checked_pickled_and_used(cleanup: str) -> None:
+    """``Subscriber.spin``: None adapts, a number of seconds (0 to 1) is spun before sleeping."""
+    name = cleanup
+    pub = publisher(name, slot_size=64, slots=4)
+    sub = subscribe(name)
+    try:
+        assert sub.spin is None
+        for bad, exc in (("1", TypeError), (True, TypeError), (-0.1, ValueError), (2, ValueError)):
+            with pytest.raises(exc):
+                sub.spin = bad  # type: ignore[assignment]
+        assert sub.spin is None  # a refused value changes nothing
+
+        sub.spin = 0.25
+        copy = pickle.loads(pickle.dumps(sub))
+        try:
+            assert copy.spin == 0.25
+        finally:
+            copy.close()
+
+        def cpu_while_waiting(spin: float, delay: float) -> float:
+            """CPU seconds this thread spends in a recv that a message ends after ``delay``."""
+            sub.spin = spin
+            t = threading.Timer(delay, pub.publish, (b"m" * 64,))
+            t.start()
+            c0 = time.thread_time()
+            assert sub.recv(timeout=5.0) == b"m" * 64
+            used = time.thread_time() - c0
+            t.join()
+            return used
+
+        # spin 0 sleeps at once: little CPU over a 5 ms wait; a 0.3 s spin spins
+        # through it (a spinner that finds itself descheduled sleeps at once,
+        # and this VM's vCPUs are now and then: that can cut one try short)
+        assert min(cpu_while_waiting(0.0, 0.005) for _ in range(3)) < 0.002
+        assert max(cpu_while_waiting(0.3, 0.005) for _ in range(5)) > 0.003
     finally:
         sub.close()
         pub.close()

@@ -58,6 +58,7 @@ class Subscriber(Handle):
         self._ring = self._reader.ring
         self._on_overrun: OnOverrun = on_overrun
         self._tethered = bool(tethered)
+        self._spin: float | None = None
         self._closed = False
         live.add(self)
 
@@ -73,7 +74,28 @@ class Subscriber(Handle):
         self._bc.close()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_resubscribe, (self._name, self.next_seq, self._on_overrun, self._tethered))
+        args = (self._name, self.next_seq, self._on_overrun, self._tethered, self._spin)
+        return (_resubscribe, args)
+
+    @property
+    def spin(self) -> float | None:
+        """Seconds a receive waits spinning (pause instruction) before it sleeps.
+
+        None (the default) adapts: 20 µs, doubled while messages keep coming
+        just after the spin ended, up to 250 µs. A number fixes it: 0 sleeps
+        at once (least CPU); up to 1 second suits a reader with a core of its
+        own waiting for frames that come every few hundred µs (it then never
+        pays a wake-up, nor does the publisher). Either way a spinner that
+        finds itself descheduled sleeps at once. ``sub.spin = 0.001``
+        """
+        return self._spin
+
+    @spin.setter
+    def spin(self, seconds: float | None) -> None:
+        if seconds is None:
+            self._spin = None
+            return
+        self._ring.fixed_spin = self._spin = _wait.check_spin(seconds)
 
     def __repr__(self) -> str:
         state = " closed" if self._closed else f" next=#{self._ring.next}"
@@ -244,8 +266,8 @@ class Subscriber(Handle):
     def _wait_published(self, n: int, end: float | None, adaptive: bool = True) -> bool:
         """Block until message n is published. False at the deadline.
 
-        Spins first (in C, with a pause instruction; the adaptive budget of
-        20 µs to 250 µs, or 20 µs with ``adaptive=False``), then sleeps on the
+        Spins first (in C, with a pause instruction; :attr:`spin`, adaptive
+        by default, or 20 µs with ``adaptive=False``), then sleeps on the
         futex in slices of at most ``_wait.SLICE``; raises PeerDied (no live
         publisher, nothing new) and Closed (closed by another thread) between
         slices.
@@ -254,8 +276,9 @@ class Subscriber(Handle):
         if end is not None and time.monotonic() >= end:
             return False
         ring, ctl = self._ring, self._bc._ctl
-        # ring.wait's spin: 2 adaptive, 1 a fixed 20 µs, 0 none (the first slice only)
-        spin = 2 if adaptive else 1
+        # ring.wait's spin: 2 adaptive, 3 the user's (spin), 1 a fixed 20 µs, 0 none
+        # (the first slice only)
+        spin = 1 if not adaptive else 2 if self._spin is None else 3
         checked = False
         while True:
             if not checked or self._closed:
@@ -276,7 +299,11 @@ class Subscriber(Handle):
             checked = False
 
 
-def _resubscribe(name: str, start: int, on_overrun: OnOverrun, tethered: bool) -> Subscriber:
+def _resubscribe(
+    name: str, start: int, on_overrun: OnOverrun, tethered: bool, spin: float | None = None
+) -> Subscriber:
     from .broadcast import Broadcast  # noqa: PLC0415 - broadcast imports this module
 
-    return Subscriber(Broadcast.open(name), start, on_overrun, tethered)
+    sub = Subscriber(Broadcast.open(name), start, on_overrun, tethered)
+    sub.spin = spin
+    return sub

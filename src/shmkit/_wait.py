@@ -26,6 +26,15 @@ SLICE: Final = 0.05
 SPIN: Final = 50e-6
 
 
+def check_spin(spin: object) -> float:
+    """Validate a ``spin=`` budget: a number of seconds from 0 to 1."""
+    if isinstance(spin, bool) or not isinstance(spin, (int, float)):
+        raise TypeError(f"spin must be a number of seconds, not {type(spin).__name__}")
+    if not 0 <= spin <= 1.0:
+        raise ValueError(f"spin must be between 0 and 1 second, not {spin!r}")
+    return float(spin)
+
+
 def check_timeout(timeout: object) -> float | None:
     """Validate a ``timeout=`` argument: None (forever), or a finite or infinite number >= 0."""
     if timeout is None:

@@ -126,14 +126,6 @@ def _check_capacity(capacity: object) -> int:
     return max(8, align(capacity, 8))
 
 
-def _check_spin(spin: object) -> float:
-    if isinstance(spin, bool) or not isinstance(spin, (int, float)):
-        raise TypeError(f"spin must be a number of seconds, not {type(spin).__name__}")
-    if not 0 <= spin <= 1.0:
-        raise ValueError(f"spin must be between 0 and 1 second, not {spin!r}")
-    return float(spin)
-
-
 def _reopen(name: str, codec: object, spin: float) -> Queue[Any]:
     return Queue.open(name, codec=_codec.resolve(codec), spin=spin)
 
@@ -308,7 +300,7 @@ class Queue(Tasks, Handle, Generic[T]):
         """
         cap = _check_capacity(capacity)
         cod = _codec.resolve(codec)
-        spin = _check_spin(spin)
+        spin = _wait.check_spin(spin)
         if not isinstance(checksum, bool):
             raise TypeError(f"checksum must be a bool, not {type(checksum).__name__}")
         ring = cap + _HDR
@@ -396,7 +388,7 @@ class Queue(Tasks, Handle, Generic[T]):
             codec = _codec.resolve(codec)
         if not isinstance(allow_pickle, bool):
             raise TypeError(f"allow_pickle must be a bool, not {type(allow_pickle).__name__}")
-        spin = _check_spin(spin)
+        spin = _wait.check_spin(spin)
         seg = Segment._open_object(name, Kind.QUEUE, wait=wait, trust_uids=trust_uids)
         try:
             cod = open_codec(seg, codec, allow_pickle)
@@ -557,7 +549,7 @@ class Queue(Tasks, Handle, Generic[T]):
 
     @spin.setter
     def spin(self, seconds: float) -> None:
-        self._spin = self._spin_now = _check_spin(seconds)
+        self._spin = self._spin_now = _wait.check_spin(seconds)
 
     def __reduce__(self) -> tuple[Any, ...]:
         codec: object = self._codec.name if type(self._codec) in _PLAIN_CODECS else self._codec

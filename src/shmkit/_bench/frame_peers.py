@@ -51,6 +51,9 @@ LOSSLESS = "shmkit back-pressured loan + copy, 2 slots"
 #: slot costs ~57 µs against ~80 µs into a cold one here), at the price of waiting for
 #: the reader to release it; wins when the reader is quick, like every reader here.
 LOSSLESS_HANDOFF = "shmkit back-pressured loan + copy, 1 slot (hand-off)"
+#: Two slots and a reader that spins up to 1 ms (``Subscriber.spin``) instead of the
+#: adaptive 20-250 µs: a reader with a core of its own, as iceoryx2's busy-polling one.
+LOSSLESS_SPIN = "shmkit back-pressured loan + copy, 2 slots, reader spin 1 ms"
 NT_TUNABLE = "glibc.cpu.x86_non_temporal_threshold=0x100000"
 
 
@@ -121,6 +124,7 @@ class ShmkitPeer(Peer):
 
     how: str = "view"
     slots: int = 4
+    reader_spin: float | None = None  # Subscriber.spin (None: adaptive)
 
     def setup(self, tag: str, size: int, readers: int) -> dict[str, Any]:
         name = unique_name(f"bf{tag}")
@@ -137,7 +141,7 @@ class ShmkitPeer(Peer):
         return _ShmkitWriter(args["name"], self.how)
 
     def reader(self, args: dict[str, Any], index: int) -> Reader:
-        return _ShmkitReader(args["name"], self.how, self.lossy)
+        return _ShmkitReader(args["name"], self.how, self.lossy, self.reader_spin)
 
     def teardown(self, args: dict[str, Any]) -> None:
         Segment.remove(args["name"])
@@ -164,8 +168,9 @@ class _ShmkitWriter(Writer):
 
 
 class _ShmkitReader(Reader):
-    def __init__(self, name: str, how: str, lossy: bool) -> None:
+    def __init__(self, name: str, how: str, lossy: bool, spin: float | None = None) -> None:
         self.sub = subscribe(name)  # registered before the writer starts
+        self.sub.spin = spin
         self.how = "view" if how in ("loan", "loancopy", "lossy") else how
         self.lossy = lossy
         self.buf = bytearray(self.sub.slot_size)
@@ -557,6 +562,7 @@ def lossless_peers() -> list[Peer]:
         ShmkitPeer(LOSSLESS, how="loancopy", slots=2),
         ShmkitPeer(LOSSLESS_HANDOFF, how="loancopy", slots=1),
         ShmkitPeer("shmkit back-pressured loan + copy, 8 slots (default)", how="loancopy", slots=8),
+        ShmkitPeer(LOSSLESS_SPIN, how="loancopy", slots=2, reader_spin=0.001),
         TutorialPeer("posix_ipc tutorial (1 slot, 2 sems, spin)"),
         Iceoryx2Peer("iceoryx2 pub/sub (busy-poll)"),
     ]

@@ -1011,6 +1011,7 @@ static PyTypeObject LatestType = {
 #define RG_JOINS 144
 #define RG_WW_ASLEEP 2
 #define RG_SPIN_ADAPTIVE 2
+#define RG_SPIN_FIXED 3
 #define RG_SUBS 320
 #define RG_SUB_SIZE 64
 #define RG_S_STATE 0
@@ -1045,6 +1046,7 @@ typedef struct {
     int pinned;           /* subscriber: views held; the cursor waits for release */
     uint64_t last_len;    /* subscriber: length of the last recv'd view */
     sl_spinner spin;      /* adaptive spin of wait / wait_room */
+    double fixed_spin;    /* wait's budget with spin RG_SPIN_FIXED (Subscriber.spin) */
     PyObject *name;
 } RingObject;
 
@@ -1131,6 +1133,7 @@ Ring_init(RingObject *self, PyObject *args, PyObject *kwds)
     self->woken = (uint64_t)-1;
     self->room = UINT64_MAX;
     sl_spinner_init(&self->spin);
+    self->fixed_spin = SL_SPIN;
     Py_INCREF(name);
     Py_XSETREF(self->name, name);
     self->attached = 1;
@@ -1799,7 +1802,8 @@ Ring_store_cursor(RingObject *self, PyObject *arg)
 
 /* wait(n, seconds, spin) -> bool: message n is published (or became so).
  * spin: 0 sleep at once, 1 spin SL_SPIN first (a thread that must not hold
- * the GIL long: asyncio's watchers), 2 spin the adaptive budget first. */
+ * the GIL long: asyncio's watchers), 2 spin the adaptive budget first, 3 spin
+ * fixed_spin first (a subscriber whose user chose its spin). */
 static PyObject *
 Ring_wait(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1826,7 +1830,9 @@ Ring_wait(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
     double start = shm_monotonic();
     int r = 0;
     if (spin) {
-        double budget = spin == RG_SPIN_ADAPTIVE ? self->spin.budget : SL_SPIN;
+        double budget = spin == RG_SPIN_ADAPTIVE ? self->spin.budget
+                        : spin == RG_SPIN_FIXED  ? self->fixed_spin
+                                                 : SL_SPIN;
         r = rg_spin(self, pub, 0, n, budget < seconds ? budget : seconds);
         if (r == -2) {
             return NULL;
@@ -1986,6 +1992,27 @@ Ring_get_spin(RingObject *self, void *Py_UNUSED(c))
     return PyFloat_FromDouble(self->spin.budget);
 }
 
+static PyObject *
+Ring_get_fixed_spin(RingObject *self, void *Py_UNUSED(c))
+{
+    return PyFloat_FromDouble(self->fixed_spin);
+}
+
+static int
+Ring_set_fixed_spin(RingObject *self, PyObject *value, void *Py_UNUSED(c))
+{
+    double x = value == NULL ? -1.0 : PyFloat_AsDouble(value);
+    if (x == -1.0 && value != NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    if (!(x >= 0.0 && x <= 1.0)) {
+        PyErr_SetString(PyExc_ValueError, "fixed_spin must be between 0 and 1 second");
+        return -1;
+    }
+    self->fixed_spin = x;
+    return 0;
+}
+
 static PyGetSetDef Ring_getset[] = {
     {"next", (getter)Ring_get_next, (setter)Ring_set_next, "next message number", NULL},
     {"room", (getter)Ring_get_room, (setter)Ring_set_room, "first number needing room", NULL},
@@ -1994,6 +2021,8 @@ static PyGetSetDef Ring_getset[] = {
     {"loaned", (getter)Ring_get_loaned, NULL, "the open loan's number or -1", NULL},
     {"last_len", (getter)Ring_get_last_len, NULL, "length of the last message seen", NULL},
     {"spin_budget", (getter)Ring_get_spin, NULL, "adaptive spin budget (seconds)", NULL},
+    {"fixed_spin", (getter)Ring_get_fixed_spin, (setter)Ring_set_fixed_spin,
+     "wait's spin budget with spin 3 (seconds)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -49,6 +49,7 @@ class Ring:
     def last_len(self) -> int: ...
     @property
     def spin_budget(self) -> float: ...
+    fixed_spin: float
     def __init__(
         self,
         buffer: Any,
