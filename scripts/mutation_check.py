@@ -466,6 +466,14 @@ CATALOGUE: tuple[Mutation, ...] = (
         ("tests/test_queue_native.py", "tests/test_queue.py"),
     ),
     Mutation(
+        "subscriber-spin-ignored",
+        "a subscriber's own spin budget (Subscriber.spin) is not what its wait spins",
+        SC,
+        "                        : spin == RG_SPIN_FIXED  ? self->fixed_spin",
+        "                        : spin == RG_SPIN_FIXED  ? SL_SPIN",
+        ("tests/test_broadcast_waits.py::test_a_subscribers_spin_is_checked_pickled_and_used",),
+    ),
+    Mutation(
         "bridge-send-keeps-wakeup",
         "an export thread's send takes the listening socket's edge and does not pass it on",
         "src/shmkit/bridge/engine.py",
