@@ -138,6 +138,15 @@ class Header:
         return self.state == STATE_READY
 
 
+def check_params_version(what: str, found: int, expected: int) -> None:
+    """A kind's params version must be this shmkit's: else IncompatibleLayout (never
+    "corrupt": another shmkit's programs may be using the object)."""
+    if found != expected:
+        raise IncompatibleLayout(
+            f"{what}: params version {found}, this shmkit reads {expected}", found, expected
+        )
+
+
 def offsets(name_len: int, params_len: int, attach_slots: int) -> tuple[int, int]:
     """Return (attach_off, body_off) for the given variable-part sizes."""
     attach_off = align(HEADER_SIZE + name_len + params_len)

@@ -44,7 +44,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
 
-from . import _dtype, _mutex, _process, _wait
+from . import _dtype, _layout, _mutex, _process, _wait
 from ._dtype import ArrayMeta
 from ._handle import Handle, built_or_removed
 from ._layout import Kind, align
@@ -99,11 +99,10 @@ def parse_params(params: bytes, body_size: int, what: str = "array") -> ArrayMet
     if len(params) < _PARAMS.size:
         raise LayoutError(f"{what}: params are truncated")
     version, reserved = _PARAMS.unpack_from(params, 0)
-    if version != PARAMS_VERSION or reserved:
+    _layout.check_params_version(what, version, PARAMS_VERSION)
+    if reserved:  # in use: a later version's
         raise IncompatibleLayout(
-            f"{what}: array params version {version} is not {PARAMS_VERSION}",
-            version,
-            PARAMS_VERSION,
+            f"{what}: array params reserved field is {reserved:#x}", version, PARAMS_VERSION
         )
     meta, used = _dtype.parse_meta(params[_PARAMS.size :], what)
     if _PARAMS.size + used != len(params):

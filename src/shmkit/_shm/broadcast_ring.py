@@ -14,7 +14,7 @@ from typing import Final
 
 from .. import _layout
 from .._layout import Kind, align
-from ..errors import IncompatibleLayout, LayoutError
+from ..errors import LayoutError
 
 # Params (immutable, in the segment header, covered by its CRC), little-endian:
 #
@@ -176,12 +176,7 @@ def parse_params(params: bytes, body_size: int, what: str = "broadcast") -> Para
     if len(params) != PARAMS.size:
         raise LayoutError(f"{what}: params are {len(params)} bytes, expected {PARAMS.size}")
     version, flags, slot_size, stride, slots, max_subs, control, reserved = PARAMS.unpack(params)
-    if version != PARAMS_VERSION:
-        raise IncompatibleLayout(
-            f"{what}: broadcast layout {version}, this shmkit reads {PARAMS_VERSION}",
-            version,
-            PARAMS_VERSION,
-        )
+    _layout.check_params_version(what, version, PARAMS_VERSION)
     if flags & ~_KNOWN_FLAGS or reserved:
         raise LayoutError(f"{what}: unknown flags {flags:#x} or non-zero reserved field")
     if not 1 <= slot_size <= MAX_SLOT_SIZE:

@@ -92,8 +92,8 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-from .._layout import MAX_BODY, align
-from ..errors import IncompatibleLayout, LayoutError
+from .._layout import MAX_BODY, align, check_params_version
+from ..errors import LayoutError
 
 PARAMS: Final = struct.Struct("<IIQQQIIQ16sQ")
 PARAMS_VERSION: Final = 2
@@ -222,12 +222,7 @@ def parse_params(params: bytes, body_size: int, what: str = "dict") -> DictParam
     version, flags, capacity, nslots, heap, max_key, gen, seed, codec_b, max_bytes = PARAMS.unpack(
         params
     )
-    if version != PARAMS_VERSION:
-        raise IncompatibleLayout(
-            f"{what}: dict params version {version} is not {PARAMS_VERSION}",
-            version,
-            PARAMS_VERSION,
-        )
+    check_params_version(what, version, PARAMS_VERSION)
     if flags & ~GROW:
         raise LayoutError(f"{what}: unknown flags {flags:#x}")
     if not 1 <= capacity <= MAX_CAPACITY or nslots != slots_for(capacity):

@@ -61,8 +61,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .. import _dtype
 from .._dtype import ArrayMeta
-from .._layout import MAX_BODY, align
-from ..errors import IncompatibleLayout, LayoutError
+from .._layout import MAX_BODY, align, check_params_version
+from ..errors import LayoutError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -131,12 +131,7 @@ def parse_params(params: bytes, body_size: int, what: str = "latest") -> LatestP
     if len(params) < PARAMS.size:
         raise LayoutError(f"{what}: params are truncated")
     version, flags, nslots, nwriters, size = PARAMS.unpack_from(params, 0)
-    if version != PARAMS_VERSION:
-        raise IncompatibleLayout(
-            f"{what}: latest params version {version} is not {PARAMS_VERSION}",
-            version,
-            PARAMS_VERSION,
-        )
+    check_params_version(what, version, PARAMS_VERSION)
     if flags & ~(F_CHECKSUM | F_ARRAY):
         raise LayoutError(f"{what}: unknown flags {flags:#x}")
     if not MIN_SLOTS <= nslots <= MAX_SLOTS or nwriters != WRITERS:
