@@ -1484,14 +1484,9 @@ rg_wait_progress(RingObject *self, uint32_t seen, double seconds, int adaptive)
     if (view_ready(&self->v)) {
         return -1;
     }
-    if (!adaptive) {
-        /* a fixed spin: nothing to learn */
-    }
-    else if (sl_moved(w, 1, seen)) {
-        sl_adapt(&self->spin, 1, r < 0, shm_monotonic() - start);
-    }
-    else {
-        self->spin.budget = SL_SPIN;
+    if (adaptive) { /* a fixed spin has nothing to learn */
+        int moved = sl_moved(w, 1, seen);
+        sl_adapt(&self->spin, moved, r < 0, moved ? shm_monotonic() - start : INFINITY);
     }
     return 0;
 }
